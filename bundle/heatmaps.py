@@ -1,0 +1,181 @@
+"""Gaussian heatmaps with sub-pixel centres, the heatmap loss, and decoding heatmaps back to landmarks.
+
+Frames: landmarks are ``(y, x)`` pixels of the heatmap's own grid, the centre of the first pixel at ``(0, 0)``.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch.nn.modules.loss import _Loss
+
+__all__ = [
+    "render_gaussian_heatmaps",
+    "heatmap_to_landmarks",
+    "heatmap_spread",
+    "HeatmapCrossEntropyLoss",
+]
+
+
+def render_gaussian_heatmaps(
+    landmarks: torch.Tensor, spatial_size: Sequence[int], sigma: float, normalize: bool = False
+) -> torch.Tensor:
+    """Gaussian heatmaps centred exactly (sub-pixel) on each landmark.
+
+    MONAI's ``GenerateHeatmap`` rounds centres to whole pixels; this does not.
+
+    Args:
+        landmarks: ``(N, 2)`` or ``(B, N, 2)`` ``(y, x)`` pixels. Landmarks outside the grid give all-zero maps.
+        spatial_size: ``(H, W)`` of the heatmaps.
+        sigma: standard deviation in pixels of the heatmap grid.
+        normalize: if True each map sums to 1 (a probability distribution), else its peak value is 1.
+
+    Returns:
+        ``(N, H, W)`` or ``(B, N, H, W)`` float32 heatmaps.
+    """
+    if sigma <= 0:
+        raise ValueError(f"sigma should be positive, got {sigma}.")
+    if landmarks.shape[-1] != 2:
+        raise ValueError(f"landmarks should end with a dimension of 2 (y, x), got shape {tuple(landmarks.shape)}.")
+    h, w = int(spatial_size[0]), int(spatial_size[1])
+    pts = landmarks.to(torch.float32)
+    ys = torch.arange(h, dtype=torch.float32, device=pts.device)
+    xs = torch.arange(w, dtype=torch.float32, device=pts.device)
+    # separable Gaussian: exp(-(dy^2 + dx^2) / 2s^2) = exp(-dy^2/2s^2) * exp(-dx^2/2s^2)
+    gy = torch.exp(-((ys - pts[..., 0:1]) ** 2) / (2 * sigma**2))  # (..., N, H)
+    gx = torch.exp(-((xs - pts[..., 1:2]) ** 2) / (2 * sigma**2))  # (..., N, W)
+    heat = gy.unsqueeze(-1) * gx.unsqueeze(-2)
+    inside = ((pts[..., 0] >= -0.5) & (pts[..., 0] <= h - 0.5) & (pts[..., 1] >= -0.5) & (pts[..., 1] <= w - 0.5))
+    heat = heat * inside[..., None, None].to(heat.dtype)
+    if normalize:
+        heat = heat / heat.sum(dim=(-2, -1), keepdim=True).clamp_min(1e-12)
+    return heat
+
+
+def heatmap_to_landmarks(
+    heatmaps: torch.Tensor, refine: str = "quadratic", log_scale: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decode heatmaps (or heatmap logits) to sub-pixel landmark positions.
+
+    The argmax gives the pixel; ``"quadratic"`` then fits a parabola to the log of the map along each axis
+    through the peak and its two neighbours, which recovers the exact centre of a Gaussian (the log of a Gaussian
+    is a parabola). Logits from a spatial-softmax model are log-probabilities up to a constant, so they are used
+    directly. ``"none"`` keeps the argmax pixel.
+
+    Args:
+        heatmaps: ``(B, N, H, W)`` non-negative heatmaps, or logits with ``log_scale=True``.
+        refine: ``"quadratic"`` or ``"none"``.
+        log_scale: the maps are logits / log-probabilities (a spatial-softmax network's output).
+
+    Returns:
+        ``(landmarks, peak)``: ``(B, N, 2)`` float32 ``(y, x)`` pixels of the heatmap grid, and ``(B, N)`` the
+        value at the argmax.
+    """
+    if heatmaps.ndim != 4:
+        raise ValueError(f"heatmaps should be (B, N, H, W), got shape {tuple(heatmaps.shape)}.")
+    if refine not in ("quadratic", "none"):
+        raise ValueError(f"refine should be 'quadratic' or 'none', got {refine!r}.")
+    b, n, h, w = heatmaps.shape
+    hm = heatmaps.detach().to(torch.float32)
+    flat = hm.reshape(b, n, h * w)
+    peak, idx = flat.max(dim=-1)
+    iy = torch.div(idx, w, rounding_mode="floor")
+    ix = idx % w
+    coords = torch.stack([iy, ix], dim=-1).to(torch.float32)
+    if refine == "none":
+        return coords, peak
+    logmap = hm if log_scale else torch.log(hm.clamp_min(1e-12))
+    logflat = logmap.reshape(b, n, h * w)
+
+    def at(dy: int, dx: int) -> torch.Tensor:
+        yy = (iy + dy).clamp(0, h - 1)
+        xx = (ix + dx).clamp(0, w - 1)
+        return logflat.gather(-1, (yy * w + xx).unsqueeze(-1)).squeeze(-1)
+
+    c = at(0, 0)
+    for axis, (lo, hi), size, pos in ((0, (at(-1, 0), at(1, 0)), h, iy), (1, (at(0, -1), at(0, 1)), w, ix)):
+        denom = lo - 2 * c + hi
+        offset = 0.5 * (lo - hi) / torch.where(denom < -1e-12, denom, torch.full_like(denom, -1.0))
+        valid = (denom < -1e-12) & (pos > 0) & (pos < size - 1)
+        offset = torch.where(valid, offset.clamp(-0.5, 0.5), torch.zeros_like(offset))
+        coords[..., axis] = coords[..., axis] + offset
+    return coords, peak
+
+
+def heatmap_spread(logits: torch.Tensor, landmarks: torch.Tensor) -> torch.Tensor:
+    """Root-mean-square distance of the softmax distribution from the decoded landmark, in heatmap pixels.
+
+    A sharp, unimodal prediction has a small spread; a flat or multi-modal one (an uncertain landmark) a large one.
+
+    Args:
+        logits: ``(B, N, H, W)`` heatmap logits.
+        landmarks: ``(B, N, 2)`` ``(y, x)`` decoded positions in the same grid.
+
+    Returns:
+        ``(B, N)`` spread in pixels.
+    """
+    b, n, h, w = logits.shape
+    prob = torch.softmax(logits.detach().to(torch.float32).reshape(b, n, -1), dim=-1).reshape(b, n, h, w)
+    ys = torch.arange(h, dtype=torch.float32, device=logits.device).view(1, 1, h, 1)
+    xs = torch.arange(w, dtype=torch.float32, device=logits.device).view(1, 1, 1, w)
+    d2 = (ys - landmarks[..., 0, None, None]) ** 2 + (xs - landmarks[..., 1, None, None]) ** 2
+    return torch.sqrt((prob * d2).sum(dim=(-2, -1)))
+
+
+class HeatmapCrossEntropyLoss(_Loss):
+    """Cross-entropy between a spatial softmax of the logits and the normalised Gaussian target, minus the
+    target's entropy (so the loss is the KL divergence: 0 for a perfect prediction).
+
+    Unlike MSE against peak-1 Gaussians, whose all-zero output is a deep local minimum (it collapsed in our
+    tests: MRE 170 mm), the softmax must put its mass somewhere, so every step pulls the mass to the landmark.
+
+    Deep supervision: if ``input`` is ``(B, S, N, H, W)`` (several heads upsampled to full resolution, head 0
+    the finest) the per-head losses are combined with ``scale_weights`` (default: halving per head), or with
+    learned uncertainty weights if ``learn_weights=True`` (Kendall et al. 2018: ``sum_s exp(-w_s) L_s + w_s``).
+
+    Args:
+        scale_weights: fixed weights per head; ignored when ``learn_weights`` is True.
+        learn_weights: learn one log-variance per head (the parameters must then be given to the optimiser).
+        num_scales: number of heads for the learned weights.
+    """
+
+    def __init__(self, scale_weights: Sequence[float] | None = None, learn_weights: bool = False, num_scales: int = 1):
+        super().__init__()
+        self.scale_weights = None if scale_weights is None else [float(w) for w in scale_weights]
+        self.learn_weights = learn_weights
+        if learn_weights:
+            if num_scales < 1:
+                raise ValueError(f"num_scales should be >= 1, got {num_scales}.")
+            self.log_vars = torch.nn.Parameter(torch.zeros(num_scales))
+        self.last_scale_losses: list[float] = []
+
+    @staticmethod
+    def kl(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        b, n = logits.shape[:2]
+        logp = F.log_softmax(logits.float().reshape(b, n, -1), dim=-1)
+        t = target.float().reshape(b, n, -1)
+        t = t / t.sum(dim=-1, keepdim=True).clamp_min(1e-12)
+        ce = -(t * logp).sum(-1)
+        ent = -(t * torch.log(t.clamp_min(1e-12))).sum(-1)
+        return (ce - ent).mean()
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if input.ndim == 4:
+            loss = self.kl(input, target)
+            self.last_scale_losses = [float(loss.detach())]
+            return loss
+        if input.ndim != 5:
+            raise ValueError(f"input should be (B, N, H, W) or (B, S, N, H, W), got {tuple(input.shape)}.")
+        losses = [self.kl(input[:, s], target) for s in range(input.shape[1])]
+        self.last_scale_losses = [float(x.detach()) for x in losses]
+        if self.learn_weights:
+            if len(losses) != self.log_vars.numel():
+                raise ValueError(f"got {len(losses)} heads but num_scales={self.log_vars.numel()}.")
+            return sum(torch.exp(-self.log_vars[s]) * losses[s] + self.log_vars[s] for s in range(len(losses)))
+        weights = self.scale_weights or [0.5**s for s in range(len(losses))]
+        if len(weights) < len(losses):
+            raise ValueError(f"got {len(losses)} heads but only {len(weights)} scale_weights.")
+        total = sum(weights[: len(losses)])
+        return sum(w * l for w, l in zip(weights, losses)) / total

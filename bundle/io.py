@@ -1,0 +1,301 @@
+"""Reading cephalograms and landmark files; building data lists.
+
+Everything that touches the file system on the way in lives here. Readers return arrays in MONAI's array order
+(``(H, W)`` images; ``(N, 2)`` landmarks as ``(y, x)`` pixels) and raise :class:`CephDataError`, a ``ValueError``
+whose message names the file and what is wrong with it.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+from pathlib import Path
+import numpy as np
+
+__all__ = [
+    "CephDataError",
+    "IMAGE_SUFFIXES",
+    "ISBI_SPACING_MM",
+    "read_image",
+    "read_landmarks",
+    "read_isbi_landmarks",
+    "read_csv_landmarks",
+    "read_slicer_landmarks",
+    "isbi_datalist",
+    "folder_datalist",
+    "dataset_spacing",
+]
+
+ISBI_SPACING_MM = 0.1
+IMAGE_SUFFIXES = (".bmp", ".jpg", ".jpeg", ".png", ".tif", ".tiff", ".dcm", ".nii", ".nii.gz", ".mha", ".mhd", ".nrrd")
+_PIL_SUFFIXES = (".bmp", ".jpg", ".jpeg", ".png", ".tif", ".tiff")
+
+
+class CephDataError(ValueError):
+    """An input file that cannot be used; the message names the file and the problem."""
+
+    def __init__(self, path: str | Path, problem: str):
+        self.path = str(path)
+        self.problem = problem
+        super().__init__(f"{path}: {problem}")
+
+
+def _suffix(path: Path) -> str:
+    name = path.name.lower()
+    return ".nii.gz" if name.endswith(".nii.gz") else path.suffix.lower()
+
+
+def read_image(path: str | Path) -> tuple[np.ndarray, tuple[float, float] | None]:
+    """Read a 2D radiograph as a float32 ``(H, W)`` array.
+
+    Args:
+        path: BMP, JPEG, PNG or TIFF (colour images are converted to grey), DICOM, NIfTI, MHA/MHD or NRRD.
+
+    Returns:
+        ``(image, spacing)``: the image ``(H, W)`` in the file's grey values and the pixel spacing ``(row, col)`` in
+        mm when the file states it (DICOM ``PixelSpacing`` / ``ImagerPixelSpacing``, NIfTI / MHA headers), else None.
+
+    Raises:
+        CephDataError: missing, empty, unreadable or not 2D, or a DICOM without pixel spacing.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CephDataError(path, "image file not found")
+    if path.stat().st_size == 0:
+        raise CephDataError(path, "image file is empty (0 bytes)")
+    suffix = _suffix(path)
+    spacing: tuple[float, float] | None = None
+    try:
+        if suffix in _PIL_SUFFIXES:
+            from PIL import Image
+
+            with Image.open(path) as im:
+                im.load()
+                if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+                    arr = np.asarray(im, dtype=np.float32)
+                else:
+                    arr = np.asarray(im.convert("L"), dtype=np.float32)
+        elif suffix == ".dcm":
+            arr, spacing = _read_dicom(path)
+        else:
+            arr, spacing = _read_itk(path)
+    except CephDataError:
+        raise
+    except Exception as e:  # the readers raise many types for corrupt files; report them all the same way
+        raise CephDataError(path, f"cannot read image ({type(e).__name__}: {e})") from e
+    arr = np.squeeze(arr)
+    if arr.ndim != 2:
+        raise CephDataError(path, f"expected a 2D image, got an array of shape {tuple(arr.shape)}")
+    if arr.size == 0 or min(arr.shape) < 8:
+        raise CephDataError(path, f"image is empty or too small ({arr.shape[1]}x{arr.shape[0]} pixels)")
+    if not np.isfinite(arr).all():
+        raise CephDataError(path, "image contains NaN or infinite values")
+    return arr.astype(np.float32, copy=False), spacing
+
+
+def _read_dicom(path: Path) -> tuple[np.ndarray, tuple[float, float]]:
+    import pydicom
+
+    ds = pydicom.dcmread(str(path))
+    arr = ds.pixel_array.astype(np.float32)
+    if arr.ndim == 3 and arr.shape[-1] in (3, 4):  # colour DICOM: average the colour channels
+        arr = arr[..., :3].mean(-1)
+    slope = float(getattr(ds, "RescaleSlope", 1.0))
+    intercept = float(getattr(ds, "RescaleIntercept", 0.0))
+    arr = arr * slope + intercept
+    if str(getattr(ds, "PhotometricInterpretation", "")).upper() == "MONOCHROME1":
+        arr = arr.max() - arr  # MONOCHROME1 stores bone dark; flip so bone is bright as in every other format
+    for tag in ("PixelSpacing", "ImagerPixelSpacing", "NominalScannedPixelSpacing"):
+        value = getattr(ds, tag, None)
+        if value is not None and len(value) == 2 and all(float(v) > 0 for v in value):
+            return arr, (float(value[0]), float(value[1]))
+    raise CephDataError(
+        path, "DICOM has no pixel spacing (PixelSpacing, ImagerPixelSpacing); set pixel_spacing_mm in the config"
+    )
+
+
+def _read_itk(path: Path) -> tuple[np.ndarray, tuple[float, float]]:
+    import itk
+
+    img = itk.imread(str(path))
+    arr = itk.array_from_image(img).astype(np.float32)  # array order (y, x)
+    sp = tuple(float(s) for s in img.GetSpacing())  # itk order (x, y)
+    return arr, (sp[1], sp[0])
+
+
+def _check_landmarks(path: Path, xy: np.ndarray, n_landmarks: int | None) -> np.ndarray:
+    if n_landmarks is not None and xy.shape[0] != n_landmarks:
+        raise CephDataError(path, f"expected {n_landmarks} landmarks, found {xy.shape[0]}")
+    if xy.shape[0] == 0:
+        raise CephDataError(path, "no landmarks found")
+    bad = np.where(~np.isfinite(xy).all(axis=1))[0]
+    if bad.size:
+        raise CephDataError(path, f"landmark {int(bad[0]) + 1} is not a finite number (NaN or inf)")
+    return xy[:, ::-1].astype(np.float32).copy()  # (x, y) in files -> (y, x) array order
+
+
+def read_isbi_landmarks(path: str | Path, n_landmarks: int | None = 19) -> np.ndarray:
+    """Read an ISBI 2015 annotation: the first ``n_landmarks`` lines are ``x,y`` in pixels (later lines, which
+    the challenge files use for class labels, are ignored).
+
+    Returns:
+        ``(N, 2)`` float32 landmarks as ``(y, x)`` pixels.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CephDataError(path, "landmark file not found")
+    rows = []
+    for line_no, line in enumerate(path.read_text().splitlines(), 1):
+        parts = [p for p in line.replace(",", " ").split() if p]
+        if len(parts) != 2:
+            break  # end of the coordinate block
+        try:
+            rows.append((float(parts[0]), float(parts[1])))
+        except ValueError:
+            raise CephDataError(path, f"line {line_no} is not 'x,y': {line.strip()!r}") from None
+        if n_landmarks is not None and len(rows) == n_landmarks:
+            break
+    return _check_landmarks(path, np.asarray(rows, dtype=np.float64).reshape(-1, 2), n_landmarks)
+
+
+def read_csv_landmarks(path: str | Path, n_landmarks: int | None = None, image_name: str | None = None) -> np.ndarray:
+    """Read landmarks from a CSV with columns ``x,y`` (optionally ``image`` and ``landmark`` as well, as written
+    by our inference); with ``image_name`` only that image's rows are used.
+
+    Returns:
+        ``(N, 2)`` float32 landmarks as ``(y, x)`` pixels, ordered by the ``landmark`` column when present.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CephDataError(path, "landmark file not found")
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        if reader.fieldnames is None or not {"x", "y"} <= set(reader.fieldnames):
+            raise CephDataError(path, "CSV needs columns 'x' and 'y'")
+        rows = [r for r in reader if image_name is None or r.get("image", image_name) == image_name]
+    if "landmark" in (reader.fieldnames or []):
+        rows.sort(key=lambda r: int(r["landmark"]))
+    try:
+        xy = np.asarray([(float(r["x"]), float(r["y"])) for r in rows], dtype=np.float64).reshape(-1, 2)
+    except ValueError as e:
+        raise CephDataError(path, f"non-numeric coordinate ({e})") from None
+    return _check_landmarks(path, xy, n_landmarks)
+
+
+def read_slicer_landmarks(path: str | Path, n_landmarks: int | None = None) -> np.ndarray:
+    """Read a 3D Slicer point list (``.mrk.json``) written for a 2D image in pixel (IJK) coordinates, as our
+    inference writes it, or in LPS/RAS millimetres with a unit spacing.
+
+    Returns:
+        ``(N, 2)`` float32 landmarks as ``(y, x)`` pixels.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CephDataError(path, "landmark file not found")
+    try:
+        doc = json.loads(path.read_text())
+        points = doc["markups"][0]["controlPoints"]
+        # Slicer shows a 2D PNG/JPEG with unit spacing and the origin at pixel (0, 0): L = x, P = y in pixels.
+        xy = np.asarray([p["position"][:2] for p in points], dtype=np.float64).reshape(-1, 2)
+        if doc["markups"][0].get("coordinateSystem", "LPS") == "RAS":
+            xy = -xy
+    except (KeyError, IndexError, TypeError, json.JSONDecodeError) as e:
+        raise CephDataError(path, f"not a Slicer markups file ({type(e).__name__}: {e})") from None
+    return _check_landmarks(path, xy, n_landmarks)
+
+
+def read_landmarks(path: str | Path, n_landmarks: int | None = 19, image_name: str | None = None) -> np.ndarray:
+    """Read landmarks from an ISBI ``.txt``, a ``.csv`` or a Slicer ``.mrk.json`` file: ``(N, 2)`` ``(y, x)`` px."""
+    name = str(path).lower()
+    if name.endswith(".csv"):
+        return read_csv_landmarks(path, n_landmarks, image_name)
+    if name.endswith(".json"):
+        return read_slicer_landmarks(path, n_landmarks)
+    return read_isbi_landmarks(path, n_landmarks)
+
+
+def dataset_spacing(dataset_dir: str | Path, default: float = ISBI_SPACING_MM) -> float:
+    """Pixel spacing in mm of an ISBI-layout folder: ``dataset.json``'s ``pixel_spacing_mm`` (our synthetic set
+    writes one) or ``default`` (0.1 mm, the ISBI 2015 images)."""
+    meta = Path(dataset_dir) / "dataset.json"
+    if meta.is_file():
+        return float(json.loads(meta.read_text()).get("pixel_spacing_mm", default))
+    return default
+
+
+def isbi_datalist(
+    dataset_dir: str | Path,
+    split: str = "train",
+    ground_truth: str = "mean",
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    limit: int | None = None,
+) -> list[dict]:
+    """Data list of an ISBI 2015-layout folder.
+
+    Args:
+        dataset_dir: folder with ``RawImage/{TrainingData,Test1Data}`` and ``AnnotationsByMD/400_{senior,junior}``.
+        split: ``"train"`` and ``"val"`` split ``TrainingData`` (a seeded shuffle, ``val_fraction`` held out),
+            ``"trainval"`` is all of it, ``"test"`` is ``Test1Data``.
+        ground_truth: ``"senior"``, ``"junior"`` or ``"mean"`` (the mean of both doctors).
+        limit: keep only the first ``limit`` items (for quick runs).
+
+    Returns:
+        ``[{"image": path, "label_files": [txt, ...], "spacing_mm": s}, ...]``; the loader averages the files
+        listed in ``label_files``.
+    """
+    root = Path(dataset_dir)
+    if split not in ("train", "val", "trainval", "test"):
+        raise ValueError(f"split should be train, val, trainval or test, got {split!r}.")
+    doctors = {"senior": ["400_senior"], "junior": ["400_junior"], "mean": ["400_senior", "400_junior"]}
+    if ground_truth not in doctors:
+        raise ValueError(f"ground_truth should be senior, junior or mean, got {ground_truth!r}.")
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction should be in [0, 1), got {val_fraction}.")
+    image_dir = root / "RawImage" / ("Test1Data" if split == "test" else "TrainingData")
+    if not image_dir.is_dir():
+        raise FileNotFoundError(f"{image_dir}: not found; is {root} an ISBI 2015-layout folder?")
+    images = sorted(p for p in image_dir.iterdir() if _suffix(p) in IMAGE_SUFFIXES)
+    if not images:
+        raise FileNotFoundError(f"{image_dir}: no images found")
+    if split in ("train", "val"):
+        order = list(range(len(images)))
+        random.Random(seed).shuffle(order)
+        n_val = int(round(len(images) * val_fraction))
+        keep = sorted(order[:n_val]) if split == "val" else sorted(order[n_val:])
+        images = [images[i] for i in keep]
+    spacing = dataset_spacing(root)
+    items = [
+        {
+            "image": str(p),
+            "label_files": [str(root / "AnnotationsByMD" / d / f"{p.name.split('.')[0]}.txt") for d in doctors[ground_truth]],
+            "spacing_mm": spacing,
+        }
+        for p in images
+    ]
+    return items[:limit] if limit else items
+
+
+def folder_datalist(input_dir: str | Path, landmark_suffix: str | None = None) -> list[dict]:
+    """Every image in ``input_dir`` (sorted by name), for inference or for a user's own data set.
+
+    Args:
+        landmark_suffix: when given (``".csv"``, ``".txt"``, ``".mrk.json"``), each image ``NAME.ext`` takes its
+            landmarks from ``NAME<landmark_suffix>`` beside it.
+    """
+    root = Path(input_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: input folder not found")
+    items = []
+    for p in sorted(root.iterdir()):
+        if not p.is_file() or _suffix(p) not in IMAGE_SUFFIXES:
+            continue
+        item: dict = {"image": str(p)}
+        if landmark_suffix:
+            stem = p.name[: -len(_suffix(p))]
+            item["label_files"] = [str(root / f"{stem}{landmark_suffix}")]
+        items.append(item)
+    return items
+
+

@@ -1,0 +1,167 @@
+"""Landmark metrics: radial error in mm, MRE with SD, success detection rates (SDR), per landmark and per image.
+
+Definitions follow the ISBI 2015 challenge (Wang et al. 2016): the radial error of a landmark is the Euclidean
+distance in mm between prediction and ground truth; MRE is its mean over all images and landmarks, SD its standard
+deviation, and SDR@t the percentage of radial errors at most ``t`` mm.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from monai.metrics import CumulativeIterationMetric
+
+__all__ = ["radial_errors_mm", "summarize_errors", "LandmarkRadialErrorMetric", "SDR_THRESHOLDS_MM"]
+
+SDR_THRESHOLDS_MM = (2.0, 2.5, 3.0, 4.0)
+
+
+def radial_errors_mm(pred_mm: torch.Tensor, true_mm: torch.Tensor) -> torch.Tensor:
+    """Radial errors.
+
+    Args:
+        pred_mm: ``(..., N, 2)`` predicted landmarks in mm.
+        true_mm: ``(..., N, 2)`` ground truth in mm, same frame.
+
+    Returns:
+        ``(..., N)`` Euclidean distances in mm.
+    """
+    if pred_mm.shape != true_mm.shape or pred_mm.shape[-1] != 2:
+        raise ValueError(f"pred and truth should have the same (..., N, 2) shape, got {tuple(pred_mm.shape)} and {tuple(true_mm.shape)}.")
+    return torch.linalg.vector_norm(pred_mm.float() - true_mm.float(), dim=-1)
+
+
+def summarize_errors(
+    errors_mm: torch.Tensor, names: Sequence[str] | None = None, thresholds_mm: Sequence[float] = SDR_THRESHOLDS_MM
+) -> dict:
+    """Summary of a ``(num_images, N)`` radial-error table in mm.
+
+    Returns:
+        ``{"n_images", "n_landmarks", "mre_mm", "sd_mm", "sdr": {"2.0": %, ...}, "per_landmark": [{"index", "name",
+        "mre_mm", "sd_mm", "sdr": {...}}, ...]}``. SD uses the population formula (``unbiased=False``) like the
+        challenge's evaluation code.
+    """
+    e = errors_mm.detach().double().cpu()
+    if e.ndim != 2 or e.numel() == 0:
+        raise ValueError(f"errors should be a non-empty (num_images, N) table, got shape {tuple(e.shape)}.")
+
+    def stats(x: torch.Tensor) -> dict:
+        return {
+            "mre_mm": round(float(x.mean()), 4),
+            "sd_mm": round(float(x.std(unbiased=False)), 4),
+            "sdr": {f"{t:g}": round(100.0 * float((x <= t).double().mean()), 2) for t in thresholds_mm},
+        }
+
+    out = {"n_images": int(e.shape[0]), "n_landmarks": int(e.shape[1]), **stats(e.flatten())}
+    out["per_landmark"] = [
+        {"index": i + 1, "name": names[i] if names and i < len(names) else f"L{i + 1}", **stats(e[:, i])}
+        for i in range(e.shape[1])
+    ]
+    return out
+
+
+class LandmarkRadialErrorMetric(CumulativeIterationMetric):
+    """MONAI metric over batches of predicted and true landmarks in mm.
+
+    ``y_pred`` and ``y`` are ``(B, N, 2)`` (or lists of ``(N, 2)``) in mm. The buffer holds the ``(B, N)`` radial
+    errors; :meth:`aggregate` returns the MRE (``kind="mre"``) or the SDR in % at ``threshold_mm`` (``kind="sdr"``).
+    Wrapped in MONAI's ``IgniteMetricHandler`` with ``save_details=True`` the per-image errors reach
+    ``engine.state.metric_details``.
+    """
+
+    def __init__(self, kind: str = "mre", threshold_mm: float = 2.0):
+        super().__init__()
+        if kind not in ("mre", "sdr"):
+            raise ValueError(f"kind should be 'mre' or 'sdr', got {kind!r}.")
+        self.kind, self.threshold_mm = kind, threshold_mm
+
+    def _compute_tensor(self, y_pred: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        if y is None:
+            raise ValueError("ground truth landmarks are required.")
+        return radial_errors_mm(torch.as_tensor(y_pred), torch.as_tensor(y))
+
+    def aggregate(self) -> torch.Tensor:
+        errors = self.get_buffer()
+        if not isinstance(errors, torch.Tensor) or errors.numel() == 0:
+            raise ValueError("no landmark errors were accumulated.")
+        if self.kind == "mre":
+            return errors.float().mean()
+        return 100.0 * (errors <= self.threshold_mm).float().mean()
+
+
+class LandmarkEvaluationSaver:
+    """Ignite handler: collects each evaluated image's predictions and radial errors and, when the run completes,
+    writes ``metrics.json`` (:func:`summarize_errors`), ``per_image_errors.csv`` (one row per image: the radial
+    error of every landmark and their mean, in mm) and ``predictions.csv`` (predicted and true landmarks, original
+    pixels, x/y order). Files are written to a temporary name first and renamed, so none is ever half-written.
+
+    Args:
+        output_dir: folder for the three files.
+        names: landmark names for the per-landmark table.
+    """
+
+    def __init__(self, output_dir: str, names: Sequence[str] | None = None):
+        self.output_dir = Path(output_dir)
+        self.names = list(names) if names else None
+        self._rows: list[tuple[str, torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        self.summary: dict | None = None
+
+    def attach(self, engine) -> None:
+        from ignite.engine import Events
+
+        engine.add_event_handler(Events.EPOCH_STARTED, lambda e: self._rows.clear())
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._write)
+
+    def _collect(self, engine) -> None:
+        outputs = engine.state.output if isinstance(engine.state.output, list) else [engine.state.output]
+        batches = engine.state.batch if isinstance(engine.state.batch, list) else [engine.state.batch]
+        for out, batch in zip(outputs, batches):
+            if "true_mm" not in out:
+                continue
+            self._rows.append((str(batch.get("image_name", out.get("image_name", "?"))), out["pred_mm"], out["true_mm"],
+                               torch.as_tensor(batch["spacing"])))
+
+    def _write(self, engine) -> None:
+        if not self._rows:
+            return
+        errors = torch.stack([radial_errors_mm(p, t) for _, p, t, _ in self._rows])
+        self.summary = summarize_errors(errors, self.names)
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        _atomic_write_text(self.output_dir / "metrics.json", json.dumps(self.summary, indent=2))
+        n = errors.shape[1]
+        header = ["image", *[f"L{i + 1}_mm" for i in range(n)], "mean_mm"]
+        lines = [header] + [
+            [name, *[f"{float(v):.4f}" for v in err], f"{float(err.mean()):.4f}"] for (name, *_), err in zip(self._rows, errors)
+        ]
+        _atomic_write_csv(self.output_dir / "per_image_errors.csv", lines)
+        pred_rows = [["image", "landmark", "name", "x_pred", "y_pred", "x_true", "y_true", "error_mm"]]
+        for (name, p, t, sp), err in zip(self._rows, errors):
+            for i in range(n):
+                pp, tt = p[i] / sp, t[i] / sp
+                pred_rows.append([name, i + 1, self.names[i] if self.names else f"L{i + 1}", f"{float(pp[1]):.2f}",
+                                  f"{float(pp[0]):.2f}", f"{float(tt[1]):.2f}", f"{float(tt[0]):.2f}", f"{float(err[i]):.4f}"])
+        _atomic_write_csv(self.output_dir / "predictions.csv", pred_rows)
+        s = self.summary
+        engine.logger.info(
+            "landmarks: %d images, MRE %.3f ± %.3f mm, SDR %s -> %s",
+            s["n_images"], s["mre_mm"], s["sd_mm"], ", ".join(f"{k} mm {v:.1f}%" for k, v in s["sdr"].items()), self.output_dir,
+        )
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _atomic_write_csv(path: Path, rows: list) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="") as f:
+        csv.writer(f).writerows(rows)
+    os.replace(tmp, path)

@@ -1,0 +1,196 @@
+"""Inference outputs: ``landmarks.csv``, a 3D Slicer point list and an overlay PNG per image, ``errors.csv``.
+
+Files take ``(x, y)`` in pixels of the original image (x right, y down, first pixel centre at 0, 0); the bundle's
+``(y, x)`` arrays are converted here, at the edge.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+__all__ = ["LANDMARKS_CSV_HEADER", "slicer_markups", "draw_overlay", "LandmarkOutputWriter"]
+
+logger = logging.getLogger(__name__)
+
+LANDMARKS_CSV_HEADER = ["image", "landmark", "name", "x", "y", "x_mm", "y_mm", "uncertainty_mm"]
+_SLICER_SCHEMA = "https://raw.githubusercontent.com/slicer/slicer/master/Modules/Loadable/Markups/Resources/Schema/markups-schema-v1.0.3.json#"
+
+
+def slicer_markups(points_xy: np.ndarray, names: Sequence[str], mm_per_px: Sequence[float] = (1.0, 1.0),
+                   descriptions: Sequence[str] | None = None) -> dict:
+    """A 3D Slicer markups point list (``.mrk.json``) for a 2D image.
+
+    Slicer shows a PNG/JPEG/BMP with 1 mm per pixel and the first pixel at the origin of LPS space, so the position
+    of pixel ``(x, y)`` is ``(x, y, 0)`` (``mm_per_px = (1, 1)``). For images whose header gives a pixel spacing
+    (DICOM, NIfTI) pass it as ``mm_per_px`` ``(x, y)``.
+
+    Args:
+        points_xy: ``(N, 2)`` ``(x, y)`` pixels of the original image.
+        names: one label per point.
+    """
+    pts = np.asarray(points_xy, dtype=float)
+    control_points = [
+        {
+            "id": str(i + 1),
+            "label": names[i] if i < len(names) else f"L{i + 1}",
+            "description": descriptions[i] if descriptions else "",
+            "associatedNodeID": "",
+            "position": [float(pts[i, 0] * mm_per_px[0]), float(pts[i, 1] * mm_per_px[1]), 0.0],
+            "orientation": [-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0],
+            "selected": True,
+            "locked": False,
+            "visibility": True,
+            "positionStatus": "defined",
+        }
+        for i in range(len(pts))
+    ]
+    return {
+        "@schema": _SLICER_SCHEMA,
+        "markups": [
+            {
+                "type": "Fiducial",
+                "coordinateSystem": "LPS",
+                "coordinateUnits": "mm",
+                "locked": False,
+                "fixedNumberOfControlPoints": False,
+                "labelFormat": "%N-%d",
+                "lastUsedControlPointNumber": len(pts),
+                "controlPoints": control_points,
+                "measurements": [],
+            }
+        ],
+    }
+
+
+def draw_overlay(image: np.ndarray, points_xy: np.ndarray, names: Sequence[str], path: str | Path,
+                 uncertainty_px: np.ndarray | None = None, truth_xy: np.ndarray | None = None, max_side: int = 1200) -> None:
+    """Save a PNG of the radiograph with the landmarks drawn on it: a numbered cross per landmark, a circle of the
+    expected error when ``uncertainty_px`` is given, and the ground truth in green with a line to the prediction
+    when ``truth_xy`` is given. The picture is shrunk to at most ``max_side`` pixels.
+
+    Args:
+        image: ``(H, W)`` grey image, any range.
+        points_xy: ``(N, 2)`` ``(x, y)`` pixels of ``image``.
+    """
+    from PIL import Image, ImageDraw, ImageFont
+
+    img = np.asarray(image, dtype=np.float32)
+    lo, hi = np.percentile(img, (0.5, 99.5))
+    grey = np.clip((img - lo) / max(hi - lo, 1e-6) * 255, 0, 255).astype(np.uint8)
+    pic = Image.fromarray(grey).convert("RGB")
+    f = min(1.0, max_side / max(pic.size))
+    if f < 1.0:
+        pic = pic.resize((max(1, round(pic.width * f)), max(1, round(pic.height * f))), Image.BILINEAR)
+    draw = ImageDraw.Draw(pic)
+    r = max(3, round(max(pic.size) / 150))
+    font = ImageFont.load_default(size=max(10, 2 * r + 2)) if hasattr(ImageFont, "load_default") else None
+    pts = np.asarray(points_xy, dtype=float) * f
+    if truth_xy is not None:
+        tru = np.asarray(truth_xy, dtype=float) * f
+        for (px, py), (tx, ty) in zip(pts, tru):
+            draw.line([(px, py), (tx, ty)], fill=(255, 255, 0), width=1)
+            draw.ellipse([tx - r, ty - r, tx + r, ty + r], outline=(0, 255, 0), width=2)
+    for i, (x, y) in enumerate(pts):
+        if uncertainty_px is not None:
+            u = float(uncertainty_px[i]) * f
+            draw.ellipse([x - u, y - u, x + u, y + u], outline=(255, 140, 0), width=1)
+        draw.line([(x - r, y), (x + r, y)], fill=(255, 0, 0), width=2)
+        draw.line([(x, y - r), (x, y + r)], fill=(255, 0, 0), width=2)
+        draw.text((x + r + 1, y - 2 * r), str(i + 1), fill=(255, 60, 60), font=font)
+    tmp = Path(str(path) + ".tmp.png")
+    pic.save(tmp)
+    os.replace(tmp, path)
+
+
+class LandmarkOutputWriter:
+    """Ignite handler for the inference evaluator: for each image it appends its rows to ``landmarks.csv``
+    (flushed at once, so a crash loses nothing already written), writes ``<stem>.mrk.json`` and
+    ``<stem>_overlay.png``; an image that could not be read gets a row in ``errors.csv`` and the batch goes on.
+
+    Args:
+        output_dir: the output folder (created if missing).
+        names: landmark names.
+        overlay: write the overlay PNGs.
+    """
+
+    def __init__(self, output_dir: str, names: Sequence[str], overlay: bool = True):
+        self.output_dir = Path(output_dir)
+        self.names = list(names)
+        self.overlay = overlay
+        self.n_ok = 0
+        self.n_failed = 0
+
+    def attach(self, engine) -> None:
+        from ignite.engine import Events
+
+        engine.add_event_handler(Events.STARTED, self._start)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._write)
+        engine.add_event_handler(Events.COMPLETED, self._finish)
+
+    def _start(self, engine) -> None:
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.output_dir / "landmarks.csv", "w", newline="") as f:
+            csv.writer(f).writerow(LANDMARKS_CSV_HEADER)
+        with open(self.output_dir / "errors.csv", "w", newline="") as f:
+            csv.writer(f).writerow(["image", "error"])
+        self.n_ok = self.n_failed = 0
+
+    def _write(self, engine) -> None:
+        outputs = engine.state.output if isinstance(engine.state.output, list) else [engine.state.output]
+        batches = engine.state.batch if isinstance(engine.state.batch, list) else [engine.state.batch]
+        for out, item in zip(outputs, batches):
+            name = str(item["image_name"])
+            if item.get("error"):
+                self._error(name, str(item["error"]))
+                continue
+            try:
+                self._write_one(name, str(item["image_path"]), out, item)
+            except Exception as e:  # a failure on one image must not stop the batch
+                logger.exception("writing outputs for %s failed", name)
+                self._error(name, f"writing outputs failed: {type(e).__name__}: {e}")
+
+    def _error(self, name: str, message: str) -> None:
+        self.n_failed += 1
+        with open(self.output_dir / "errors.csv", "a", newline="") as f:
+            csv.writer(f).writerow([name, message])
+
+    def _write_one(self, name: str, path: str, out: dict, item: dict) -> None:
+        from .io import read_image
+
+        pred_yx = torch.as_tensor(out["pred_landmarks"]).float().cpu().numpy()
+        pred_mm = torch.as_tensor(out["pred_mm"]).float().cpu().numpy()
+        unc = torch.as_tensor(out["uncertainty_mm"]).float().cpu().numpy()
+        xy = pred_yx[:, ::-1]
+        rows = [
+            [name, i + 1, self.names[i] if i < len(self.names) else f"L{i + 1}", f"{xy[i, 0]:.2f}", f"{xy[i, 1]:.2f}",
+             f"{pred_mm[i, 1]:.3f}", f"{pred_mm[i, 0]:.3f}", f"{unc[i]:.3f}"]
+            for i in range(len(xy))
+        ]
+        with open(self.output_dir / "landmarks.csv", "a", newline="") as f:
+            csv.writer(f).writerows(rows)
+            f.flush()
+        stem = name.split(".")[0]
+        mm_per_px = torch.as_tensor(item.get("slicer_mm_per_px", torch.ones(2))).float().numpy()[::-1]  # (x, y)
+        markups = slicer_markups(xy, self.names, mm_per_px, [f"uncertainty {u:.2f} mm" for u in unc])
+        tmp = self.output_dir / f"{stem}.mrk.json.tmp"
+        tmp.write_text(json.dumps(markups, indent=2))
+        os.replace(tmp, self.output_dir / f"{stem}.mrk.json")
+        if self.overlay:
+            image, _ = read_image(path)
+            spacing = torch.as_tensor(item["spacing"]).float().numpy()
+            draw_overlay(image, xy, self.names, self.output_dir / f"{stem}_overlay.png", uncertainty_px=unc / spacing.mean())
+        self.n_ok += 1
+
+    def _finish(self, engine) -> None:
+        engine.logger.info(
+            "wrote landmarks of %d image(s) to %s; %d could not be read (see errors.csv)",
+            self.n_ok, self.output_dir / "landmarks.csv", self.n_failed,
+        )

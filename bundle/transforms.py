@@ -1,0 +1,353 @@
+"""Landmark-aware dictionary transforms.
+
+Each spatial transform moves the image and its landmarks together and records what it did, so predictions can be
+mapped back to the original image. Data dictionaries carry (all tensors, MONAI array order):
+
+- ``image``: ``(1, H, W)`` float32 in the current frame;
+- ``landmarks``: ``(N, 2)`` ``(y, x)`` pixels in the current frame (absent at inference);
+- ``landmarks_orig``: ``(N, 2)`` ``(y, x)`` pixels of the original file (absent at inference);
+- ``spacing``: ``(2,)`` mm per original pixel (row, col);
+- ``orig_size``: ``(2,)`` original ``(H, W)``;
+- ``scale``: ``(2,)`` current pixels per original pixel, set by :class:`ResizeLandmarksd` (the only transform
+  that inference inverts; random augmentations are training-only);
+- ``image_name``, ``image_path``: the file's name and path; ``slicer_mm_per_px``: the spacing 3D Slicer uses;
+- ``error``: set instead of raising when ``on_error="record"``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Hashable, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from monai.config import KeysCollection
+from monai.transforms import MapTransform, Randomizable, Transform
+from monai.utils import TransformBackends
+
+from .heatmaps import heatmap_spread, heatmap_to_landmarks, render_gaussian_heatmaps
+from .io import CephDataError, read_image, read_landmarks
+
+__all__ = [
+    "LoadCephalogramd",
+    "ResizeLandmarksd",
+    "RandAffineLandmarksd",
+    "RandElasticLandmarksd",
+    "LandmarksToHeatmapd",
+    "HeatmapToLandmarksd",
+    "affine_warp",
+    "original_from_resized",
+]
+
+logger = logging.getLogger(__name__)
+
+
+def original_from_resized(points: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Map ``(..., 2)`` ``(y, x)`` points of a resized grid back to original pixels (pixel centres aligned as in
+    ``F.interpolate(align_corners=False)``: ``p_resized = (p_orig + 0.5) * scale - 0.5``)."""
+    return (points + 0.5) / scale - 0.5
+
+
+class LoadCephalogramd(MapTransform):
+    """Read the image at ``data["image"]`` and its landmarks from ``data["label_files"]`` (averaged when several
+    files are listed, e.g. both doctors).
+
+    Args:
+        n_landmarks: number of landmarks expected in each file.
+        spacing_mm: pixel spacing (mm) used when neither the file header nor ``data["spacing_mm"]`` gives one.
+        on_error: ``"raise"`` (training: a bad file stops the run with its name) or ``"record"`` (inference: the
+            problem is stored in ``data["error"]``, the image replaced by zeros, and the batch goes on).
+        error_size: ``(H, W)`` of the zero image put in place of an unreadable one.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection = "image",
+        label_key: str = "label_files",
+        n_landmarks: int = 19,
+        spacing_mm: float | None = 0.1,
+        on_error: str = "raise",
+        error_size: Sequence[int] = (64, 64),
+    ):
+        super().__init__(keys)
+        if on_error not in ("raise", "record"):
+            raise ValueError(f"on_error should be 'raise' or 'record', got {on_error!r}.")
+        self.label_key = label_key
+        self.n_landmarks = n_landmarks
+        self.spacing_mm = spacing_mm
+        self.on_error = on_error
+        self.error_size = tuple(error_size)
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        d = dict(data)
+        key = self.keys[0]
+        path = str(d[key])
+        d["image_name"] = Path(path).name
+        d["image_path"] = path
+        try:
+            self._load(d, key, path)
+        except (CephDataError, FileNotFoundError) as e:
+            if self.on_error == "raise":
+                raise
+            logger.warning("skipping %s", e)
+            d["error"] = str(e)
+            d[key] = torch.zeros((1, *self.error_size), dtype=torch.float32)
+            d["spacing"] = torch.full((2,), float(self.spacing_mm or 1.0))
+            d["orig_size"] = torch.tensor(self.error_size, dtype=torch.float32)
+            d["scale"] = torch.ones(2)
+            d["slicer_mm_per_px"] = torch.ones(2)
+            d.pop("landmarks", None)
+            d.pop("landmarks_orig", None)
+        else:
+            d["error"] = ""
+        return d
+
+    def _load(self, d: dict, key: str, path: str) -> None:
+        image, header_spacing = read_image(path)
+        h, w = image.shape
+        if header_spacing is not None:
+            spacing = header_spacing
+        elif d.get("spacing_mm") is not None:
+            spacing = (float(d["spacing_mm"]),) * 2
+        elif self.spacing_mm is not None:
+            spacing = (float(self.spacing_mm),) * 2
+        else:
+            raise CephDataError(path, "no pixel spacing in the file and none configured (pixel_spacing_mm)")
+        files = d.get(self.label_key)
+        if files:
+            pts = [read_landmarks(f, self.n_landmarks, image_name=d["image_name"]) for f in files]
+            for f, p in zip(files, pts):
+                outside = np.where((p[:, 0] < -0.5) | (p[:, 0] > h - 0.5) | (p[:, 1] < -0.5) | (p[:, 1] > w - 0.5))[0]
+                if outside.size:
+                    i = int(outside[0])
+                    raise CephDataError(
+                        f, f"landmark {i + 1} at x={p[i, 1]:.1f}, y={p[i, 0]:.1f} lies outside the {w}x{h} image {path}"
+                    )
+            lm = torch.as_tensor(np.mean(pts, axis=0), dtype=torch.float32)
+            d["landmarks"] = lm
+            d["landmarks_orig"] = lm.clone()
+        d[key] = torch.as_tensor(image)[None]
+        d["spacing"] = torch.tensor(spacing, dtype=torch.float32)
+        # the mm per pixel that 3D Slicer will use for this file: the header's, or 1 for plain pictures
+        d["slicer_mm_per_px"] = torch.tensor(header_spacing or (1.0, 1.0), dtype=torch.float32)
+        d["orig_size"] = torch.tensor((h, w), dtype=torch.float32)
+        d["scale"] = torch.ones(2)
+
+
+class ResizeLandmarksd(MapTransform):
+    """Resample the image to ``spatial_size`` with an anti-aliased bilinear filter and scale the landmarks with it.
+
+    Args:
+        spatial_size: output ``(H, W)`` in pixels.
+    """
+
+    backend = [TransformBackends.TORCH]
+
+    def __init__(self, keys: KeysCollection = "image", spatial_size: Sequence[int] = (512, 416)):
+        super().__init__(keys)
+        if len(spatial_size) != 2 or min(spatial_size) < 8:
+            raise ValueError(f"spatial_size should be (H, W) of at least 8 pixels, got {spatial_size}.")
+        self.spatial_size = (int(spatial_size[0]), int(spatial_size[1]))
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        d = dict(data)
+        img = torch.as_tensor(d[self.keys[0]], dtype=torch.float32)
+        in_size = torch.tensor(img.shape[-2:], dtype=torch.float32)
+        out = F.interpolate(img[None], size=self.spatial_size, mode="bilinear", align_corners=False, antialias=True)
+        d[self.keys[0]] = out[0]
+        factor = torch.tensor(self.spatial_size, dtype=torch.float32) / in_size
+        if "landmarks" in d:
+            d["landmarks"] = (d["landmarks"] + 0.5) * factor - 0.5
+        d["scale"] = d.get("scale", torch.ones(2)) * factor
+        return d
+
+
+def affine_warp(image: torch.Tensor, out_from_in: torch.Tensor, out_size: Sequence[int]) -> torch.Tensor:
+    """Warp a ``(C, H, W)`` image with a 3x3 matrix that maps homogeneous ``(y, x, 1)`` input pixels to output
+    pixels (bilinear, zeros outside)."""
+    h, w = int(out_size[0]), int(out_size[1])
+    in_from_out = torch.linalg.inv(out_from_in.to(torch.float64)).to(torch.float32)
+    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")
+    pts = torch.stack([ys, xs, torch.ones_like(ys)], -1) @ in_from_out.T  # (h, w, 3) input (y, x, 1)
+    return _sample(image, pts[..., 0], pts[..., 1])
+
+
+def _sample(image: torch.Tensor, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Bilinear sample of ``(C, H, W)`` at pixel coordinates ``y``, ``x`` (arrays of the output shape)."""
+    hi, wi = image.shape[-2:]
+    grid = torch.stack([(2 * x + 1) / wi - 1, (2 * y + 1) / hi - 1], -1)[None]  # align_corners=False convention
+    return F.grid_sample(image[None].float(), grid, mode="bilinear", padding_mode="zeros", align_corners=False)[0]
+
+
+class RandAffineLandmarksd(Randomizable, MapTransform):
+    """Random rotation, scaling and translation about the image centre, applied to image and landmarks alike.
+
+    Args:
+        prob: probability of applying the transform.
+        rotate_range: maximum rotation in radians (uniform in ``[-r, r]``).
+        scale_range: maximum relative scale change (uniform in ``[1 - s, 1 + s]``).
+        translate_range: maximum translation as a fraction of each image side.
+    """
+
+    backend = [TransformBackends.TORCH]
+
+    def __init__(
+        self,
+        keys: KeysCollection = "image",
+        prob: float = 0.9,
+        rotate_range: float = math.radians(10),
+        scale_range: float = 0.1,
+        translate_range: float = 0.05,
+    ):
+        MapTransform.__init__(self, keys)
+        self.prob, self.rotate_range, self.scale_range, self.translate_range = prob, rotate_range, scale_range, translate_range
+        self._params: tuple[float, float, float, float] | None = None
+
+    def randomize(self, data=None) -> None:
+        if self.R.rand() >= self.prob:
+            self._params = None
+            return
+        self._params = (
+            self.R.uniform(-self.rotate_range, self.rotate_range),
+            self.R.uniform(1 - self.scale_range, 1 + self.scale_range),
+            self.R.uniform(-self.translate_range, self.translate_range),
+            self.R.uniform(-self.translate_range, self.translate_range),
+        )
+
+    def matrix(self, size: Sequence[int]) -> torch.Tensor:
+        """The 3x3 ``out_from_in`` matrix of the drawn parameters for an image of ``size`` ``(H, W)``."""
+        if self._params is None:
+            return torch.eye(3)
+        angle, s, ty, tx = self._params
+        h, w = size
+        cy, cx = (h - 1) / 2, (w - 1) / 2
+        c, si = math.cos(angle), math.sin(angle)
+        lin = torch.tensor([[c, -si], [si, c]], dtype=torch.float64) * s
+        centre = torch.tensor([cy, cx], dtype=torch.float64)
+        shift = centre + torch.tensor([ty * h, tx * w], dtype=torch.float64) - lin @ centre
+        m = torch.eye(3, dtype=torch.float64)
+        m[:2, :2], m[:2, 2] = lin, shift
+        return m.to(torch.float32)
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        d = dict(data)
+        self.randomize()
+        if self._params is None:
+            return d
+        size = d[self.keys[0]].shape[-2:]
+        m = self.matrix(size)
+        for key in self.key_iterator(d):
+            d[key] = affine_warp(torch.as_tensor(d[key]), m, size)
+        if "landmarks" in d:
+            pts = torch.cat([d["landmarks"], torch.ones(len(d["landmarks"]), 1)], 1)
+            d["landmarks"] = (pts @ m.T)[:, :2]
+        return d
+
+
+class RandElasticLandmarksd(Randomizable, MapTransform):
+    """Random smooth elastic deformation; landmarks follow it exactly.
+
+    The image is resampled as ``out(p) = in(p + u(p))`` with a displacement field ``u`` interpolated (bicubic) from
+    a coarse grid of Gaussian control displacements. A landmark at ``q`` of the input lands at the ``p`` that solves
+    ``p + u(p) = q``, found by fixed-point iteration ``p <- q - u(p)`` (it converges because ``|grad u| << 1``).
+
+    Args:
+        prob: probability of applying it.
+        magnitude: standard deviation of the control displacements in pixels.
+        grid: number of control points ``(rows, cols)``.
+    """
+
+    backend = [TransformBackends.TORCH]
+
+    def __init__(self, keys: KeysCollection = "image", prob: float = 0.3, magnitude: float = 3.0, grid: Sequence[int] = (5, 4)):
+        MapTransform.__init__(self, keys)
+        self.prob, self.magnitude, self.grid = prob, magnitude, tuple(grid)
+        self._control: np.ndarray | None = None
+
+    def randomize(self, data=None) -> None:
+        self._control = self.R.normal(0, self.magnitude, (2, *self.grid)) if self.R.rand() < self.prob else None
+
+    def field(self, size: Sequence[int]) -> torch.Tensor:
+        """The ``(2, H, W)`` displacement ``(uy, ux)`` in pixels of the drawn control points."""
+        ctrl = torch.as_tensor(self._control, dtype=torch.float32)[None]
+        return F.interpolate(ctrl, size=tuple(int(s) for s in size), mode="bicubic", align_corners=True)[0]
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        d = dict(data)
+        self.randomize()
+        if self._control is None:
+            return d
+        size = d[self.keys[0]].shape[-2:]
+        u = self.field(size)
+        ys, xs = torch.meshgrid(torch.arange(size[0], dtype=torch.float32), torch.arange(size[1], dtype=torch.float32), indexing="ij")
+        for key in self.key_iterator(d):
+            d[key] = _sample(torch.as_tensor(d[key]), ys + u[0], xs + u[1])
+        if "landmarks" in d:
+            q = d["landmarks"]
+            p = q.clone()
+            for _ in range(20):
+                disp = _sample(u, p[:, 0:1], p[:, 1:2])[:, :, 0].T  # (N, 2) displacement at p
+                p = q - disp
+            d["landmarks"] = p
+        return d
+
+
+class LandmarksToHeatmapd(Transform):
+    """Render ``data["landmarks"]`` as Gaussian heatmaps ``data[label_key]`` ``(N, H, W)`` on the grid of
+    ``data[ref_key]`` (peak 1, sub-pixel centres).
+
+    Args:
+        sigma: standard deviation in pixels of that grid.
+    """
+
+    backend = [TransformBackends.TORCH]
+
+    def __init__(self, sigma: float = 2.0, label_key: str = "label", ref_key: str = "image"):
+        if sigma <= 0:
+            raise ValueError(f"sigma should be positive, got {sigma}.")
+        self.sigma, self.label_key, self.ref_key = sigma, label_key, ref_key
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        d = dict(data)
+        d[self.label_key] = render_gaussian_heatmaps(d["landmarks"], d[self.ref_key].shape[-2:], self.sigma)
+        return d
+
+
+class HeatmapToLandmarksd(Transform):
+    """Decode predicted heatmap logits ``data["pred"]`` ``(N, h, w)`` into landmarks of the original image.
+
+    Writes ``pred_landmarks`` ``(N, 2)`` ``(y, x)`` original pixels, ``pred_mm`` (the same in mm),
+    ``uncertainty_mm`` ``(N,)`` (expected radial error: ``calibration[0] * spread_mm + calibration[1]``, where the
+    spread is the RMS distance of the softmax mass from the decoded point), and ``true_mm`` when the item has
+    ``landmarks_orig``.
+
+    Args:
+        refine: sub-pixel refinement, see :func:`heatmap_to_landmarks`.
+        calibration: ``(a, b)`` of the linear map from heatmap spread to expected error, fitted on validation data.
+    """
+
+    def __init__(self, pred_key: str = "pred", refine: str = "quadratic", calibration: Sequence[float] = (1.0, 0.0)):
+        self.pred_key, self.refine = pred_key, refine
+        self.calibration = (float(calibration[0]), float(calibration[1]))
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        d = dict(data)
+        logits = torch.as_tensor(d[self.pred_key]).detach().float().cpu()
+        if logits.ndim == 4:  # deep-supervision stack (S, N, h, w): the finest head is first
+            logits = logits[0]
+        pts, _ = heatmap_to_landmarks(logits[None], refine=self.refine, log_scale=True)
+        spread_px = heatmap_spread(logits[None], pts)[0]
+        pts = pts[0]
+        scale = torch.as_tensor(d["scale"]).float().cpu()
+        spacing = torch.as_tensor(d["spacing"]).float().cpu()
+        orig = original_from_resized(pts, scale)
+        d["pred_landmarks"] = orig
+        d["pred_mm"] = orig * spacing
+        spread_mm = spread_px * (spacing / scale).mean()
+        d["uncertainty_mm"] = self.calibration[0] * spread_mm + self.calibration[1]
+        if "landmarks_orig" in d:
+            d["true_mm"] = torch.as_tensor(d["landmarks_orig"]).float().cpu() * spacing
+        return d
