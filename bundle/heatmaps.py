@@ -89,18 +89,26 @@ def heatmap_to_landmarks(
     logmap = hm if log_scale else torch.log(hm.clamp_min(1e-12))
     logflat = logmap.reshape(b, n, h * w)
 
-    def at(dy: int, dx: int) -> torch.Tensor:
-        yy = (iy + dy).clamp(0, h - 1)
-        xx = (ix + dx).clamp(0, w - 1)
-        return logflat.gather(-1, (yy * w + xx).unsqueeze(-1)).squeeze(-1)
+    # the parabola goes through the peak and its neighbours; at the border the stencil moves one pixel inwards
+    cy = iy.clamp(1, max(h - 2, 0)) if h >= 3 else iy
+    cx = ix.clamp(1, max(w - 2, 0)) if w >= 3 else ix
 
-    c = at(0, 0)
-    for axis, (lo, hi), size, pos in ((0, (at(-1, 0), at(1, 0)), h, iy), (1, (at(0, -1), at(0, 1)), w, ix)):
-        denom = lo - 2 * c + hi
-        offset = 0.5 * (lo - hi) / torch.where(denom < -1e-12, denom, torch.full_like(denom, -1.0))
-        valid = (denom < -1e-12) & (pos > 0) & (pos < size - 1)
-        offset = torch.where(valid, offset.clamp(-0.5, 0.5), torch.zeros_like(offset))
-        coords[..., axis] = coords[..., axis] + offset
+    def at(yy: torch.Tensor, xx: torch.Tensor) -> torch.Tensor:
+        return logflat.gather(-1, (yy.clamp(0, h - 1) * w + xx.clamp(0, w - 1)).unsqueeze(-1)).squeeze(-1)
+
+    for axis, size, centre, lo, mid, hi in (
+        (0, h, cy, at(cy - 1, ix), at(cy, ix), at(cy + 1, ix)),
+        (1, w, cx, at(iy, cx - 1), at(iy, cx), at(iy, cx + 1)),
+    ):
+        if size < 3:
+            continue
+        denom = lo - 2 * mid + hi
+        concave = denom < -1e-12
+        vertex = centre.to(torch.float32) + 0.5 * (lo - hi) / torch.where(concave, denom, torch.full_like(denom, -1.0))
+        pos = coords[..., axis]
+        # keep the refined point within one pixel of the argmax (a flat or noisy map can put the vertex far away)
+        refined = torch.minimum(torch.maximum(vertex, pos - 1.0), pos + 1.0)
+        coords[..., axis] = torch.where(concave, refined, pos)
     return coords, peak
 
 

@@ -1,0 +1,138 @@
+"""The ISBI reader on a small made-up folder, and clear errors for bad input."""
+
+import json
+import tempfile
+import unittest
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from bundle.io import CephDataError, folder_datalist, isbi_datalist, read_image, read_landmarks
+from bundle.transforms import LoadCephalogramd
+
+W, H = 60, 80
+
+
+def make_isbi(root: Path, n_train=5, n_test=2) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    for sub in ("RawImage/TrainingData", "RawImage/Test1Data", "AnnotationsByMD/400_senior", "AnnotationsByMD/400_junior"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    pts = rng.uniform(5, 50, (n_train + n_test, 19, 2)).round()
+    for i in range(n_train + n_test):
+        folder = "TrainingData" if i < n_train else "Test1Data"
+        ext = "bmp" if i % 2 else "jpg"
+        Image.fromarray(rng.integers(0, 255, (H, W), dtype=np.uint8)).convert("RGB").save(root / f"RawImage/{folder}/{i + 1:03d}.{ext}")
+        for doc, shift in (("senior", 0), ("junior", 2)):
+            lines = [f"{int(x) + shift},{int(y)}" for x, y in pts[i]] + ["1", "2"]  # class labels follow, as in ISBI
+            (root / f"AnnotationsByMD/400_{doc}/{i + 1:03d}.txt").write_text("\n".join(lines) + "\n")
+    return pts
+
+
+class TestISBIReader(unittest.TestCase):
+    def setUp(self):
+        self.tmp = tempfile.TemporaryDirectory()
+        self.root = Path(self.tmp.name)
+        self.pts = make_isbi(self.root)
+
+    def tearDown(self):
+        self.tmp.cleanup()
+
+    def test_layout_and_ground_truth(self):
+        train = isbi_datalist(self.root, "train", "senior", val_fraction=0.4)
+        val = isbi_datalist(self.root, "val", "senior", val_fraction=0.4)
+        test = isbi_datalist(self.root, "test", "mean")
+        self.assertEqual((len(train), len(val), len(test)), (3, 2, 2))
+        self.assertFalse({d["image"] for d in train} & {d["image"] for d in val})
+        self.assertEqual(len(isbi_datalist(self.root, "trainval")), 5)
+        load = LoadCephalogramd()
+        d = load(test[0])
+        self.assertEqual(tuple(d["image"].shape), (1, H, W))
+        # mean of senior (x) and junior (x + 2): x + 1; files are (x, y), arrays (y, x)
+        expected = torch.tensor(self.pts[5][:, ::-1].copy(), dtype=torch.float32) + torch.tensor([0.0, 1.0])
+        self.assertTrue(torch.allclose(d["landmarks"], expected))
+        self.assertTrue(torch.allclose(d["spacing"], torch.tensor([0.1, 0.1])))
+
+    def test_dataset_json_spacing(self):
+        (self.root / "dataset.json").write_text(json.dumps({"pixel_spacing_mm": 0.5}))
+        d = LoadCephalogramd()(isbi_datalist(self.root, "test")[0])
+        self.assertTrue(torch.allclose(d["spacing"], torch.tensor([0.5, 0.5])))
+
+    def assert_names(self, err: Exception, path, words: str):
+        msg = str(err)
+        self.assertIn(str(path), msg)
+        self.assertIn(words, msg)
+
+    def test_unreadable_image(self):
+        bad = self.root / "RawImage/TrainingData/001.jpg"
+        bad.write_bytes(b"this is not a jpeg")
+        with self.assertRaises(CephDataError) as cm:
+            read_image(bad)
+        self.assert_names(cm.exception, bad, "cannot read image")
+        bad.write_bytes(b"")
+        with self.assertRaises(CephDataError) as cm:
+            read_image(bad)
+        self.assert_names(cm.exception, bad, "empty")
+
+    def test_eighteen_landmarks(self):
+        f = self.root / "AnnotationsByMD/400_senior/002.txt"
+        f.write_text("\n".join(f.read_text().splitlines()[:18]) + "\n")
+        with self.assertRaises(CephDataError) as cm:
+            read_landmarks(f)
+        self.assert_names(cm.exception, f, "expected 19 landmarks, found 18")
+
+    def test_nan(self):
+        f = self.root / "AnnotationsByMD/400_senior/003.txt"
+        lines = f.read_text().splitlines()
+        lines[4] = "nan,12"
+        f.write_text("\n".join(lines))
+        with self.assertRaises(CephDataError) as cm:
+            read_landmarks(f)
+        self.assert_names(cm.exception, f, "landmark 5 is not a finite number")
+
+    def test_point_outside_image(self):
+        f = self.root / "AnnotationsByMD/400_senior/004.txt"
+        lines = f.read_text().splitlines()
+        lines[2] = "500,10"
+        f.write_text("\n".join(lines))
+        item = {"image": str(self.root / "RawImage/TrainingData/004.bmp"), "label_files": [str(f)]}
+        with self.assertRaises(CephDataError) as cm:
+            LoadCephalogramd()(item)
+        self.assert_names(cm.exception, f, "landmark 3 at x=500.0")
+        self.assertIn("outside", str(cm.exception))
+
+    def test_missing_annotation(self):
+        f = self.root / "AnnotationsByMD/400_senior/005.txt"
+        f.unlink()
+        item = isbi_datalist(self.root, "trainval", "senior")[4]
+        with self.assertRaises(CephDataError) as cm:
+            LoadCephalogramd()(item)
+        self.assert_names(cm.exception, f, "landmark file not found")
+
+    def test_record_mode_goes_on(self):
+        bad = self.root / "RawImage/Test1Data/broken.png"
+        bad.write_bytes(b"\x89PNG broken")
+        items = folder_datalist(self.root / "RawImage/Test1Data")
+        self.assertEqual(len(items), 3)
+        load = LoadCephalogramd(on_error="record", error_size=(32, 32))
+        results = [load(i) for i in items]
+        errors = [r["error"] for r in results if r["error"]]
+        self.assertEqual(len(errors), 1)
+        self.assertIn("broken.png", errors[0])
+        self.assertEqual(tuple(results[-1]["image"].shape), (1, 32, 32))
+
+    def test_csv_and_slicer_landmarks(self):
+        csv_file = self.root / "pts.csv"
+        csv_file.write_text("image,landmark,x,y\na.png,2,5.5,6.5\na.png,1,1.0,2.0\nb.png,1,9,9\n")
+        got = read_landmarks(csv_file, n_landmarks=2, image_name="a.png")
+        self.assertTrue(np.allclose(got, [[2.0, 1.0], [6.5, 5.5]]))
+        from bundle.outputs import slicer_markups
+
+        mrk = self.root / "a.mrk.json"
+        mrk.write_text(json.dumps(slicer_markups(np.array([[3.0, 4.0], [7.5, 1.25]]), ["p", "q"])))
+        self.assertTrue(np.allclose(read_landmarks(mrk, n_landmarks=2), [[4.0, 3.0], [1.25, 7.5]]))
+
+
+if __name__ == "__main__":
+    unittest.main()

@@ -1,0 +1,46 @@
+import unittest
+
+import torch
+
+from bundle.metrics import LandmarkRadialErrorMetric, radial_errors_mm, summarize_errors
+
+
+class TestMetrics(unittest.TestCase):
+    def test_radial_error_by_hand(self):
+        pred = torch.tensor([[[0.0, 0.0], [3.0, 4.0]]])
+        true = torch.tensor([[[0.0, 1.0], [0.0, 0.0]]])
+        self.assertTrue(torch.allclose(radial_errors_mm(pred, true), torch.tensor([[1.0, 5.0]])))
+
+    def test_summary_by_hand(self):
+        # 2 images x 3 landmarks; errors chosen so every number can be worked out by hand
+        e = torch.tensor([[1.0, 2.0, 3.0], [2.5, 4.0, 5.5]])
+        s = summarize_errors(e, names=["a", "b", "c"])
+        self.assertAlmostEqual(s["mre_mm"], 3.0)  # 18 / 6
+        # population SD: deviations -2, -1, 0, -0.5, 1, 2.5 -> squares 4, 1, 0, 0.25, 1, 6.25 = 12.5 / 6
+        self.assertAlmostEqual(s["sd_mm"], round((12.5 / 6) ** 0.5, 4))
+        self.assertEqual(s["sdr"], {"2": 33.33, "2.5": 50.0, "3": 66.67, "4": 83.33})
+        self.assertEqual(s["per_landmark"][1]["name"], "b")
+        self.assertAlmostEqual(s["per_landmark"][1]["mre_mm"], 3.0)
+        self.assertEqual(s["per_landmark"][2]["sdr"]["4"], 50.0)
+        self.assertEqual((s["n_images"], s["n_landmarks"]), (2, 3))
+
+    def test_cumulative_metric(self):
+        mre, sdr = LandmarkRadialErrorMetric("mre"), LandmarkRadialErrorMetric("sdr", threshold_mm=2.0)
+        for m in (mre, sdr):
+            m(y_pred=torch.tensor([[[0.0, 0.0], [0.0, 3.0]]]), y=torch.zeros(1, 2, 2))
+            m(y_pred=torch.tensor([[[1.0, 0.0], [0.0, 0.0]]]), y=torch.zeros(1, 2, 2))
+        self.assertAlmostEqual(float(mre.aggregate()), 1.0)  # (0 + 3 + 1 + 0) / 4
+        self.assertAlmostEqual(float(sdr.aggregate()), 75.0)
+        self.assertEqual(tuple(mre.get_buffer().shape), (2, 2))
+
+    def test_ill_arg(self):
+        with self.assertRaises(ValueError):
+            LandmarkRadialErrorMetric("median")
+        with self.assertRaises(ValueError):
+            radial_errors_mm(torch.zeros(3, 2), torch.zeros(4, 2))
+        with self.assertRaises(ValueError):
+            summarize_errors(torch.zeros(0, 3))
+
+
+if __name__ == "__main__":
+    unittest.main()

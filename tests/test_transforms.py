@@ -1,0 +1,90 @@
+"""A landmark carried through each spatial transform lands within 0.5 px of where the warped image shows it."""
+
+import math
+import unittest
+
+import numpy as np
+import torch
+
+from bundle.heatmaps import heatmap_to_landmarks, render_gaussian_heatmaps
+from bundle.transforms import (
+    HeatmapToLandmarksd,
+    LandmarksToHeatmapd,
+    RandAffineLandmarksd,
+    RandElasticLandmarksd,
+    ResizeLandmarksd,
+    original_from_resized,
+)
+
+POINTS = torch.tensor([[30.3, 40.6], [70.8, 20.2], [55.5, 66.1], [20.0, 75.4]])  # (y, x)
+
+
+def blob_image(points: torch.Tensor, size=(100, 90), sigma=3.0) -> torch.Tensor:
+    """One Gaussian blob per landmark, each in its own channel, so each can be located in the warped image."""
+    return render_gaussian_heatmaps(points, size, sigma)
+
+
+def blob_centres(image: torch.Tensor) -> torch.Tensor:
+    """Sub-pixel peak of each channel: where the warped image shows the landmark."""
+    return heatmap_to_landmarks(image[None].clamp_min(1e-6))[0][0]
+
+
+class TestLandmarksFollowImage(unittest.TestCase):
+    def check(self, transform, data, atol=0.5):
+        out = transform(data)
+        seen = blob_centres(out["image"])
+        err = (seen - out["landmarks"]).norm(dim=-1)
+        self.assertLess(float(err.max()), atol, f"errors {err.tolist()}")
+        return out
+
+    def test_resize(self):
+        for size in ((50, 45), (64, 32), (160, 120)):
+            data = {"image": blob_image(POINTS), "landmarks": POINTS.clone(), "scale": torch.ones(2)}
+            out = self.check(ResizeLandmarksd(spatial_size=size), data)
+            back = original_from_resized(out["landmarks"], out["scale"])
+            self.assertLess(float((back - POINTS).abs().max()), 1e-4)
+
+    def test_affine(self):
+        t = RandAffineLandmarksd(prob=1.0, rotate_range=math.radians(15), scale_range=0.15, translate_range=0.05)
+        for seed in range(5):
+            t.set_random_state(seed)
+            data = {"image": blob_image(POINTS), "landmarks": POINTS.clone()}
+            out = self.check(t, data)
+            self.assertGreater(float((out["landmarks"] - POINTS).abs().max()), 0.5)  # it really moved them
+
+    def test_elastic(self):
+        t = RandElasticLandmarksd(prob=1.0, magnitude=4.0, grid=(5, 4))
+        for seed in range(5):
+            t.set_random_state(seed)
+            data = {"image": blob_image(POINTS), "landmarks": POINTS.clone()}
+            out = self.check(t, data)
+            self.assertGreater(float((out["landmarks"] - POINTS).abs().max()), 0.3)
+
+    def test_prob_zero_is_identity(self):
+        data = {"image": blob_image(POINTS), "landmarks": POINTS.clone()}
+        for t in (RandAffineLandmarksd(prob=0.0), RandElasticLandmarksd(prob=0.0)):
+            out = t(dict(data))
+            self.assertTrue(torch.equal(out["landmarks"], POINTS))
+
+    def test_heatmap_roundtrip_to_original_pixels(self):
+        """landmarks -> resize -> heatmap -> decode -> back to original pixels recovers the originals."""
+        orig = POINTS * 10  # a 1000 x 900 image
+        d = {"image": torch.zeros(1, 1000, 900), "landmarks": orig.clone(), "landmarks_orig": orig.clone(),
+             "scale": torch.ones(2), "spacing": torch.tensor([0.1, 0.1])}
+        d = ResizeLandmarksd(spatial_size=(200, 180))(d)
+        d = LandmarksToHeatmapd(sigma=2.0)(d)
+        d["pred"] = torch.log(d["label"].clamp_min(1e-30))
+        d = HeatmapToLandmarksd()(d)
+        self.assertLess(float((d["pred_landmarks"] - orig).norm(dim=-1).max()), 0.1 * 5)  # 0.1 px of the grid
+        self.assertTrue(torch.allclose(d["true_mm"], orig * 0.1))
+        self.assertEqual(tuple(d["uncertainty_mm"].shape), (4,))
+
+    def test_ill_arg(self):
+        with self.assertRaises(ValueError):
+            ResizeLandmarksd(spatial_size=(4, 4))
+        with self.assertRaises(ValueError):
+            LandmarksToHeatmapd(sigma=-1)
+
+
+if __name__ == "__main__":
+    unittest.main()
