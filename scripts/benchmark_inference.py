@@ -1,0 +1,120 @@
+"""End-to-end inference time per full-size (2400 x 1935) cephalogram, printed as JSON.
+
+Times everything the inference bundle does for one image: reading the file, resampling, intensity scaling, the
+network, sub-pixel decoding and mapping back to original pixels (not the overlay picture). Each network named is
+measured in the same run, so the ratios compare like with like.
+
+    python scripts/benchmark_inference.py                       # U-Net baseline (configs/inference.yaml)
+    python scripts/benchmark_inference.py --images ../shared/data/isbi2015/RawImage/Test1Data --n 10
+    python scripts/benchmark_inference.py --override configs/maht_net.yaml   # also time another network
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def full_size_images(folder: str | None, n: int, tmp: Path) -> list[str]:
+    if folder:
+        files = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".bmp", ".png"))
+        if files:
+            return [str(p) for p in files[:n]]
+    from PIL import Image
+
+    from bundle.synthetic import synthesize_cephalogram
+
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(min(n, 3)):  # synthetic full-size images (reused round-robin)
+        img, _ = synthesize_cephalogram(rng, (2400, 1935))
+        p = tmp / f"full_{i}.jpg"
+        Image.fromarray(img).save(p, quality=95)
+        paths.append(str(p))
+    return [paths[i % len(paths)] for i in range(n)]
+
+
+def time_config(config_files: list[str], images: list[str], warmup: int, overrides: dict) -> dict:
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(config_files)
+    parser.update({"bundle_root": str(ROOT), **overrides})
+    pre = parser.get_parsed_content("preprocessing")
+    post = parser.get_parsed_content("postprocessing")
+    inferer = parser.get_parsed_content("inferer")
+    net = parser.get_parsed_content("network_def").eval()
+    ckpt = parser.get_parsed_content("ckpt_path")
+    loaded = False
+    if Path(ckpt).is_file():
+        state = torch.load(ckpt, map_location="cpu")
+        try:
+            net.load_state_dict(state)
+            loaded = True
+        except RuntimeError:
+            pass  # another architecture than the shipped weights: time it with random weights
+    times = []
+    with torch.inference_mode():
+        for i, path in enumerate(images[:warmup] + images):
+            t0 = time.perf_counter()
+            d = pre({"image": path})
+            logits = inferer(d["image"][None], net)
+            out = post({**d, "pred": logits[0]})
+            assert out["pred_landmarks"].shape[-1] == 2
+            if i >= warmup:
+                times.append(time.perf_counter() - t0)
+    return {
+        "config": config_files,
+        "network": type(net).__name__,
+        "parameters": sum(p.numel() for p in net.parameters()),
+        "image_size": parser.get_parsed_content("image_size"),
+        "weights_loaded": loaded,
+        "seconds_per_image_median": round(statistics.median(times), 4),
+        "seconds_per_image_mean": round(statistics.mean(times), 4),
+        "n_images": len(times),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--images", default=None, help="folder of full-size images (default: synthetic 2400x1935 JPEGs)")
+    ap.add_argument("--n", type=int, default=5, help="images to time")
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--override", action="append", default=[], help="extra config layered on inference.yaml (repeat)")
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        images = full_size_images(args.images, args.n, Path(tmp))
+        base = [str(ROOT / "configs" / "inference.yaml")]
+        results = [time_config(base, images, args.warmup, {"num_workers": 0})]
+        for extra in args.override:
+            results.append(time_config(base + [extra], images, args.warmup, {"num_workers": 0}))
+    report = {
+        "benchmark": "end-to-end inference per full-size image (read, resample, network, decode, map back)",
+        "image_source": args.images or "synthetic 2400x1935 JPEG",
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cpu": platform.processor() or platform.machine(),
+        "results": results,
+    }
+    if len(results) > 1:
+        report["ratio_to_first"] = [round(r["seconds_per_image_median"] / results[0]["seconds_per_image_median"], 3) for r in results]
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,132 @@
+"""The bundle's train -> evaluate -> inference -> export workflow on a tiny synthetic set, as model-zoo tests do."""
+
+import csv
+import json
+import shutil
+import tempfile
+import unittest
+from pathlib import Path
+
+import torch
+from monai.bundle import ConfigWorkflow, ckpt_export, verify_metadata
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs"
+
+
+class TestBundleWorkflow(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = Path(tempfile.mkdtemp())
+        cls.data = cls.tmp / "synthetic"
+        cls.runs = cls.tmp / "runs"
+        cls.common = {
+            "bundle_root": str(ROOT),
+            "synthetic_dir": str(cls.data),
+            "dataset_dir": str(cls.data),
+            "synthetic_n_train": 10,
+            "synthetic_n_test": 3,
+            "output_dir": str(cls.runs),
+            "image_size": [64, 48],
+            "heatmap_sigma": 1.5,
+            "batch_size": 2,
+            "num_workers": 0,
+        }
+        train = ConfigWorkflow(
+            workflow_type="train", config_file=str(CONFIGS / "train.yaml"), logging_file=False,
+            meta_file=str(CONFIGS / "metadata.json"), max_epochs=2, val_interval=1, **cls.common,
+        )
+        train.initialize()
+        cls.train_ok = train.check_properties()
+        train.run()
+        train.finalize()
+
+    @classmethod
+    def tearDownClass(cls):
+        shutil.rmtree(cls.tmp, ignore_errors=True)
+
+    def test_1_training_wrote_best_model(self):
+        self.assertTrue((self.runs / "model.pt").is_file())
+        self.assertTrue(list(self.runs.glob("events.out.tfevents*")))
+
+    def test_2_evaluate_writes_metrics(self):
+        wf = ConfigWorkflow(
+            workflow_type="eval", config_file=[str(CONFIGS / "train.yaml"), str(CONFIGS / "evaluate.yaml")],
+            logging_file=False, meta_file=str(CONFIGS / "metadata.json"), **self.common,
+        )
+        wf.initialize()
+        wf.run()
+        wf.finalize()
+        out = self.runs / "eval_test"
+        metrics = json.loads((out / "metrics.json").read_text())
+        self.assertEqual(metrics["n_images"], 3)
+        self.assertEqual(len(metrics["per_landmark"]), 19)
+        self.assertEqual(set(metrics["sdr"]), {"2", "2.5", "3", "4"})
+        self.assertGreater(metrics["mre_mm"], 0.0)
+        with open(out / "per_image_errors.csv") as f:
+            rows = list(csv.DictReader(f))
+        self.assertEqual(len(rows), 3)
+        mean_of_rows = sum(float(r["mean_mm"]) for r in rows) / 3
+        self.assertAlmostEqual(mean_of_rows, metrics["mre_mm"], places=3)
+
+    def test_3_inference_contract(self):
+        inp = self.tmp / "in"
+        inp.mkdir()
+        for p in sorted((self.data / "RawImage" / "Test1Data").iterdir())[:2]:
+            shutil.copy(p, inp / p.name)
+        (inp / "corrupt.jpg").write_bytes(b"not an image")
+        out = self.tmp / "out"
+        wf = ConfigWorkflow(
+            workflow_type="infer", config_file=str(CONFIGS / "inference.yaml"), logging_file=False,
+            meta_file=str(CONFIGS / "metadata.json"), bundle_root=str(ROOT), input_dir=str(inp), output_dir=str(out),
+            ckpt_path=str(self.runs / "model.pt"), image_size=[64, 48], num_workers=0,
+        )
+        wf.initialize()
+        wf.run()
+        wf.finalize()
+        with open(out / "landmarks.csv") as f:
+            reader = csv.DictReader(f)
+            self.assertEqual(reader.fieldnames, ["image", "landmark", "name", "x", "y", "x_mm", "y_mm", "uncertainty_mm"])
+            rows = list(reader)
+        self.assertEqual(len(rows), 2 * 19)
+        self.assertEqual(rows[0]["name"], "Sella")
+        spacing = json.loads((self.data / "dataset.json").read_text())["pixel_spacing_mm"]
+        self.assertAlmostEqual(float(rows[0]["x_mm"]), float(rows[0]["x"]) * 0.1, places=2)  # inference spacing default
+        self.assertGreater(spacing, 0)
+        for name in sorted(p.name for p in inp.iterdir() if p.name != "corrupt.jpg"):
+            stem = name.split(".")[0]
+            mrk = json.loads((out / f"{stem}.mrk.json").read_text())
+            self.assertEqual(len(mrk["markups"][0]["controlPoints"]), 19)
+            self.assertTrue((out / f"{stem}_overlay.png").stat().st_size > 1000)
+        with open(out / "errors.csv") as f:
+            errors = list(csv.DictReader(f))
+        self.assertEqual([e["image"] for e in errors], ["corrupt.jpg"])
+        self.assertIn("cannot read image", errors[0]["error"])
+
+    def test_4_metadata_and_torchscript_export(self):
+        verify_metadata(meta_file=str(CONFIGS / "metadata.json"), filepath=str(CONFIGS / "schema" / "metadata_schema.json"))
+        ts_path = self.tmp / "model.ts"
+        ckpt_export(
+            net_id="network_def", filepath=str(ts_path), ckpt_file=str(self.runs / "model.pt"),
+            meta_file=str(CONFIGS / "metadata.json"), config_file=str(CONFIGS / "inference.yaml"),
+            bundle_root=str(ROOT), image_size=[64, 48],
+        )
+        from monai.bundle import ConfigParser
+
+        from bundle.heatmaps import heatmap_to_landmarks
+
+        parser = ConfigParser()
+        parser.read_config(str(CONFIGS / "inference.yaml"))
+        net = parser.get_parsed_content("network_def")
+        net.load_state_dict(torch.load(self.runs / "model.pt", map_location="cpu"))
+        net.eval()
+        ts = torch.jit.load(str(ts_path))
+        x = torch.rand(2, 1, 64, 48)
+        with torch.no_grad():
+            a, _ = heatmap_to_landmarks(net(x), log_scale=True)
+            b, _ = heatmap_to_landmarks(ts(x), log_scale=True)
+        self.assertLess(float((a - b).abs().max()), 1e-3)
+
+
+if __name__ == "__main__":
+    unittest.main()
