@@ -16,7 +16,14 @@ from typing import Sequence
 import torch
 from monai.metrics import CumulativeIterationMetric
 
-__all__ = ["radial_errors_mm", "summarize_errors", "LandmarkRadialErrorMetric", "SDR_THRESHOLDS_MM"]
+__all__ = [
+    "radial_errors_mm",
+    "summarize_errors",
+    "fit_uncertainty_calibration",
+    "LandmarkRadialErrorMetric",
+    "LandmarkEvaluationSaver",
+    "SDR_THRESHOLDS_MM",
+]
 
 SDR_THRESHOLDS_MM = (2.0, 2.5, 3.0, 4.0)
 
@@ -109,14 +116,19 @@ class LandmarkEvaluationSaver:
         self.output_dir = Path(output_dir)
         self.names = list(names) if names else None
         self._rows: list[tuple[str, torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        self._spreads: list[torch.Tensor] = []
         self.summary: dict | None = None
 
     def attach(self, engine) -> None:
         from ignite.engine import Events
 
-        engine.add_event_handler(Events.EPOCH_STARTED, lambda e: self._rows.clear())
+        engine.add_event_handler(Events.EPOCH_STARTED, self._reset)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self._write)
+
+    def _reset(self, engine) -> None:
+        self._rows.clear()
+        self._spreads.clear()
 
     def _collect(self, engine) -> None:
         outputs = engine.state.output if isinstance(engine.state.output, list) else [engine.state.output]
@@ -126,6 +138,8 @@ class LandmarkEvaluationSaver:
                 continue
             self._rows.append((str(batch.get("image_name", out.get("image_name", "?"))), out["pred_mm"], out["true_mm"],
                                torch.as_tensor(batch["spacing"])))
+            if "spread_mm" in out:
+                self._spreads.append(torch.as_tensor(out["spread_mm"]).float().cpu())
 
     def _write(self, engine) -> None:
         if not self._rows:
@@ -147,11 +161,43 @@ class LandmarkEvaluationSaver:
                 pred_rows.append([name, i + 1, self.names[i] if self.names else f"L{i + 1}", f"{float(pp[1]):.2f}",
                                   f"{float(pp[0]):.2f}", f"{float(tt[1]):.2f}", f"{float(tt[0]):.2f}", f"{float(err[i]):.4f}"])
         _atomic_write_csv(self.output_dir / "predictions.csv", pred_rows)
+        if len(self._spreads) == len(self._rows):
+            cal = fit_uncertainty_calibration(torch.stack(self._spreads), errors)
+            _atomic_write_text(self.output_dir / "calibration.json", json.dumps(cal, indent=2))
         s = self.summary
         engine.logger.info(
             "landmarks: %d images, MRE %.3f ± %.3f mm, SDR %s -> %s",
             s["n_images"], s["mre_mm"], s["sd_mm"], ", ".join(f"{k} mm {v:.1f}%" for k, v in s["sdr"].items()), self.output_dir,
         )
+
+
+def fit_uncertainty_calibration(spread_mm: torch.Tensor, errors_mm: torch.Tensor) -> dict:
+    """Least-squares fit of ``error = a * spread + b`` over all images and landmarks, so that the heatmap spread
+    becomes an expected radial error in mm (``uncertainty_calibration: [a, b]`` in inference.yaml).
+
+    Args:
+        spread_mm: ``(num_images, N)`` heatmap spreads in mm.
+        errors_mm: ``(num_images, N)`` radial errors in mm.
+
+    Returns:
+        ``{"uncertainty_calibration": [a, b], "pearson_r": r, "mean_abs_deviation_mm": ..., "n": ...}``; ``a`` is
+        kept non-negative (an uncertainty that falls as the spread grows would be meaningless).
+    """
+    x, y = spread_mm.double().flatten(), errors_mm.double().flatten()
+    if x.numel() != y.numel() or x.numel() < 2:
+        raise ValueError("spread and errors should be tables of the same size with at least 2 values.")
+    xm, ym = x.mean(), y.mean()
+    var = ((x - xm) ** 2).sum()
+    a = float(((x - xm) * (y - ym)).sum() / var) if var > 0 else 0.0
+    a = max(a, 0.0)
+    b = float(ym - a * xm)
+    r = float(torch.corrcoef(torch.stack([x, y]))[0, 1]) if var > 0 and y.std() > 0 else 0.0
+    return {
+        "uncertainty_calibration": [round(a, 5), round(b, 5)],
+        "pearson_r": round(r, 4),
+        "mean_abs_deviation_mm": round(float((a * x + b - y).abs().mean()), 4),
+        "n": int(x.numel()),
+    }
 
 
 def _atomic_write_text(path: Path, text: str) -> None:

@@ -319,10 +319,10 @@ class LandmarksToHeatmapd(Transform):
 class HeatmapToLandmarksd(Transform):
     """Decode predicted heatmap logits ``data["pred"]`` ``(N, h, w)`` into landmarks of the original image.
 
-    Writes ``pred_landmarks`` ``(N, 2)`` ``(y, x)`` original pixels, ``pred_mm`` (the same in mm),
-    ``uncertainty_mm`` ``(N,)`` (expected radial error: ``calibration[0] * spread_mm + calibration[1]``, where the
-    spread is the RMS distance of the softmax mass from the decoded point), and ``true_mm`` when the item has
-    ``landmarks_orig``.
+    Writes ``pred_landmarks`` ``(N, 2)`` ``(y, x)`` original pixels, ``pred_mm`` (the same in mm), ``spread_mm``
+    ``(N,)`` (the RMS distance of the softmax mass from the decoded point), ``uncertainty_mm`` ``(N,)`` (the
+    expected radial error ``calibration[0] * spread_mm + calibration[1]``; evaluation fits the calibration and
+    writes it to ``calibration.json``), and ``true_mm`` when the item has ``landmarks_orig``.
 
     Args:
         refine: sub-pixel refinement, see :func:`heatmap_to_landmarks`.
@@ -347,6 +347,7 @@ class HeatmapToLandmarksd(Transform):
         d["pred_landmarks"] = orig
         d["pred_mm"] = orig * spacing
         spread_mm = spread_px * (spacing / scale).mean()
+        d["spread_mm"] = spread_mm
         d["uncertainty_mm"] = self.calibration[0] * spread_mm + self.calibration[1]
         if "landmarks_orig" in d:
             d["true_mm"] = torch.as_tensor(d["landmarks_orig"]).float().cpu() * spacing

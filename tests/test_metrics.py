@@ -42,5 +42,18 @@ class TestMetrics(unittest.TestCase):
             summarize_errors(torch.zeros(0, 3))
 
 
+class TestCalibration(unittest.TestCase):
+    def test_recovers_linear_relation(self):
+        from bundle.metrics import fit_uncertainty_calibration
+
+        spread = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
+        cal = fit_uncertainty_calibration(spread, 0.5 * spread + 0.25)
+        self.assertEqual(cal["uncertainty_calibration"], [0.5, 0.25])
+        self.assertAlmostEqual(cal["pearson_r"], 1.0, places=4)
+        # an inverse relation is clamped to a constant (a = 0, b = mean error)
+        cal = fit_uncertainty_calibration(spread, 7.0 - spread)
+        self.assertEqual(cal["uncertainty_calibration"], [0.0, 3.5])
+
+
 if __name__ == "__main__":
     unittest.main()
