@@ -8,7 +8,7 @@ from typing import Any, Callable
 import torch
 from monai.inferers import Inferer
 
-__all__ = ["AutocastInferer", "TrainingProgressBar", "autocast_dtype"]
+__all__ = ["AutocastInferer", "TrainingProgressBar", "WarmStart", "autocast_dtype"]
 
 
 def autocast_dtype(precision: str) -> torch.dtype | None:
@@ -54,3 +54,47 @@ class TrainingProgressBar:
         from monai.handlers import from_engine
 
         self.bar.attach(engine, output_transform=lambda out: {"loss": from_engine(["loss"], first=True)(out)})
+
+
+class WarmStart:
+    """Before training starts, copy into ``network`` every tensor of ``checkpoint`` whose name and shape match
+    (a progressive-training stage starting from the previous stage's weights, whose architecture may differ: a
+    transformer switched on, other heads). Does nothing when ``checkpoint`` is None.
+
+    Args:
+        checkpoint: path of a state dict (or a dict holding one under ``key``), or None.
+        network: the network to initialise.
+        key: the entry of the checkpoint that holds the network's state dict, if any.
+    """
+
+    def __init__(self, checkpoint: str | None, network: torch.nn.Module, key: str = "model"):
+        self.checkpoint, self.network, self.key = checkpoint, network, key
+        self.loaded: list[str] = []
+        self.skipped: list[str] = []
+
+    def attach(self, engine) -> None:
+        from ignite.engine import Events
+
+        engine.add_event_handler(Events.STARTED, self)
+
+    def __call__(self, engine=None) -> None:
+        if not self.checkpoint or (engine is not None and engine.state.iteration > 0):
+            return  # nothing to load, or a resumed run whose own checkpoint already holds the weights
+        import logging
+        from pathlib import Path
+
+        if not Path(self.checkpoint).is_file():
+            raise FileNotFoundError(f"{self.checkpoint}: warm-start checkpoint not found (run the previous stage first)")
+        state = torch.load(self.checkpoint, map_location="cpu", weights_only=True)
+        if self.key in state and isinstance(state[self.key], dict):
+            state = state[self.key]
+        own = self.network.state_dict()
+        match = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+        self.loaded = sorted(match)
+        self.skipped = sorted(k for k in own if k not in match)
+        own.update(match)
+        self.network.load_state_dict(own)
+        logging.getLogger(__name__).info(
+            "warm start from %s: %d tensors loaded, %d left as initialised%s", self.checkpoint, len(self.loaded),
+            len(self.skipped), f" (e.g. {', '.join(self.skipped[:3])})" if self.skipped else "",
+        )
