@@ -47,6 +47,10 @@ _RESERVED_KEYS = ("epoch", "iteration", "epoch_length", "max_epochs", "rng_state
 
 
 # ---------------------------------------------------------------------------------------------------- atomic save
+def _is_main_process() -> bool:
+    return not (torch.distributed.is_available() and torch.distributed.is_initialized()) or torch.distributed.get_rank() == 0
+
+
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     """``torch.save`` that never leaves a half-written file at ``path``.
 
@@ -379,13 +383,15 @@ class ResumableCheckpoint:
         """``EPOCH_COMPLETED``: write the checkpoint atomically."""
         if isinstance(engine.state.dataloader, _ReplayableLoader):
             engine.state.dataloader.finish_pass()
-        atomic_torch_save(self.checkpoint(engine), self.path)
+        if _is_main_process():  # under DDP every rank loads the checkpoint, only rank 0 writes it
+            atomic_torch_save(self.checkpoint(engine), self.path)
 
     def _iteration_save(self, engine: Any) -> None:
         length = engine.state.epoch_length
         if length and engine.state.iteration % length == 0:
             return  # the epoch-end save follows, after the schedule has stepped
-        atomic_torch_save(self.checkpoint(engine), self.path)
+        if _is_main_process():
+            atomic_torch_save(self.checkpoint(engine), self.path)
 
     # ----------------------------------------------------------------------------------------- resuming
     def started(self, engine: Any) -> None:

@@ -10,7 +10,9 @@ Prints one JSON object. Examples::
 Train step = forward + backward (spatial-softmax cross-entropy against random heatmaps) + AdamW step; the median
 over ``--steps`` timed steps after ``--warmup`` untimed ones. Inference = eval-mode forward under
 ``torch.inference_mode``, median batch time divided by the batch size. GFLOPs = forward of one image counted by
-``torch.utils.flop_counter.FlopCounterMode`` (multiply-add = 2 FLOPs), eval mode, fp32.
+``torch.utils.flop_counter.FlopCounterMode`` (multiply-add = 2 FLOPs; convolutions and matrix products only),
+eval mode, fp32. Timings on a shared CPU are noisy: compare the two models within one run (``ratio_maht_over_unet``)
+and prefer ``--threads 1`` when other processes load the machine.
 """
 
 from __future__ import annotations
@@ -62,8 +64,16 @@ def count_gflops(model: nn.Module, shape: tuple[int, ...], device: torch.device)
         return None
     model.eval()
     x = torch.randn(1, *shape[1:], device=device)
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
-        model(x)
+    # FlopCounterMode does not count the CPU flash-attention kernel: count the equivalent einsum path instead
+    flash = [m for m in model.modules() if getattr(m, "use_flash_attention", False) and hasattr(m, "save_attn")]
+    for m in flash:
+        m.use_flash_attention = False
+    try:
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            model(x)
+    finally:
+        for m in flash:
+            m.use_flash_attention = True
     return counter.get_total_flops() / 1e9
 
 

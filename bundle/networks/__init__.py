@@ -1,0 +1,3 @@
+from .maht_net import MAHTNet
+
+__all__ = ["MAHTNet"]
