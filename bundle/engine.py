@@ -8,7 +8,14 @@ from typing import Any, Callable
 import torch
 from monai.inferers import Inferer
 
-__all__ = ["AutocastInferer", "TrainingProgressBar", "WarmStart", "autocast_dtype"]
+__all__ = [
+    "AutocastInferer",
+    "TrainingProgressBar",
+    "WarmStart",
+    "TimeBudget",
+    "LearningCurveWriter",
+    "autocast_dtype",
+]
 
 
 def autocast_dtype(precision: str) -> torch.dtype | None:
@@ -45,14 +52,17 @@ class AutocastInferer(Inferer):
 class TrainingProgressBar:
     """tqdm progress bar over each training epoch, showing the loss (ignite's ``ProgressBar`` with our output)."""
 
-    def __init__(self, persist: bool = False):
+    def __init__(self, persist: bool = False, enabled: bool = True):
         from ignite.handlers import ProgressBar
 
         self.bar = ProgressBar(persist=persist)
+        self.enabled = enabled
 
     def attach(self, engine) -> None:
         from monai.handlers import from_engine
 
+        if not self.enabled:  # e.g. logs to a file, where a bar is noise
+            return
         self.bar.attach(engine, output_transform=lambda out: {"loss": from_engine(["loss"], first=True)(out)})
 
 
@@ -98,3 +108,96 @@ class WarmStart:
             "warm start from %s: %d tensors loaded, %d left as initialised%s", self.checkpoint, len(self.loaded),
             len(self.skipped), f" (e.g. {', '.join(self.skipped[:3])})" if self.skipped else "",
         )
+
+
+class TimeBudget:
+    """Fit training into ``minutes`` of wall time: after ``measure_epochs`` epochs it sets the trainer's
+    ``max_epochs`` to the number of epochs that fit (from the mean epoch time so far, validation included) and
+    stretches or shrinks the cosine schedule to end there, so the learning rate still decays fully.
+
+    Args:
+        minutes: the training budget; None or 0 disables the handler.
+        lr_scheduler: a ``LambdaLR`` made by :func:`bundle.training.warmup_cosine_schedule` (its factor has a
+            ``total`` attribute), or None.
+        measure_epochs: epochs to time before deciding.
+    """
+
+    def __init__(self, minutes: float | None, lr_scheduler=None, measure_epochs: int = 2):
+        self.minutes, self.lr_scheduler, self.measure_epochs = minutes, lr_scheduler, measure_epochs
+        self._start: float | None = None
+        self.decided_epochs: int | None = None
+
+    def attach(self, engine) -> None:
+        from ignite.engine import Events
+
+        if not self.minutes:
+            return
+        engine.add_event_handler(Events.STARTED, self._started)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._epoch_completed)
+
+    def _started(self, engine) -> None:
+        import time
+
+        self._start = time.perf_counter()
+        self._start_epoch = engine.state.epoch
+
+    def _epoch_completed(self, engine) -> None:
+        import logging
+        import time
+
+        done = engine.state.epoch - self._start_epoch
+        if self.decided_epochs is not None or done < self.measure_epochs:
+            return
+        per_epoch = (time.perf_counter() - self._start) / done
+        remaining = self.minutes * 60 - (time.perf_counter() - self._start)
+        total = max(engine.state.epoch + 1, engine.state.epoch + int(remaining // per_epoch))
+        self.decided_epochs = total
+        engine.state.max_epochs = total
+        if self.lr_scheduler is not None:
+            for f in getattr(self.lr_scheduler, "lr_lambdas", []):
+                if hasattr(f, "total"):
+                    f.total = total
+        logging.getLogger(__name__).info(
+            "time budget %.1f min: %.1f s per epoch, training for %d epochs", self.minutes, per_epoch, total
+        )
+
+
+class LearningCurveWriter:
+    """Evaluator handler: after each validation appends ``{"epoch", "minutes", metrics...}`` to a JSON list at
+    ``path`` (written atomically), the learning curve of validation metrics against minutes of training.
+
+    Args:
+        path: the JSON file.
+        trainer: the trainer whose epoch is recorded (set in ``run`` when the trainer refers to the evaluator).
+    """
+
+    def __init__(self, path: str, trainer=None):
+        import time
+
+        self.path, self.trainer = path, trainer
+        self.t0 = time.perf_counter()
+        self.points: list[dict] = []
+
+    def set_trainer(self, trainer) -> None:
+        self.trainer = trainer
+
+    def attach(self, engine) -> None:
+        from ignite.engine import Events
+
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    def __call__(self, engine) -> None:
+        import json
+        import os
+        import time
+
+        point = {
+            "epoch": int(self.trainer.state.epoch) if self.trainer is not None else int(engine.state.epoch),
+            "minutes": round((time.perf_counter() - self.t0) / 60, 3),
+        }
+        point.update({k: round(float(v), 4) for k, v in engine.state.metrics.items() if isinstance(v, (int, float))})
+        self.points.append(point)
+        tmp = f"{self.path}.tmp"
+        with open(tmp, "w") as f:
+            json.dump(self.points, f, indent=1)
+        os.replace(tmp, self.path)

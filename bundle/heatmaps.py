@@ -143,14 +143,28 @@ class HeatmapCrossEntropyLoss(_Loss):
     the finest) the per-head losses are combined with ``scale_weights`` (default: halving per head), or with
     learned uncertainty weights if ``learn_weights=True`` (Kendall et al. 2018: ``sum_s exp(-w_s) L_s + w_s``).
 
+    The target is either heatmaps ``(B, N, H, W)`` or the landmarks themselves, ``(B, N, 2)`` ``(y, x)`` pixels of
+    the network input: then the Gaussian targets (``sigma`` pixels) are rendered here, on the loss's device, which
+    spares the data loader from making and shipping ``N`` full-size maps per image.
+
     Args:
         scale_weights: fixed weights per head; ignored when ``learn_weights`` is True.
         learn_weights: learn one log-variance per head (the parameters must then be given to the optimiser).
         num_scales: number of heads for the learned weights.
+        sigma: Gaussian SD in pixels, used when the target is given as landmarks.
     """
 
-    def __init__(self, scale_weights: Sequence[float] | None = None, learn_weights: bool = False, num_scales: int = 1):
+    def __init__(
+        self,
+        scale_weights: Sequence[float] | None = None,
+        learn_weights: bool = False,
+        num_scales: int = 1,
+        sigma: float = 2.0,
+    ):
         super().__init__()
+        if sigma <= 0:
+            raise ValueError(f"sigma should be positive, got {sigma}.")
+        self.sigma = float(sigma)
         self.scale_weights = None if scale_weights is None else [float(w) for w in scale_weights]
         self.learn_weights = learn_weights
         if learn_weights:
@@ -170,6 +184,8 @@ class HeatmapCrossEntropyLoss(_Loss):
         return (ce - ent).mean()
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if target.ndim == 3 and target.shape[-1] == 2:  # landmarks: render the targets here
+            target = render_gaussian_heatmaps(target.to(input.device), input.shape[-2:], self.sigma)
         if input.ndim == 4:
             loss = self.kl(input, target)
             self.last_scale_losses = [float(loss.detach())]

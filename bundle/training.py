@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 __all__ = [
+    "WarmupCosine",
     "atomic_torch_save",
     "ResumableCheckpoint",
     "GradientMonitor",
@@ -713,6 +714,21 @@ class NonFiniteGuard:
 
 
 # ----------------------------------------------------------------------------------- schedule and parameter groups
+class WarmupCosine:
+    """The learning-rate factor of :func:`warmup_cosine_schedule` at an epoch. A callable object rather than a
+    closure so that ``LambdaLR.state_dict`` saves it, and so that :class:`bundle.engine.TimeBudget` can change
+    ``total`` once it knows how many epochs fit the time budget."""
+
+    def __init__(self, warmup: int, total: int, floor: float):
+        self.warmup, self.total, self.floor = warmup, total, floor
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup:
+            return (step + 1) / (self.warmup + 1)
+        progress = min(1.0, (step - self.warmup) / max(1, self.total - self.warmup))
+        return self.floor + (1.0 - self.floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
 def warmup_cosine_schedule(
     optimizer: torch.optim.Optimizer, warmup_epochs: int, max_epochs: int, min_lr_ratio: float = 0.01
 ) -> torch.optim.lr_scheduler.LambdaLR:
@@ -735,15 +751,7 @@ def warmup_cosine_schedule(
         raise ValueError(f"max_epochs ({max_epochs}) should be larger than warmup_epochs ({warmup_epochs}).")
     if not 0.0 <= min_lr_ratio <= 1.0:
         raise ValueError(f"min_lr_ratio should be in [0, 1], got {min_lr_ratio}.")
-    warmup, total, floor = int(warmup_epochs), int(max_epochs), float(min_lr_ratio)
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / (warmup + 1)
-        progress = min(1.0, (step - warmup) / (total - warmup))
-        return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(int(warmup_epochs), int(max_epochs), float(min_lr_ratio)))
 
 
 def param_groups(
