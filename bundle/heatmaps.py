@@ -197,7 +197,8 @@ class HeatmapCrossEntropyLoss(_Loss):
         if self.learn_weights:
             if len(losses) != self.log_vars.numel():
                 raise ValueError(f"got {len(losses)} heads but num_scales={self.log_vars.numel()}.")
-            return sum(torch.exp(-self.log_vars[s]) * losses[s] + self.log_vars[s] for s in range(len(losses)))
+            lv = self.log_vars.to(losses[0].device)  # the weights may live on another device than the network
+            return sum(torch.exp(-lv[s]) * losses[s] + lv[s] for s in range(len(losses)))
         weights = self.scale_weights or [0.5**s for s in range(len(losses))]
         if len(weights) < len(losses):
             raise ValueError(f"got {len(losses)} heads but only {len(weights)} scale_weights.")
