@@ -503,7 +503,8 @@ def _trained_parameters(engine: Any) -> list[torch.nn.Parameter]:
 def _norm(grads: Sequence[torch.Tensor]) -> torch.Tensor:
     if not grads:
         return torch.zeros(())
-    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.detach().float()) for g in grads]))
+    # parameters may sit on several devices (a loss with learned weights on the CPU, the network on a GPU)
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.detach().float()).cpu() for g in grads]))
 
 
 class _WriterOwner:
@@ -690,9 +691,11 @@ class NonFiniteGuard:
         params = _trained_parameters(engine)
         grads_ok = True
         if not scaler:
-            grads = [p.grad for p in params if p.grad is not None]
-            if grads:
-                grads_ok = bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
+            by_device: dict[torch.device, list[torch.Tensor]] = {}
+            for p in params:
+                if p.grad is not None:
+                    by_device.setdefault(p.grad.device, []).append(torch.isfinite(p.grad).all())
+            grads_ok = all(bool(torch.stack(flags).all()) for flags in by_device.values())
         if loss_ok and grads_ok:
             self.consecutive = 0
             return
