@@ -12,6 +12,9 @@ from monai.bundle import ConfigWorkflow, ckpt_export, verify_metadata
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
+# inference.yaml defaults to the shipped MAHT-Net; the tiny run here trains train.yaml's U-Net baseline
+UNET_INFERENCE = [str(CONFIGS / "inference.yaml"), str(CONFIGS / "inference_unet.yaml")]
+UNET_AS_TRAINED = {"network_def#channels": [16, 32, 64, 128, 256]}
 
 
 class TestBundleWorkflow(unittest.TestCase):
@@ -77,9 +80,9 @@ class TestBundleWorkflow(unittest.TestCase):
         (inp / "corrupt.jpg").write_bytes(b"not an image")
         out = self.tmp / "out"
         wf = ConfigWorkflow(
-            workflow_type="infer", config_file=str(CONFIGS / "inference.yaml"), logging_file=False,
+            workflow_type="infer", config_file=UNET_INFERENCE, logging_file=False,
             meta_file=str(CONFIGS / "metadata.json"), bundle_root=str(ROOT), input_dir=str(inp), output_dir=str(out),
-            ckpt_path=str(self.runs / "model.pt"), image_size=[64, 48], num_workers=0,
+            ckpt_path=str(self.runs / "model.pt"), image_size=[64, 48], num_workers=0, **UNET_AS_TRAINED,
         )
         wf.initialize()
         wf.run()
@@ -108,15 +111,16 @@ class TestBundleWorkflow(unittest.TestCase):
         ts_path = self.tmp / "model.ts"
         ckpt_export(
             net_id="network_def", filepath=str(ts_path), ckpt_file=str(self.runs / "model.pt"),
-            meta_file=str(CONFIGS / "metadata.json"), config_file=str(CONFIGS / "inference.yaml"),
-            bundle_root=str(ROOT), image_size=[64, 48],
+            meta_file=str(CONFIGS / "metadata.json"), config_file=UNET_INFERENCE,
+            bundle_root=str(ROOT), image_size=[64, 48], **UNET_AS_TRAINED,
         )
         from monai.bundle import ConfigParser
 
         from bundle.heatmaps import heatmap_to_landmarks
 
         parser = ConfigParser()
-        parser.read_config(str(CONFIGS / "inference.yaml"))
+        parser.read_config(UNET_INFERENCE)
+        parser.update(UNET_AS_TRAINED)
         net = parser.get_parsed_content("network_def")
         net.load_state_dict(torch.load(self.runs / "model.pt", map_location="cpu"))
         net.eval()
