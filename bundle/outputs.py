@@ -16,7 +16,14 @@ from typing import Sequence
 import numpy as np
 import torch
 
-__all__ = ["LANDMARKS_CSV_HEADER", "slicer_markups", "draw_overlay", "LandmarkOutputWriter"]
+__all__ = [
+    "LANDMARKS_CSV_HEADER",
+    "slicer_markups",
+    "overlay_picture",
+    "draw_overlay",
+    "OverlayImageLogger",
+    "LandmarkOutputWriter",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -70,11 +77,11 @@ def slicer_markups(points_xy: np.ndarray, names: Sequence[str], mm_per_px: Seque
     }
 
 
-def draw_overlay(image: np.ndarray, points_xy: np.ndarray, names: Sequence[str], path: str | Path,
-                 uncertainty_px: np.ndarray | None = None, truth_xy: np.ndarray | None = None, max_side: int = 1200) -> None:
-    """Save a PNG of the radiograph with the landmarks drawn on it: a numbered cross per landmark, a circle of the
-    expected error when ``uncertainty_px`` is given, and the ground truth in green with a line to the prediction
-    when ``truth_xy`` is given. The picture is shrunk to at most ``max_side`` pixels.
+def overlay_picture(image: np.ndarray, points_xy: np.ndarray, uncertainty_px: np.ndarray | None = None,
+                    truth_xy: np.ndarray | None = None, max_side: int = 1200):
+    """A PIL picture of the radiograph with the landmarks drawn on it: a numbered red cross per landmark, an orange
+    circle of the expected error when ``uncertainty_px`` is given, and the ground truth as a green circle with a
+    yellow line to the prediction when ``truth_xy`` is given. Shrunk to at most ``max_side`` pixels.
 
     Args:
         image: ``(H, W)`` grey image, any range.
@@ -90,8 +97,8 @@ def draw_overlay(image: np.ndarray, points_xy: np.ndarray, names: Sequence[str],
     if f < 1.0:
         pic = pic.resize((max(1, round(pic.width * f)), max(1, round(pic.height * f))), Image.BILINEAR)
     draw = ImageDraw.Draw(pic)
-    r = max(3, round(max(pic.size) / 150))
-    font = ImageFont.load_default(size=max(10, 2 * r + 2)) if hasattr(ImageFont, "load_default") else None
+    r = max(2, round(max(pic.size) / 150))
+    font = ImageFont.load_default(size=max(8, 2 * r + 2))
     pts = np.asarray(points_xy, dtype=float) * f
     if truth_xy is not None:
         tru = np.asarray(truth_xy, dtype=float) * f
@@ -105,9 +112,64 @@ def draw_overlay(image: np.ndarray, points_xy: np.ndarray, names: Sequence[str],
         draw.line([(x - r, y), (x + r, y)], fill=(255, 0, 0), width=2)
         draw.line([(x, y - r), (x, y + r)], fill=(255, 0, 0), width=2)
         draw.text((x + r + 1, y - 2 * r), str(i + 1), fill=(255, 60, 60), font=font)
+    return pic
+
+
+def draw_overlay(image: np.ndarray, points_xy: np.ndarray, names: Sequence[str], path: str | Path,
+                 uncertainty_px: np.ndarray | None = None, truth_xy: np.ndarray | None = None, max_side: int = 1200) -> None:
+    """Save :func:`overlay_picture` as a PNG at ``path`` (written to a temporary name, then renamed).
+    ``names`` are numbered in the picture in their order (1 = ``names[0]``)."""
+    pic = overlay_picture(image, points_xy, uncertainty_px, truth_xy, max_side)
     tmp = Path(str(path) + ".tmp.png")
     pic.save(tmp)
     os.replace(tmp, path)
+
+
+class OverlayImageLogger:
+    """Evaluator handler: every ``every`` validations, draws the first validation image with its predicted (red)
+    and true (green) landmarks and writes it to TensorBoard as ``tag``.
+
+    Args:
+        summary_writer: a ``SummaryWriter`` (None: the handler does nothing, e.g. on DDP ranks > 0).
+        trainer: the trainer, whose epoch is the TensorBoard step (set in ``run``).
+        every: log every this many validations.
+    """
+
+    def __init__(self, summary_writer=None, trainer=None, every: int = 1, tag: str = "val_overlay"):
+        self.writer, self.trainer, self.every, self.tag = summary_writer, trainer, max(1, every), tag
+        self._count = 0
+        self._armed = False
+
+    def set_trainer(self, trainer) -> None:
+        self.trainer = trainer
+
+    def attach(self, engine) -> None:
+        from ignite.engine import Events
+
+        engine.add_event_handler(Events.EPOCH_STARTED, self._arm)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+
+    def _arm(self, engine) -> None:
+        self._armed = True
+
+    def __call__(self, engine) -> None:
+        if not self._armed:
+            return  # only the first batch of each validation
+        self._armed = False
+        self._count += 1
+        if self.writer is None or (self._count - 1) % self.every:
+            return
+        out = engine.state.output[0] if isinstance(engine.state.output, list) else engine.state.output
+        item = engine.state.batch[0] if isinstance(engine.state.batch, list) else engine.state.batch
+        if "pred_landmarks" not in out:
+            return
+        image = torch.as_tensor(item["image"]).float().cpu()[0].numpy()  # the network input, (H, W)
+        scale = torch.as_tensor(item["scale"]).float().cpu()
+        to_input = lambda p: ((torch.as_tensor(p).float().cpu() + 0.5) * scale - 0.5).numpy()[:, ::-1]  # noqa: E731
+        truth = to_input(item["landmarks_orig"]) if "landmarks_orig" in item else None
+        pic = overlay_picture(image, to_input(out["pred_landmarks"]), truth_xy=truth, max_side=max(image.shape))
+        step = int(self.trainer.state.epoch) if self.trainer is not None else int(engine.state.epoch)
+        self.writer.add_image(self.tag, np.asarray(pic), step, dataformats="HWC")
 
 
 class LandmarkOutputWriter:

@@ -49,8 +49,23 @@ class TestBundleWorkflow(unittest.TestCase):
         shutil.rmtree(cls.tmp, ignore_errors=True)
 
     def test_1_training_wrote_best_model(self):
+        self.assertFalse(self.train_ok, f"missing bundle properties: {self.train_ok}")
         self.assertTrue((self.runs / "model.pt").is_file())
-        self.assertTrue(list(self.runs.glob("events.out.tfevents*")))
+        self.assertTrue((self.runs / "checkpoint_last.pt").is_file())
+        curve = json.loads((self.runs / "learning_curve.json").read_text())
+        self.assertEqual([p["epoch"] for p in curve], [1, 2])
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+        tags = {"images": set(), "scalars": set()}
+        for f in self.runs.glob("events.out.tfevents*"):
+            acc = EventAccumulator(str(f))
+            acc.Reload()
+            for kind in tags:
+                tags[kind] |= set(acc.Tags()[kind])
+        self.assertIn("val_overlay", tags["images"])
+        self.assertIn("val_mre", tags["scalars"])
+        self.assertTrue(any(t.startswith("grad_norm") for t in tags["scalars"]), tags["scalars"])
+        self.assertTrue(any(t.startswith("lr") for t in tags["scalars"]), tags["scalars"])
 
     def test_2_evaluate_writes_metrics(self):
         wf = ConfigWorkflow(
