@@ -835,7 +835,7 @@ class LearningRateLogger(_WriterOwner):
 
     def __init__(self, summary_writer: Any = None, log_dir: str | os.PathLike | None = None,
                  optimizer: torch.optim.Optimizer | None = None, tag_prefix: str = "lr"):
-        self._init_writer(summary_writer, log_dir, required=True)
+        self._init_writer(summary_writer, log_dir, required=False)  # no writer: logs nothing (DDP ranks > 0)
         self.optimizer = optimizer
         self.tag_prefix = tag_prefix
         self.last_lrs: dict[str, float] = {}
@@ -873,7 +873,7 @@ class LossWeightLogger(_WriterOwner):
                  log_every: int = 10, tag_prefix: str = "loss"):
         if log_every < 1:
             raise ValueError(f"log_every should be >= 1, got {log_every}.")
-        self._init_writer(summary_writer, log_dir, required=True)
+        self._init_writer(summary_writer, log_dir, required=False)  # no writer: logs nothing (DDP ranks > 0)
         self.loss = loss
         self.log_every = int(log_every)
         self.tag_prefix = tag_prefix
