@@ -402,9 +402,9 @@ class TestScheduleAndGroups(unittest.TestCase):
 
 class TestLoggers(unittest.TestCase):
     def test_learning_rate_logger(self):
-        with self.assertRaises(ValueError):
-            LearningRateLogger()
         net = make_net()
+        silent = LearningRateLogger()  # no writer (a DDP rank > 0): runs and writes nothing
+        make_trainer(net, torch.optim.AdamW(net.parameters()), [silent], max_epochs=1).run()
         opt = torch.optim.AdamW(param_groups(net, 0.01, extra_modules=[HeatmapCrossEntropyLoss(learn_weights=True, num_scales=2)]))
         sched = warmup_cosine_schedule(opt, 1, 2)
         writer = mock.MagicMock()
@@ -431,8 +431,7 @@ class TestLoggers(unittest.TestCase):
         self.assertAlmostEqual(got["loss/head0"][0], loss.last_scale_losses[0], places=6)
         self.assertEqual(got["loss/head0"][1], 5)
         self.assertEqual(LossWeightLogger(torch.nn.MSELoss(), summary_writer=writer).scalars(), {})
-        with self.assertRaises(ValueError):
-            LossWeightLogger(loss)
+        self.assertIsNone(LossWeightLogger(loss).writer)  # no writer: logs nothing
 
 
 if __name__ == "__main__":
