@@ -23,6 +23,7 @@ __all__ = [
     "read_csv_landmarks",
     "read_slicer_landmarks",
     "isbi_datalist",
+    "split_datalist",
     "folder_datalist",
     "dataset_spacing",
 ]
@@ -260,11 +261,7 @@ def isbi_datalist(
     if not images:
         raise FileNotFoundError(f"{image_dir}: no images found")
     if split in ("train", "val"):
-        order = list(range(len(images)))
-        random.Random(seed).shuffle(order)
-        n_val = int(round(len(images) * val_fraction))
-        keep = sorted(order[:n_val]) if split == "val" else sorted(order[n_val:])
-        images = [images[i] for i in keep]
+        images = split_datalist(images, split, val_fraction, seed)
     spacing = dataset_spacing(root)
     items = [
         {
@@ -275,6 +272,20 @@ def isbi_datalist(
         for p in images
     ]
     return items[:limit] if limit else items
+
+
+def split_datalist(items: list, split: str, val_fraction: float = 0.2, seed: int = 0) -> list:
+    """The ``"train"`` or ``"val"`` part of ``items``: a seeded shuffle holds out ``round(len * val_fraction)``
+    items for validation; each part keeps the original order. ``"trainval"`` (or ``"all"``) returns everything."""
+    if split in ("trainval", "all"):
+        return list(items)
+    if split not in ("train", "val"):
+        raise ValueError(f"split should be train, val or trainval, got {split!r}.")
+    order = list(range(len(items)))
+    random.Random(seed).shuffle(order)
+    n_val = int(round(len(items) * val_fraction))
+    keep = sorted(order[:n_val]) if split == "val" else sorted(order[n_val:])
+    return [items[i] for i in keep]
 
 
 def folder_datalist(input_dir: str | Path, landmark_suffix: str | None = None) -> list[dict]:

@@ -136,3 +136,27 @@ class TestISBIReader(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class TestOwnDataFolder(unittest.TestCase):
+    """A user's folder: images with CSV landmarks beside them, any number of landmarks, spacing from the config."""
+
+    def test_folder_with_csv_trains_through_the_pipeline(self):
+        from bundle.io import split_datalist
+
+        with tempfile.TemporaryDirectory() as tmp:
+            root = Path(tmp)
+            rng = np.random.default_rng(1)
+            for i in range(5):
+                Image.fromarray(rng.integers(0, 255, (40, 30), dtype=np.uint8)).save(root / f"case{i}.png")
+                rows = "\n".join(f"{x:.1f},{y:.1f}" for x, y in rng.uniform(2, 25, (3, 2)))
+                (root / f"case{i}.csv").write_text("x,y\n" + rows + "\n")
+            items = folder_datalist(root, ".csv")
+            self.assertEqual(len(items), 5)
+            self.assertEqual(len(split_datalist(items, "val", 0.4)), 2)
+            self.assertEqual(len(split_datalist(items, "train", 0.4)), 3)
+            d = LoadCephalogramd(n_landmarks=3, spacing_mm=0.25)(items[0])
+            self.assertEqual(tuple(d["landmarks"].shape), (3, 2))
+            self.assertTrue(torch.allclose(d["spacing"], torch.tensor([0.25, 0.25])))
+            with self.assertRaises(CephDataError):  # the config says 4 landmarks, the file has 3
+                LoadCephalogramd(n_landmarks=4)(items[0])
