@@ -37,6 +37,17 @@ class TestShippedModel(unittest.TestCase):
             with torch.inference_mode():
                 logits = net(d["image"][None])
             out = post({**d, "pred": logits[0]})
+            # MONAI's ckpt_export gives a TorchScript model that finds the same landmarks
+            from monai.bundle import ckpt_export
+
+            ts_path = Path(tmp) / "model.ts"
+            ckpt_export(net_id="network_def", filepath=str(ts_path), ckpt_file=str(ROOT / "models" / "model.pt"),
+                        meta_file=str(ROOT / "configs" / "metadata.json"),
+                        config_file=str(ROOT / "configs" / "inference.yaml"), bundle_root=str(ROOT))
+            with torch.inference_mode():
+                ts_logits = torch.jit.load(str(ts_path))(d["image"][None])
+            ts_out = post({**d, "pred": ts_logits[0]})
+            self.assertLess(float((ts_out["pred_landmarks"] - out["pred_landmarks"]).abs().max()), 0.05)
         pred_xy = out["pred_landmarks"].numpy()[:, ::-1]
         self.assertEqual(pred_xy.shape, (19, 2))
         self.assertTrue(np.isfinite(pred_xy).all())
