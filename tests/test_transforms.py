@@ -3,7 +3,6 @@
 import math
 import unittest
 
-import numpy as np
 import torch
 
 from bundle.heatmaps import heatmap_to_landmarks, render_gaussian_heatmaps
