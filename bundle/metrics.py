@@ -154,12 +154,14 @@ class LandmarkEvaluationSaver:
             [name, *[f"{float(v):.4f}" for v in err], f"{float(err.mean()):.4f}"] for (name, *_), err in zip(self._rows, errors)
         ]
         _atomic_write_csv(self.output_dir / "per_image_errors.csv", lines)
-        pred_rows = [["image", "landmark", "name", "x_pred", "y_pred", "x_true", "y_true", "error_mm"]]
-        for (name, p, t, sp), err in zip(self._rows, errors):
+        spreads = self._spreads if len(self._spreads) == len(self._rows) else [None] * len(self._rows)
+        pred_rows = [["image", "landmark", "name", "x_pred", "y_pred", "x_true", "y_true", "error_mm", "spread_mm"]]
+        for (name, p, t, sp), err, spread in zip(self._rows, errors, spreads):
             for i in range(n):
                 pp, tt = p[i] / sp, t[i] / sp
                 pred_rows.append([name, i + 1, self.names[i] if self.names else f"L{i + 1}", f"{float(pp[1]):.2f}",
-                                  f"{float(pp[0]):.2f}", f"{float(tt[1]):.2f}", f"{float(tt[0]):.2f}", f"{float(err[i]):.4f}"])
+                                  f"{float(pp[0]):.2f}", f"{float(tt[1]):.2f}", f"{float(tt[0]):.2f}",
+                                  f"{float(err[i]):.4f}", "" if spread is None else f"{float(spread[i]):.4f}"])
         _atomic_write_csv(self.output_dir / "predictions.csv", pred_rows)
         if len(self._spreads) == len(self._rows):
             cal = fit_uncertainty_calibration(torch.stack(self._spreads), errors)
@@ -172,30 +174,38 @@ class LandmarkEvaluationSaver:
 
 
 def fit_uncertainty_calibration(spread_mm: torch.Tensor, errors_mm: torch.Tensor) -> dict:
-    """Least-squares fit of ``error = a * spread + b`` over all images and landmarks, so that the heatmap spread
-    becomes an expected radial error in mm (``uncertainty_calibration: [a, b]`` in inference.yaml).
+    """Fit ``error = a * spread + b_l`` by least squares: one slope ``a`` shared by all landmarks and one intercept
+    ``b_l`` per landmark (landmarks differ in how hard they are: Sella is found far more surely than Porion), so
+    that the heatmap spread becomes an expected radial error in mm (``uncertainty_calibration: [a, [b_1, ...]]``
+    in inference.yaml).
 
     Args:
         spread_mm: ``(num_images, N)`` heatmap spreads in mm.
         errors_mm: ``(num_images, N)`` radial errors in mm.
 
     Returns:
-        ``{"uncertainty_calibration": [a, b], "pearson_r": r, "mean_abs_deviation_mm": ..., "n": ...}``; ``a`` is
-        kept non-negative (an uncertainty that falls as the spread grows would be meaningless).
+        ``{"uncertainty_calibration": [a, [b_l]], "pearson_r": r, "pearson_r_spread_only": r0,
+        "mean_abs_deviation_mm": ..., "n": ...}``: ``r`` correlates the calibrated uncertainty with the error,
+        ``r0`` the raw spread with the error; ``a`` is kept non-negative.
     """
-    x, y = spread_mm.double().flatten(), errors_mm.double().flatten()
-    if x.numel() != y.numel() or x.numel() < 2:
-        raise ValueError("spread and errors should be tables of the same size with at least 2 values.")
-    xm, ym = x.mean(), y.mean()
-    var = ((x - xm) ** 2).sum()
-    a = float(((x - xm) * (y - ym)).sum() / var) if var > 0 else 0.0
-    a = max(a, 0.0)
-    b = float(ym - a * xm)
-    r = float(torch.corrcoef(torch.stack([x, y]))[0, 1]) if var > 0 and y.std() > 0 else 0.0
+    x, y = spread_mm.double(), errors_mm.double()
+    if x.shape != y.shape or x.ndim != 2 or x.shape[0] < 2:
+        raise ValueError("spread and errors should be (num_images, N) tables of the same shape, with 2 images or more.")
+    xc, yc = x - x.mean(0), y - y.mean(0)  # within-landmark deviations give the shared slope
+    var = (xc**2).sum()
+    a = max(float((xc * yc).sum() / var), 0.0) if var > 0 else 0.0
+    b = y.mean(0) - a * x.mean(0)
+    pred = a * x + b
+
+    def corr(u: torch.Tensor, v: torch.Tensor) -> float:
+        u, v = u.flatten(), v.flatten()
+        return float(torch.corrcoef(torch.stack([u, v]))[0, 1]) if u.std() > 0 and v.std() > 0 else 0.0
+
     return {
-        "uncertainty_calibration": [round(a, 5), round(b, 5)],
-        "pearson_r": round(r, 4),
-        "mean_abs_deviation_mm": round(float((a * x + b - y).abs().mean()), 4),
+        "uncertainty_calibration": [round(a, 5), [round(float(v), 4) for v in b]],
+        "pearson_r": round(corr(pred, y), 4),
+        "pearson_r_spread_only": round(corr(x, y), 4),
+        "mean_abs_deviation_mm": round(float((pred - y).abs().mean()), 4),
         "n": int(x.numel()),
     }
 

@@ -321,17 +321,19 @@ class HeatmapToLandmarksd(Transform):
 
     Writes ``pred_landmarks`` ``(N, 2)`` ``(y, x)`` original pixels, ``pred_mm`` (the same in mm), ``spread_mm``
     ``(N,)`` (the RMS distance of the softmax mass from the decoded point), ``uncertainty_mm`` ``(N,)`` (the
-    expected radial error ``calibration[0] * spread_mm + calibration[1]``; evaluation fits the calibration and
-    writes it to ``calibration.json``), and ``true_mm`` when the item has ``landmarks_orig``.
+    expected radial error ``calibration[0] * spread_mm + calibration[1]``, where ``calibration[1]`` is one number
+    or one per landmark; evaluation fits it and writes ``calibration.json``), and ``true_mm`` when the item has
+    ``landmarks_orig``.
 
     Args:
         refine: sub-pixel refinement, see :func:`heatmap_to_landmarks`.
-        calibration: ``(a, b)`` of the linear map from heatmap spread to expected error, fitted on validation data.
+        calibration: ``(a, b)`` of the linear map from heatmap spread to expected error, fitted on validation data;
+            ``b`` is a number or a list with one intercept per landmark.
     """
 
-    def __init__(self, pred_key: str = "pred", refine: str = "quadratic", calibration: Sequence[float] = (1.0, 0.0)):
+    def __init__(self, pred_key: str = "pred", refine: str = "quadratic", calibration: Sequence = (1.0, 0.0)):
         self.pred_key, self.refine = pred_key, refine
-        self.calibration = (float(calibration[0]), float(calibration[1]))
+        self.calibration = (float(calibration[0]), torch.as_tensor(calibration[1], dtype=torch.float32))
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
         d = dict(data)

@@ -43,17 +43,22 @@ class TestMetrics(unittest.TestCase):
 
 
 class TestCalibration(unittest.TestCase):
-    def test_recovers_linear_relation(self):
+    def test_recovers_shared_slope_and_landmark_intercepts(self):
         from bundle.metrics import fit_uncertainty_calibration
 
-        spread = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
-        cal = fit_uncertainty_calibration(spread, 0.5 * spread + 0.25)
-        self.assertEqual(cal["uncertainty_calibration"], [0.5, 0.25])
+        spread = torch.tensor([[1.0, 2.0, 3.0], [4.0, 6.0, 5.0], [2.0, 1.0, 7.0]])
+        errors = 0.5 * spread + torch.tensor([0.25, 1.0, 2.0])
+        cal = fit_uncertainty_calibration(spread, errors)
+        self.assertEqual(cal["uncertainty_calibration"], [0.5, [0.25, 1.0, 2.0]])
         self.assertAlmostEqual(cal["pearson_r"], 1.0, places=4)
-        # an inverse relation is clamped to a constant (a = 0, b = mean error)
-        cal = fit_uncertainty_calibration(spread, 7.0 - spread)
-        self.assertEqual(cal["uncertainty_calibration"], [0.0, 3.5])
-
+        self.assertAlmostEqual(cal["mean_abs_deviation_mm"], 0.0, places=4)
+        # an inverse relation is clamped to a = 0: the intercepts become each landmark's mean error
+        cal = fit_uncertainty_calibration(spread, 10.0 - spread)
+        a, b = cal["uncertainty_calibration"]
+        self.assertEqual(a, 0.0)
+        self.assertEqual(b, [round(10.0 - 7.0 / 3, 4), 7.0, 5.0])
+        with self.assertRaises(ValueError):
+            fit_uncertainty_calibration(torch.ones(1, 3), torch.ones(1, 3))
 
 if __name__ == "__main__":
     unittest.main()
