@@ -32,6 +32,11 @@ class TestMultiProcessTraining(unittest.TestCase):
             subprocess.run([sys.executable, "-m", "bundle.synthetic", "--out", str(data), "--n-train", "10",
                             "--n-test", "2"], cwd=ROOT, env=env, check=True, capture_output=True)
             res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+            if res.returncode != 0 and "terminate called without an active exception" in res.stdout + res.stderr:
+                # known, rare (about 1 run in 10 here): a rank aborts in gloo's teardown after training has
+                # finished; run once more rather than fail on it, but any other failure fails the test
+                shutil.rmtree(out, ignore_errors=True)
+                res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
             self.assertEqual(res.returncode, 0, res.stdout[-3000:] + res.stderr[-3000:])
             self.assertTrue((out / "model.pt").is_file())
             self.assertTrue((out / "checkpoint_last.pt").is_file())
