@@ -14,6 +14,7 @@ __all__ = [
     "WarmStart",
     "TimeBudget",
     "LearningCurveWriter",
+    "ValidationState",
     "autocast_dtype",
 ]
 
@@ -172,11 +173,17 @@ class LearningCurveWriter:
     """
 
     def __init__(self, path: str, trainer=None):
+        import json
+        import os
         import time
 
         self.path, self.trainer = path, trainer
         self.t0 = time.perf_counter()
         self.points: list[dict] = []
+        if os.path.isfile(path):  # a resumed run continues the curve; older points past its epoch are dropped
+            with open(path) as f:
+                self.points = json.load(f)
+            self.t0 -= 60 * max((p.get("minutes", 0.0) for p in self.points), default=0.0)
 
     def set_trainer(self, trainer) -> None:
         self.trainer = trainer
@@ -196,8 +203,46 @@ class LearningCurveWriter:
             "minutes": round((time.perf_counter() - self.t0) / 60, 3),
         }
         point.update({k: round(float(v), 4) for k, v in engine.state.metrics.items() if isinstance(v, (int, float))})
-        self.points.append(point)
+        self.points = [p for p in self.points if p["epoch"] < point["epoch"]] + [point]
         tmp = f"{self.path}.tmp"
         with open(tmp, "w") as f:
             json.dump(self.points, f, indent=1)
         os.replace(tmp, self.path)
+
+
+class ValidationState:
+    """The validation-side state a resumed run needs, for :class:`bundle.training.ResumableCheckpoint`'s
+    ``save_dict``: the evaluator's best metric and epoch, the best-model saver's record (so a resumed run does not
+    overwrite ``model.pt`` with a worse model), and the early-stopping counter.
+
+    Args:
+        evaluator: MONAI's evaluator (its ``state.best_metric`` / ``best_metric_epoch``).
+        best_saver: MONAI's ``CheckpointSaver`` with ``save_key_metric=True``, or None.
+        early_stop: MONAI's ``EarlyStopHandler``, or None.
+    """
+
+    def __init__(self, evaluator, best_saver=None, early_stop=None):
+        self.evaluator, self.best_saver, self.early_stop = evaluator, best_saver, early_stop
+
+    def state_dict(self) -> dict:
+        state = {
+            "best_metric": float(getattr(self.evaluator.state, "best_metric", -1)),
+            "best_metric_epoch": int(getattr(self.evaluator.state, "best_metric_epoch", -1)),
+        }
+        saver = getattr(self.best_saver, "_key_metric_checkpoint", None)
+        if saver is not None:
+            state["best_saver"] = saver.state_dict()
+        stopper = getattr(self.early_stop, "_handler", None)
+        if stopper is not None:
+            state["early_stop"] = stopper.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        self.evaluator.state.best_metric = state["best_metric"]
+        self.evaluator.state.best_metric_epoch = state["best_metric_epoch"]
+        saver = getattr(self.best_saver, "_key_metric_checkpoint", None)
+        if saver is not None and "best_saver" in state:
+            saver.load_state_dict(state["best_saver"])
+        stopper = getattr(self.early_stop, "_handler", None)
+        if stopper is not None and "early_stop" in state:
+            stopper.load_state_dict(state["early_stop"])

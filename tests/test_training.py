@@ -436,3 +436,36 @@ class TestLoggers(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class TestValidationState(unittest.TestCase):
+    """A resumed run keeps the best metric, the best-model record and the early-stopping counter."""
+
+    def make(self, tmp):
+        from types import SimpleNamespace
+
+        from ignite.engine import Engine
+        from monai.handlers import CheckpointSaver, EarlyStopHandler
+
+        from bundle.engine import ValidationState
+
+        evaluator = SimpleNamespace(state=SimpleNamespace(best_metric=-1, best_metric_epoch=-1))
+        saver = CheckpointSaver(save_dir=tmp, save_dict={"model": torch.nn.Linear(2, 2)}, save_key_metric=True,
+                                key_metric_filename="model.pt", key_metric_negative_sign=True)
+        stop = EarlyStopHandler(patience=5, score_function=lambda e: 0.0, trainer=None)
+        stop.set_trainer(Engine(lambda e, b: None))
+        return ValidationState(evaluator, saver, stop), evaluator, saver, stop
+
+    def test_round_trip(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            vs, evaluator, saver, stop = self.make(tmp)
+            evaluator.state.best_metric, evaluator.state.best_metric_epoch = 1.25, 6
+            saver._key_metric_checkpoint.load_state_dict({"_saved": [(-1.25, "model.pt")]})
+            stop._handler.counter, stop._handler.best_score = 3, -1.25
+            state = vs.state_dict()
+            vs2, evaluator2, saver2, stop2 = self.make(tmp)
+            vs2.load_state_dict(state)
+            self.assertEqual((evaluator2.state.best_metric, evaluator2.state.best_metric_epoch), (1.25, 6))
+            self.assertEqual(saver2._key_metric_checkpoint.state_dict(), saver._key_metric_checkpoint.state_dict())
+            self.assertEqual(stop2._handler.counter, 3)
+            self.assertEqual(stop2._handler.best_score, -1.25)

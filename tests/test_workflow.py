@@ -121,6 +121,23 @@ class TestBundleWorkflow(unittest.TestCase):
         self.assertEqual([e["image"] for e in errors], ["corrupt.jpg"])
         self.assertIn("cannot read image", errors[0]["error"])
 
+    def test_5_resume_continues_the_run(self):
+        ckpt = torch.load(self.runs / "checkpoint_last.pt", map_location="cpu", weights_only=True)
+        self.assertEqual(ckpt["epoch"], 2)
+        best_before = ckpt["validation"]["best_metric"]
+        wf = ConfigWorkflow(
+            workflow_type="train", config_file=str(CONFIGS / "train.yaml"), logging_file=False,
+            meta_file=str(CONFIGS / "metadata.json"), max_epochs=3, val_interval=1, resume=True, **self.common,
+        )
+        wf.initialize()
+        wf.run()
+        state = wf.parser.get_parsed_content("validate#evaluator").state
+        wf.finalize()
+        self.assertEqual(torch.load(self.runs / "checkpoint_last.pt", weights_only=True)["epoch"], 3)
+        self.assertLessEqual(state.best_metric, best_before)  # the restored best is kept unless epoch 3 beats it
+        curve = json.loads((self.runs / "learning_curve.json").read_text())
+        self.assertEqual([p["epoch"] for p in curve], [1, 2, 3])
+
     def test_4_metadata_and_torchscript_export(self):
         verify_metadata(meta_file=str(CONFIGS / "metadata.json"), filepath=str(CONFIGS / "schema" / "metadata_schema.json"))
         ts_path = self.tmp / "model.ts"
