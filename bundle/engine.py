@@ -15,6 +15,7 @@ __all__ = [
     "TimeBudget",
     "LearningCurveWriter",
     "ValidationState",
+    "AtomicCheckpointSaver",
     "autocast_dtype",
 ]
 
@@ -246,3 +247,19 @@ class ValidationState:
         stopper = getattr(self.early_stop, "_handler", None)
         if stopper is not None and "early_stop" in state:
             stopper.load_state_dict(state["early_stop"])
+
+
+class AtomicCheckpointSaver:
+    """MONAI's ``CheckpointSaver`` writing through a temporary file renamed into place, so a run killed while
+    saving never leaves a half-written ``model.pt`` (MONAI turns ignite's atomic writes off for the sake of file
+    permissions, which ignite now sets itself). Takes ``CheckpointSaver``'s arguments."""
+
+    def __new__(cls, *args, **kwargs):
+        from monai.handlers import CheckpointSaver
+
+        saver = CheckpointSaver(*args, **kwargs)
+        for name in ("_final_checkpoint", "_key_metric_checkpoint", "_interval_checkpoint"):
+            checkpoint = getattr(saver, name, None)
+            if checkpoint is not None:
+                checkpoint.save_handler._atomic = True
+        return saver

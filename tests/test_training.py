@@ -469,3 +469,24 @@ class TestValidationState(unittest.TestCase):
             self.assertEqual(saver2._key_metric_checkpoint.state_dict(), saver._key_metric_checkpoint.state_dict())
             self.assertEqual(stop2._handler.counter, 3)
             self.assertEqual(stop2._handler.best_score, -1.25)
+
+
+class TestAtomicBestSaver(unittest.TestCase):
+    def test_best_model_written_atomically(self):
+        from unittest import mock
+
+        from bundle.engine import AtomicCheckpointSaver
+
+        with tempfile.TemporaryDirectory() as tmp:
+            saver = AtomicCheckpointSaver(save_dir=tmp, save_dict={"model": torch.nn.Linear(2, 2)},
+                                          save_key_metric=True, key_metric_filename="model.pt")
+            handler = saver._key_metric_checkpoint.save_handler
+            self.assertTrue(handler._atomic)
+            handler({"model": torch.nn.Linear(2, 2).state_dict()}, "model.pt")
+            good = torch.load(os.path.join(tmp, "model.pt"), weights_only=True)
+            with mock.patch("torch.save", side_effect=RuntimeError("killed mid-write")):
+                with self.assertRaises(RuntimeError):
+                    handler({"model": torch.nn.Linear(2, 2).state_dict()}, "model.pt")
+            after = torch.load(os.path.join(tmp, "model.pt"), weights_only=True)  # the old file is intact
+            self.assertTrue(torch.equal(good["model"]["weight"], after["model"]["weight"]))
+            self.assertEqual(sorted(os.listdir(tmp)), ["model.pt"])  # no temporary file left
