@@ -3,10 +3,17 @@ device (MONAI's ``amp`` flag is CUDA-only), and a progress bar that shows the ru
 
 from __future__ import annotations
 
+import json
+import logging
+import os
+import time
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
 from monai.inferers import Inferer
+
+from .io import atomic_write_text
 
 __all__ = [
     "AutocastInferer",
@@ -92,8 +99,6 @@ class WarmStart:
     def __call__(self, engine=None) -> None:
         if not self.checkpoint or (engine is not None and engine.state.iteration > 0):
             return  # nothing to load, or a resumed run whose own checkpoint already holds the weights
-        import logging
-        from pathlib import Path
 
         if not Path(self.checkpoint).is_file():
             raise FileNotFoundError(f"{self.checkpoint}: warm-start checkpoint not found (run the previous stage first)")
@@ -138,15 +143,11 @@ class TimeBudget:
         engine.add_event_handler(Events.EPOCH_COMPLETED, self._epoch_completed)
 
     def _started(self, engine) -> None:
-        import time
 
         self._start = time.perf_counter()
         self._start_epoch = engine.state.epoch
 
     def _epoch_completed(self, engine) -> None:
-        import logging
-        import time
-
         done = engine.state.epoch - self._start_epoch
         if self.decided_epochs is not None or done < self.measure_epochs:
             return
@@ -174,10 +175,6 @@ class LearningCurveWriter:
     """
 
     def __init__(self, path: str, trainer=None):
-        import json
-        import os
-        import time
-
         self.path, self.trainer = path, trainer
         self.t0 = time.perf_counter()
         self.points: list[dict] = []
@@ -195,20 +192,13 @@ class LearningCurveWriter:
         engine.add_event_handler(Events.EPOCH_COMPLETED, self)
 
     def __call__(self, engine) -> None:
-        import json
-        import os
-        import time
-
         point = {
             "epoch": int(self.trainer.state.epoch) if self.trainer is not None else int(engine.state.epoch),
             "minutes": round((time.perf_counter() - self.t0) / 60, 3),
         }
         point.update({k: round(float(v), 4) for k, v in engine.state.metrics.items() if isinstance(v, (int, float))})
         self.points = [p for p in self.points if p["epoch"] < point["epoch"]] + [point]
-        tmp = f"{self.path}.tmp"
-        with open(tmp, "w") as f:
-            json.dump(self.points, f, indent=1)
-        os.replace(tmp, self.path)
+        atomic_write_text(self.path, json.dumps(self.points, indent=1))
 
 
 class ValidationState:

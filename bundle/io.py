@@ -8,7 +8,9 @@ whose message names the file and what is wrong with it.
 from __future__ import annotations
 
 import csv
+import io
 import json
+import os
 import random
 from pathlib import Path
 import numpy as np
@@ -26,6 +28,8 @@ __all__ = [
     "split_datalist",
     "folder_datalist",
     "dataset_spacing",
+    "atomic_write_text",
+    "atomic_write_csv",
 ]
 
 ISBI_SPACING_MM = 0.1
@@ -40,6 +44,22 @@ class CephDataError(ValueError):
         self.path = str(path)
         self.problem = problem
         super().__init__(f"{path}: {problem}")
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file in the same folder, renamed into place: a reader (or a
+    run killed meanwhile) sees the old file or the new one, never half of one."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def atomic_write_csv(path: str | Path, rows: list) -> None:
+    """:func:`atomic_write_text` of CSV ``rows`` (lists of cells, the header first)."""
+    buf = io.StringIO()
+    csv.writer(buf).writerows(rows)
+    atomic_write_text(path, buf.getvalue())
 
 
 def _suffix(path: Path) -> str:

@@ -7,14 +7,14 @@ deviation, and SDR@t the percentage of radial errors at most ``t`` mm.
 
 from __future__ import annotations
 
-import csv
 import json
-import os
 from pathlib import Path
 from typing import Sequence
 
 import torch
 from monai.metrics import CumulativeIterationMetric
+
+from .io import atomic_write_csv, atomic_write_text
 
 __all__ = [
     "radial_errors_mm",
@@ -147,13 +147,13 @@ class LandmarkEvaluationSaver:
         errors = torch.stack([radial_errors_mm(p, t) for _, p, t, _ in self._rows])
         self.summary = summarize_errors(errors, self.names)
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        _atomic_write_text(self.output_dir / "metrics.json", json.dumps(self.summary, indent=2))
+        atomic_write_text(self.output_dir / "metrics.json", json.dumps(self.summary, indent=2))
         n = errors.shape[1]
         header = ["image", *[f"L{i + 1}_mm" for i in range(n)], "mean_mm"]
         lines = [header] + [
             [name, *[f"{float(v):.4f}" for v in err], f"{float(err.mean()):.4f}"] for (name, *_), err in zip(self._rows, errors)
         ]
-        _atomic_write_csv(self.output_dir / "per_image_errors.csv", lines)
+        atomic_write_csv(self.output_dir / "per_image_errors.csv", lines)
         spreads = self._spreads if len(self._spreads) == len(self._rows) else [None] * len(self._rows)
         pred_rows = [["image", "landmark", "name", "x_pred", "y_pred", "x_true", "y_true", "error_mm", "spread_mm"]]
         for (name, p, t, sp), err, spread in zip(self._rows, errors, spreads):
@@ -162,10 +162,10 @@ class LandmarkEvaluationSaver:
                 pred_rows.append([name, i + 1, self.names[i] if self.names else f"L{i + 1}", f"{float(pp[1]):.2f}",
                                   f"{float(pp[0]):.2f}", f"{float(tt[1]):.2f}", f"{float(tt[0]):.2f}",
                                   f"{float(err[i]):.4f}", "" if spread is None else f"{float(spread[i]):.4f}"])
-        _atomic_write_csv(self.output_dir / "predictions.csv", pred_rows)
+        atomic_write_csv(self.output_dir / "predictions.csv", pred_rows)
         if len(self._spreads) == len(self._rows):
             cal = fit_uncertainty_calibration(torch.stack(self._spreads), errors)
-            _atomic_write_text(self.output_dir / "calibration.json", json.dumps(cal, indent=2))
+            atomic_write_text(self.output_dir / "calibration.json", json.dumps(cal, indent=2))
         s = self.summary
         engine.logger.info(
             "landmarks: %d images, MRE %.3f ± %.3f mm, SDR %s -> %s",
@@ -208,16 +208,3 @@ def fit_uncertainty_calibration(spread_mm: torch.Tensor, errors_mm: torch.Tensor
         "mean_abs_deviation_mm": round(float((pred - y).abs().mean()), 4),
         "n": int(x.numel()),
     }
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def _atomic_write_csv(path: Path, rows: list) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as f:
-        csv.writer(f).writerows(rows)
-    os.replace(tmp, path)

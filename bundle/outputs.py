@@ -225,7 +225,7 @@ class LandmarkOutputWriter:
             csv.writer(f).writerow([name, message])
 
     def _write_one(self, name: str, path: str, out: dict, item: dict) -> None:
-        from .io import read_image
+        from .io import atomic_write_text, read_image
 
         pred_yx = torch.as_tensor(out["pred_landmarks"]).float().cpu().numpy()
         pred_mm = torch.as_tensor(out["pred_mm"]).float().cpu().numpy()
@@ -242,9 +242,7 @@ class LandmarkOutputWriter:
         stem = name.split(".")[0]
         mm_per_px = torch.as_tensor(item.get("slicer_mm_per_px", torch.ones(2))).float().numpy()[::-1]  # (x, y)
         markups = slicer_markups(xy, self.names, mm_per_px, [f"uncertainty {u:.2f} mm" for u in unc])
-        tmp = self.output_dir / f"{stem}.mrk.json.tmp"
-        tmp.write_text(json.dumps(markups, indent=2))
-        os.replace(tmp, self.output_dir / f"{stem}.mrk.json")
+        atomic_write_text(self.output_dir / f"{stem}.mrk.json", json.dumps(markups, indent=2))
         if self.overlay:
             image, _ = read_image(path)
             spacing = torch.as_tensor(item["spacing"]).float().numpy()
