@@ -23,6 +23,7 @@ __all__ = [
     "LearningCurveWriter",
     "ValidationState",
     "AtomicCheckpointSaver",
+    "FinalValidation",
     "autocast_dtype",
 ]
 
@@ -253,3 +254,26 @@ class AtomicCheckpointSaver:
             if checkpoint is not None:
                 checkpoint.save_handler._atomic = True
         return saver
+
+
+class FinalValidation:
+    """Validate once more when training ends on an epoch that the ``interval`` of MONAI's ``ValidationHandler``
+    skipped (max_epochs not a multiple of it, or a time budget or early stop ending the run), so the last epochs
+    can still become the best model.
+
+    Args:
+        validator: the evaluator.
+        interval: the ValidationHandler's interval in epochs.
+    """
+
+    def __init__(self, validator, interval: int):
+        self.validator, self.interval = validator, max(1, int(interval))
+
+    def attach(self, engine) -> None:
+        from ignite.engine import Events
+
+        engine.add_event_handler(Events.COMPLETED, self)
+
+    def __call__(self, engine) -> None:
+        if engine.state.epoch % self.interval and engine.state.epoch > getattr(self.validator.state, "epoch", 0):
+            self.validator.run(engine.state.epoch)

@@ -490,3 +490,23 @@ class TestAtomicBestSaver(unittest.TestCase):
             after = torch.load(os.path.join(tmp, "model.pt"), weights_only=True)  # the old file is intact
             self.assertTrue(torch.equal(good["model"]["weight"], after["model"]["weight"]))
             self.assertEqual(sorted(os.listdir(tmp)), ["model.pt"])  # no temporary file left
+
+
+class TestFinalValidation(unittest.TestCase):
+    def test_validates_a_skipped_last_epoch_once(self):
+        from types import SimpleNamespace
+
+        from ignite.engine import Engine
+
+        from bundle.engine import FinalValidation
+
+        runs = []
+        validator = SimpleNamespace(state=SimpleNamespace(epoch=0))
+        validator.run = lambda epoch: (runs.append(epoch), setattr(validator.state, "epoch", epoch))
+        for max_epochs, expected in ((3, [3]), (4, [])):  # interval 2: epoch 4 was validated already
+            runs.clear()
+            validator.state.epoch = 0 if max_epochs == 3 else 4
+            trainer = Engine(lambda e, b: None)
+            FinalValidation(validator, interval=2).attach(trainer)
+            trainer.run([0, 1], max_epochs=max_epochs)
+            self.assertEqual(runs, expected)
