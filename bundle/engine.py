@@ -24,6 +24,7 @@ __all__ = [
     "ValidationState",
     "AtomicCheckpointSaver",
     "FinalValidation",
+    "TTAInferer",
     "autocast_dtype",
 ]
 
@@ -277,3 +278,49 @@ class FinalValidation:
     def __call__(self, engine) -> None:
         if engine.state.epoch % self.interval and engine.state.epoch > getattr(self.validator.state, "epoch", 0):
             self.validator.run(engine.state.epoch)
+
+
+class TTAInferer(AutocastInferer):
+    """Test-time augmentation: the network also sees the image rotated and scaled about its centre (never flipped:
+    a mirrored lateral cephalogram is the other side of a face), each output's softmax is warped back into the
+    original frame, and the log of the mean probability is returned as the logits.
+
+    Args:
+        rotations_deg: extra rotations, degrees.
+        scales: extra scalings.
+        precision, device: as :class:`AutocastInferer`.
+    """
+
+    def __init__(self, rotations_deg=(-3.0, 3.0), scales=(0.95, 1.05), precision: str = "none",
+                 device: str | torch.device = "cpu"):
+        super().__init__(precision, device)
+        self.transforms = [(float(r), 1.0) for r in rotations_deg] + [(0.0, float(s)) for s in scales]
+
+    @staticmethod
+    def _matrix(angle_deg: float, scale: float, size) -> torch.Tensor:
+        import math
+
+        h, w = size
+        centre = torch.tensor([(h - 1) / 2, (w - 1) / 2], dtype=torch.float64)
+        a = math.radians(angle_deg)
+        lin = torch.tensor([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]], dtype=torch.float64) * scale
+        m = torch.eye(3, dtype=torch.float64)
+        m[:2, :2], m[:2, 2] = lin, centre - lin @ centre
+        return m.float()
+
+    def __call__(self, inputs: torch.Tensor, network: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        from .transforms import affine_warp
+
+        def probs(logits: torch.Tensor) -> torch.Tensor:
+            b, n, h, w = logits.shape
+            return torch.softmax(logits.float().reshape(b, n, -1), -1).reshape(b, n, h, w)
+
+        size = inputs.shape[-2:]
+        total = probs(super().__call__(inputs, network, *args, **kwargs))
+        for angle, scale in self.transforms:
+            m = self._matrix(angle, scale, size)
+            warped = torch.stack([affine_warp(x.cpu(), m, size) for x in inputs]).to(inputs.device)
+            p = probs(super().__call__(warped, network, *args, **kwargs))
+            back = torch.linalg.inv(m.double()).float()
+            total = total + torch.stack([affine_warp(x.cpu(), back, size) for x in p]).to(inputs.device)
+        return torch.log((total / (1 + len(self.transforms))).clamp_min(1e-12))

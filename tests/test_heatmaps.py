@@ -95,5 +95,19 @@ class TestLoss(unittest.TestCase):
             HeatmapCrossEntropyLoss(learn_weights=True, num_scales=3)(stacked, target)
 
 
+class TestTTA(unittest.TestCase):
+    def test_equivariant_network_gives_the_same_landmarks(self):
+        """A 'network' that returns the log of its input (a heatmap) is equivariant to rotation and scaling, so
+        test-time augmentation must give back the same landmarks."""
+        from bundle.engine import TTAInferer
+
+        pts = torch.tensor([[[20.3, 30.6], [40.2, 15.7]]])
+        heat = render_gaussian_heatmaps(pts[0], (64, 56), 2.5)[None]
+        tta = TTAInferer(rotations_deg=(-5.0, 5.0), scales=(0.9, 1.1))
+        logits = tta(heat, lambda x: torch.log(x.clamp_min(1e-12)))
+        got, _ = heatmap_to_landmarks(logits, log_scale=True)
+        self.assertLess(float((got - pts).norm(dim=-1).max()), 0.15)
+
+
 if __name__ == "__main__":
     unittest.main()
