@@ -134,9 +134,6 @@ class TestISBIReader(unittest.TestCase):
         self.assertTrue(np.allclose(read_landmarks(mrk, n_landmarks=2), [[4.0, 3.0], [1.25, 7.5]]))
 
 
-if __name__ == "__main__":
-    unittest.main()
-
 
 class TestOwnDataFolder(unittest.TestCase):
     """A user's folder: images with CSV landmarks beside them, any number of landmarks, spacing from the config."""
@@ -160,3 +157,52 @@ class TestOwnDataFolder(unittest.TestCase):
             self.assertTrue(torch.allclose(d["spacing"], torch.tensor([0.25, 0.25])))
             with self.assertRaises(CephDataError):  # the config says 4 landmarks, the file has 3
                 LoadCephalogramd(n_landmarks=4)(items[0])
+
+
+def write_dicom(path: Path, pixels: np.ndarray, spacing=None, monochrome1: bool = False) -> None:
+    """A minimal secondary-capture DICOM file, written with pydicom."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Modality = "DX"
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel, ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 1, 16, 16, 15, 0
+    ds.PhotometricInterpretation = "MONOCHROME1" if monochrome1 else "MONOCHROME2"
+    if spacing is not None:
+        ds.ImagerPixelSpacing = [str(spacing[0]), str(spacing[1])]
+    ds.PixelData = pixels.astype(np.uint16).tobytes()
+    ds.save_as(str(path), enforce_file_format=True)
+
+
+class TestDicom(unittest.TestCase):
+    def test_spacing_from_header_and_missing_spacing(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            pixels = np.arange(40 * 30, dtype=np.uint16).reshape(40, 30)
+            good = Path(tmp) / "ceph.dcm"
+            write_dicom(good, pixels, spacing=(0.12, 0.15))
+            image, spacing = read_image(good)
+            self.assertEqual(image.shape, (40, 30))
+            self.assertEqual(spacing, (0.12, 0.15))
+            self.assertTrue(np.array_equal(image, pixels.astype(np.float32)))
+            d = LoadCephalogramd(spacing_mm=0.1)({"image": str(good)})
+            self.assertTrue(torch.allclose(d["spacing"], torch.tensor([0.12, 0.15])))  # the header wins
+            inverted = Path(tmp) / "mono1.dcm"
+            write_dicom(inverted, pixels, spacing=(0.1, 0.1), monochrome1=True)
+            self.assertEqual(read_image(inverted)[0][0, 0], float(pixels.max()))  # bone bright in every format
+            bad = Path(tmp) / "nospacing.dcm"
+            write_dicom(bad, pixels)
+            with self.assertRaises(CephDataError) as cm:
+                read_image(bad)
+            self.assertIn(str(bad), str(cm.exception))
+            self.assertIn("DICOM has no pixel spacing", str(cm.exception))
+
+
+if __name__ == "__main__":
+    unittest.main()
