@@ -434,9 +434,6 @@ class TestLoggers(unittest.TestCase):
         self.assertIsNone(LossWeightLogger(loss).writer)  # no writer: logs nothing
 
 
-if __name__ == "__main__":
-    unittest.main()
-
 
 class TestValidationState(unittest.TestCase):
     """A resumed run keeps the best metric, the best-model record and the early-stopping counter."""
@@ -510,3 +507,7 @@ class TestFinalValidation(unittest.TestCase):
             FinalValidation(validator, interval=2).attach(trainer)
             trainer.run([0, 1], max_epochs=max_epochs)
             self.assertEqual(runs, expected)
+
+
+if __name__ == "__main__":
+    unittest.main()
