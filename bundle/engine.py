@@ -319,8 +319,8 @@ class TTAInferer(AutocastInferer):
         total = probs(super().__call__(inputs, network, *args, **kwargs))
         for angle, scale in self.transforms:
             m = self._matrix(angle, scale, size)
-            warped = torch.stack([affine_warp(x.cpu(), m, size) for x in inputs]).to(inputs.device)
+            warped = torch.stack([affine_warp(x, m, size) for x in inputs])
             p = probs(super().__call__(warped, network, *args, **kwargs))
             back = torch.linalg.inv(m.double()).float()
-            total = total + torch.stack([affine_warp(x.cpu(), back, size) for x in p]).to(inputs.device)
+            total = total + torch.stack([affine_warp(x, back, size) for x in p])
         return torch.log((total / (1 + len(self.transforms))).clamp_min(1e-12))

@@ -165,7 +165,9 @@ class OverlayImageLogger:
             return
         image = torch.as_tensor(item["image"]).float().cpu()[0].numpy()  # the network input, (H, W)
         scale = torch.as_tensor(item["scale"]).float().cpu()
-        to_input = lambda p: ((torch.as_tensor(p).float().cpu() + 0.5) * scale - 0.5).numpy()[:, ::-1]  # noqa: E731
+        from .transforms import resized_from_original
+
+        to_input = lambda p: resized_from_original(torch.as_tensor(p).float().cpu(), scale).numpy()[:, ::-1]  # noqa: E731
         truth = to_input(item["landmarks_orig"]) if "landmarks_orig" in item else None
         pic = overlay_picture(image, to_input(out["pred_landmarks"]), truth_xy=truth, max_side=max(image.shape))
         step = int(self.trainer.state.epoch) if self.trainer is not None else int(engine.state.epoch)

@@ -39,10 +39,17 @@ __all__ = [
     "LandmarksToHeatmapd",
     "HeatmapToLandmarksd",
     "affine_warp",
+    "resized_from_original",
     "original_from_resized",
 ]
 
 logger = logging.getLogger(__name__)
+
+
+def resized_from_original(points: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Map ``(..., 2)`` ``(y, x)`` original pixels into a grid resized by ``scale`` (the inverse of
+    :func:`original_from_resized`)."""
+    return (points + 0.5) * scale - 0.5
 
 
 def original_from_resized(points: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -160,7 +167,7 @@ class ResizeLandmarksd(MapTransform):
         d[self.keys[0]] = out[0]
         factor = torch.tensor(self.spatial_size, dtype=torch.float32) / in_size
         if "landmarks" in d:
-            d["landmarks"] = (d["landmarks"] + 0.5) * factor - 0.5
+            d["landmarks"] = resized_from_original(d["landmarks"], factor)
         d["scale"] = d.get("scale", torch.ones(2)) * factor
         return d
 
@@ -169,8 +176,9 @@ def affine_warp(image: torch.Tensor, out_from_in: torch.Tensor, out_size: Sequen
     """Warp a ``(C, H, W)`` image with a 3x3 matrix that maps homogeneous ``(y, x, 1)`` input pixels to output
     pixels (bilinear, zeros outside)."""
     h, w = int(out_size[0]), int(out_size[1])
-    in_from_out = torch.linalg.inv(out_from_in.to(torch.float64)).to(torch.float32)
-    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")
+    in_from_out = torch.linalg.inv(out_from_in.to(torch.float64)).to(device=image.device, dtype=torch.float32)
+    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32, device=image.device),
+                            torch.arange(w, dtype=torch.float32, device=image.device), indexing="ij")
     pts = torch.stack([ys, xs, torch.ones_like(ys)], -1) @ in_from_out.T  # (h, w, 3) input (y, x, 1)
     return _sample(image, pts[..., 0], pts[..., 1])
 

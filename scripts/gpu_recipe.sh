@@ -2,10 +2,12 @@
 # One GPU run of the ISBI recipe: installs carried wheels if MONAI is missing, trains on the reduced cache
 # (scripts/prepare_cache.py), and leaves the fp16 weights, the log and the learning curve in $OUT.
 #   OUT=/tmp/gpu bash scripts/gpu_recipe.sh [extra overrides, e.g. --time_budget_minutes 6]
+#   NETWORK=configs/maht_net.yaml OUT=/tmp/gpu bash scripts/gpu_recipe.sh ...   # MAHT-Net instead of the U-Net
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-runs/gpu}"
 CACHE="${CACHE:-cache/isbi_f3}"
+NETWORK="${NETWORK:-}"                          # a network override layered after the recipe, e.g. configs/maht_net.yaml
 TRAIN="${TRAIN:-$OUT/train}"                    # checkpoints and TensorBoard logs
 mkdir -p "$OUT"
 if ! python3 -c "import monai, ignite, fire" 2>/dev/null; then
@@ -15,7 +17,9 @@ fi
 export PYTHONUNBUFFERED=1
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else '')"
 start=$(date +%s)
-python3 -m monai.bundle run training --config_file "['configs/train.yaml','configs/isbi_gpu.yaml']" \
+configs="'configs/train.yaml','configs/isbi_gpu.yaml'"
+[ -n "$NETWORK" ] && configs="$configs,'$NETWORK'"
+python3 -m monai.bundle run training --config_file "[$configs]" \
   --dataset_dir "$CACHE" --output_dir "$TRAIN" "$@" > "$OUT/train.log" 2>&1 || { tail -50 "$OUT/train.log"; exit 1; }
 end=$(date +%s)
 grep -E "Metrics|time budget|best value" "$OUT/train.log" | tail -15
