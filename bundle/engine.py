@@ -25,6 +25,7 @@ __all__ = [
     "AtomicCheckpointSaver",
     "FinalValidation",
     "TTAInferer",
+    "EnsembleNetwork",
     "autocast_dtype",
 ]
 
@@ -324,3 +325,49 @@ class TTAInferer(AutocastInferer):
             back = torch.linalg.inv(m.double()).float()
             total = total + torch.stack([affine_warp(x, back, size) for x in p])
         return torch.log((total / (1 + len(self.transforms))).clamp_min(1e-12))
+
+
+class EnsembleNetwork(torch.nn.Module):
+    """Checkpoint ensembling: every member maps the same input to heatmap logits; their spatial softmaxes are
+    averaged and the log of the mean returned as logits (decoding and the uncertainty then work unchanged).
+    A deep-supervision stack ``(B, S, N, H, W)`` contributes its finest head.
+
+    Args:
+        members: networks with the same input and output grid.
+    """
+
+    def __init__(self, members):
+        super().__init__()
+        if len(members) == 0:
+            raise ValueError("an ensemble needs at least one member.")
+        self.members = torch.nn.ModuleList(members)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        total = None
+        for member in self.members:
+            out = member(x)
+            if out.ndim == 5:
+                out = out[:, 0]
+            b, n, h, w = out.shape
+            p = torch.softmax(out.float().reshape(b, n, -1), -1).reshape(b, n, h, w)
+            total = p if total is None else total + p
+        return torch.log((total / len(self.members)).clamp_min(1e-12))
+
+    @classmethod
+    def from_checkpoints(cls, network: torch.nn.Module, paths, device: str | torch.device = "cpu", key: str = "model"):
+        """One copy of ``network`` per checkpoint in ``paths`` (a state dict, or a dict holding one under ``key``
+        such as ``checkpoint_last.pt``), loaded strictly."""
+        import copy
+
+        members = []
+        for path in paths:
+            if not Path(path).is_file():
+                raise FileNotFoundError(f"{path}: ensemble member checkpoint not found")
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            if key in state and isinstance(state[key], dict):
+                state = state[key]
+            net = copy.deepcopy(network)
+            net.load_state_dict(state)
+            members.append(net)
+        return cls(members).to(device)
+

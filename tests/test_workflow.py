@@ -138,6 +138,52 @@ class TestBundleWorkflow(unittest.TestCase):
         curve = json.loads((self.runs / "learning_curve.json").read_text())
         self.assertEqual([p["epoch"] for p in curve], [1, 2, 3])
 
+    def test_6_coarse_to_fine(self):
+        """A refinement network trained on crops (configs/refine.yaml) plugs into evaluation and inference."""
+        refine_runs = self.tmp / "refine_runs"
+        crops = {"refine_spacing_mm": 0.5, "crop_size": [32, 32]}
+        wf = ConfigWorkflow(
+            workflow_type="train", config_file=[str(CONFIGS / "train.yaml"), str(CONFIGS / "refine.yaml")],
+            logging_file=False, meta_file=str(CONFIGS / "metadata.json"), max_epochs=2, val_interval=1,
+            crop_offset_sd=3.0, crop_max_offset=10.0, amp="none", **{**self.common, "output_dir": str(refine_runs)}, **crops,
+        )
+        wf.initialize()
+        wf.run()
+        wf.finalize()
+        curve = json.loads((refine_runs / "learning_curve.json").read_text())
+        self.assertEqual([p["epoch"] for p in curve], [1, 2])
+        refine_ckpt = str(refine_runs / "model.pt")
+        ev = ConfigWorkflow(
+            workflow_type="eval", config_file=[str(CONFIGS / "train.yaml"), str(CONFIGS / "evaluate.yaml")],
+            logging_file=False, meta_file=str(CONFIGS / "metadata.json"), refine=True, refine_ckpt_path=refine_ckpt,
+            eval_dir=str(self.tmp / "eval_refined"), **self.common, **crops,
+        )
+        ev.initialize()
+        ev.run()
+        ev.finalize()
+        metrics = json.loads((self.tmp / "eval_refined" / "metrics.json").read_text())
+        self.assertEqual(metrics["n_images"], 3)
+        out = self.tmp / "out_refined"
+        wf = ConfigWorkflow(
+            workflow_type="infer", config_file=UNET_INFERENCE, logging_file=False,
+            meta_file=str(CONFIGS / "metadata.json"), bundle_root=str(ROOT),
+            input_dir=str(self.data / "RawImage" / "Test1Data"), output_dir=str(out), ckpt_path=str(self.runs / "model.pt"),
+            image_size=[64, 48], num_workers=0, refine=True, refine_ckpt_path=refine_ckpt, **UNET_AS_TRAINED, **crops,
+            pixel_spacing_mm=json.loads((self.data / "dataset.json").read_text())["pixel_spacing_mm"],  # crops in mm
+        )
+        wf.initialize()
+        wf.run()
+        wf.finalize()
+        with open(out / "landmarks.csv") as f:
+            rows = list(csv.DictReader(f))
+        self.assertEqual(len(rows), 3 * 19)
+        with open(self.tmp / "eval_refined" / "predictions.csv") as f:
+            evaluated = {(r["image"], r["landmark"]): (float(r["x_pred"]), float(r["y_pred"])) for r in csv.DictReader(f)}
+        for r in rows:  # inference and evaluation run the same two passes
+            x, y = evaluated[(r["image"], r["landmark"])]
+            self.assertAlmostEqual(float(r["x"]), x, delta=0.05)
+            self.assertAlmostEqual(float(r["y"]), y, delta=0.05)
+
     def test_4_metadata_and_torchscript_export(self):
         verify_metadata(meta_file=str(CONFIGS / "metadata.json"), filepath=str(CONFIGS / "schema" / "metadata_schema.json"))
         ts_path = self.tmp / "model.ts"

@@ -1,0 +1,265 @@
+"""Coarse-to-fine localisation: a second network refines each landmark on a high-resolution crop around the
+global model's estimate.
+
+The global model sees the whole skull at low resolution (0.3–0.6 mm pixels) and finds every landmark roughly. The
+refinement network sees one small crop per landmark, cut from the image resampled to ``spacing_mm`` (0.2 mm by
+default, twice the resolution of the 800 x 640 global model), and places the landmark within it. It is trained on
+crops centred near the true landmark, displaced at random as a global estimate would be; at inference the crops
+are centred on the global estimates.
+
+One network serves all landmarks: it has one output channel per landmark, and the crop of landmark ``k`` is read
+from channel ``k`` (:class:`LandmarkCropNet`).
+"""
+
+from __future__ import annotations
+
+import zlib
+from typing import Hashable, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from monai.config import KeysCollection
+from monai.transforms import MapTransform, Randomizable, Transform
+
+from .engine import autocast_dtype
+from .heatmaps import heatmap_spread, heatmap_to_landmarks
+from .transforms import _sample, original_from_resized, resized_from_original
+
+__all__ = ["LandmarkCropNet", "ResampleToSpacingd", "LandmarkCropsd", "RefineLandmarksd", "crop_matrix", "extract_crops"]
+
+
+class LandmarkCropNet(torch.nn.Module):
+    """A heatmap network with one output channel per landmark, used on crops: ``forward(x, index)`` returns for
+    each crop ``b`` only channel ``index[b]``, ``(B, 1, H, W)``; without ``index`` all channels.
+
+    Args:
+        backbone: any network mapping ``(B, C, H, W)`` to ``(B, N, H, W)`` logits.
+    """
+
+    def __init__(self, backbone: torch.nn.Module):
+        super().__init__()
+        self.backbone = backbone
+
+    def forward(self, x: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
+        out = self.backbone(x)
+        if index is None:
+            return out
+        idx = torch.as_tensor(index, device=out.device).reshape(-1).long()
+        if idx.numel() != out.shape[0]:
+            raise ValueError(f"got {idx.numel()} landmark indices for {out.shape[0]} crops.")
+        return out[torch.arange(out.shape[0], device=out.device), idx][:, None]
+
+
+class ResampleToSpacingd(MapTransform):
+    """Resample the image (anti-aliased bilinear) so that a pixel measures ``spacing_mm``, from ``data["spacing"]``.
+
+    With ``output_key`` unset the image, its landmarks and ``scale`` change in place (training: the refinement
+    grid is the working frame). With ``output_key`` set, the resampled copy goes to ``data[output_key]`` and its
+    pixels per original pixel to ``data[output_key + "_scale"]``, and nothing else changes (inference: the global
+    model works on ``image``, the refinement on the copy).
+    """
+
+    def __init__(self, keys: KeysCollection = "image", spacing_mm: float = 0.2, output_key: str | None = None):
+        super().__init__(keys)
+        if spacing_mm <= 0:
+            raise ValueError(f"spacing_mm should be positive, got {spacing_mm}.")
+        self.spacing_mm, self.output_key = float(spacing_mm), output_key
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        d = dict(data)
+        key = self.keys[0]
+        img = torch.as_tensor(d[key], dtype=torch.float32)
+        spacing = torch.as_tensor(d["spacing"], dtype=torch.float32)
+        in_size = torch.tensor(img.shape[-2:], dtype=torch.float32)
+        out_size = [max(8, int(round(float(s)))) for s in in_size * spacing / self.spacing_mm]
+        out = F.interpolate(img[None], size=out_size, mode="bilinear", align_corners=False, antialias=True)[0]
+        factor = torch.tensor(out_size, dtype=torch.float32) / in_size
+        if self.output_key is not None:
+            d[self.output_key] = out
+            d[self.output_key + "_scale"] = d.get("scale", torch.ones(2)) * factor
+            return d
+        d[key] = out
+        if "landmarks" in d:
+            d["landmarks"] = resized_from_original(d["landmarks"], factor)
+        d["scale"] = d.get("scale", torch.ones(2)) * factor
+        return d
+
+
+def crop_matrix(centre: torch.Tensor, crop_size: Sequence[int], angle: float = 0.0, scale: float = 1.0) -> torch.Tensor:
+    """3x3 ``out_from_in`` matrix (homogeneous ``(y, x, 1)``) of a crop of ``crop_size`` centred on ``centre``
+    (``(y, x)`` pixels of the source), rotated by ``angle`` radians and magnified by ``scale``."""
+    c, s = float(np.cos(angle)), float(np.sin(angle))
+    lin = torch.tensor([[c, -s], [s, c]], dtype=torch.float64) * scale
+    mid = torch.tensor([(crop_size[0] - 1) / 2, (crop_size[1] - 1) / 2], dtype=torch.float64)
+    m = torch.eye(3, dtype=torch.float64)
+    m[:2, :2] = lin
+    m[:2, 2] = mid - lin @ centre.to(torch.float64)
+    return m
+
+
+def extract_crops(image: torch.Tensor, centres: torch.Tensor, crop_size: Sequence[int]) -> torch.Tensor:
+    """Axis-aligned crops ``(N, C, h, w)`` of a ``(C, H, W)`` image, centred on ``centres`` ``(N, 2)`` ``(y, x)``
+    (bilinear, zeros outside the image). Crop pixel ``(i, j)`` is source pixel ``centre - (size - 1) / 2 + (i, j)``."""
+    h, w = int(crop_size[0]), int(crop_size[1])
+    ys = torch.arange(h, dtype=torch.float32, device=image.device) - (h - 1) / 2
+    xs = torch.arange(w, dtype=torch.float32, device=image.device) - (w - 1) / 2
+    c = centres.to(device=image.device, dtype=torch.float32)
+    gy = (c[:, 0, None, None] + ys[None, :, None]).expand(-1, h, w)
+    gx = (c[:, 1, None, None] + xs[None, None, :]).expand(-1, h, w)
+    hi, wi = image.shape[-2:]
+    grid = torch.stack([(2 * gx + 1) / wi - 1, (2 * gy + 1) / hi - 1], -1)  # (N, h, w, 2), align_corners=False
+    src = image[None].float().expand(len(c), -1, -1, -1)
+    return F.grid_sample(src, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+class LandmarkCropsd(Randomizable, MapTransform):
+    """One crop per landmark, centred near it, as a list of data dictionaries (MONAI flattens such lists into
+    the batch).
+
+    The crop centre is the landmark displaced by a Gaussian offset (``offset_sd`` pixels per axis, clipped to
+    ``max_offset``): the error a global estimate would have. With ``random=True`` (training) offsets, rotation
+    (``rotate_range`` radians) and magnification (``scale_range``) are drawn afresh each time; with
+    ``random=False`` (validation) the offsets come from a generator seeded by the image name, so every validation
+    sees the same crops, and there is no rotation or magnification.
+
+    Each output holds ``image`` ``(C, h, w)``, ``landmarks`` ``(1, 2)`` (the landmark in crop pixels),
+    ``landmark_index``, ``spacing``, ``image_name``, and ``scale`` / ``landmarks_orig`` such that
+    ``original_from_resized(p, scale) * spacing`` measures crop points in mm (so :class:`HeatmapToLandmarksd` and
+    the radial-error metrics work on crops unchanged; the frame is shifted from the original image's, which
+    does not change distances).
+
+    Args:
+        crop_size: ``(h, w)`` of the crops.
+        offset_sd: SD of the centre displacement in pixels, per axis.
+        max_offset: largest displacement per axis, in pixels.
+        rotate_range: largest rotation in radians (training only).
+        scale_range: largest relative magnification change (training only).
+        landmarks_per_image: crops per image, from a random choice of landmarks; None: one per landmark.
+        random: draw new offsets each call (training) or fixed ones per image (validation).
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection = "image",
+        crop_size: Sequence[int] = (96, 96),
+        offset_sd: float = 8.0,
+        max_offset: float = 30.0,
+        rotate_range: float = 0.17,
+        scale_range: float = 0.1,
+        landmarks_per_image: int | None = None,
+        random: bool = True,
+    ):
+        MapTransform.__init__(self, keys)
+        self.crop_size = (int(crop_size[0]), int(crop_size[1]))
+        if max_offset >= min(self.crop_size) / 2:
+            raise ValueError(f"max_offset {max_offset} would put landmarks outside the {self.crop_size} crop.")
+        self.offset_sd, self.max_offset = float(offset_sd), float(max_offset)
+        self.rotate_range, self.scale_range = float(rotate_range), float(scale_range)
+        self.landmarks_per_image, self.random = landmarks_per_image, random
+
+    def randomize(self, data=None) -> None:
+        pass  # draws happen in __call__, from self.R or from a per-image generator
+
+    def __call__(self, data: Mapping[Hashable, object]) -> list[dict]:
+        d = dict(data)
+        key = self.keys[0]
+        image = torch.as_tensor(d[key], dtype=torch.float32)
+        lms = torch.as_tensor(d["landmarks"], dtype=torch.float32)
+        n = len(lms)
+        rng = self.R if self.random else np.random.RandomState(zlib.crc32(str(d.get("image_name", "")).encode()))
+        if self.landmarks_per_image is None:
+            chosen = np.arange(n)
+        else:
+            chosen = rng.choice(n, self.landmarks_per_image, replace=self.landmarks_per_image > n)
+        base_scale = torch.as_tensor(d.get("scale", torch.ones(2)), dtype=torch.float32)
+        out = []
+        for k in chosen:
+            offset = np.clip(rng.normal(0.0, self.offset_sd, 2), -self.max_offset, self.max_offset)
+            angle = rng.uniform(-self.rotate_range, self.rotate_range) if self.random and self.rotate_range else 0.0
+            mag = rng.uniform(1 - self.scale_range, 1 + self.scale_range) if self.random and self.scale_range else 1.0
+            centre = lms[k] + torch.as_tensor(offset, dtype=torch.float32)
+            m = crop_matrix(centre, self.crop_size, angle, mag)
+            crop = _sample_affine(image, m, self.crop_size)
+            p = (torch.cat([lms[k].double(), torch.ones(1, dtype=torch.float64)]) @ m.T)[:2].float()[None]
+            scale = base_scale * mag
+            item = {
+                "image": crop,
+                "landmarks": p,
+                "landmarks_orig": original_from_resized(p, scale),
+                "landmark_index": torch.tensor(int(k)),
+                "scale": scale,
+                "spacing": torch.as_tensor(d["spacing"], dtype=torch.float32),
+                "image_name": d.get("image_name", ""),
+            }
+            out.append(item)
+        return out
+
+
+def _sample_affine(image: torch.Tensor, out_from_in: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    in_from_out = torch.linalg.inv(out_from_in).to(torch.float32)
+    ys, xs = torch.meshgrid(torch.arange(size[0], dtype=torch.float32), torch.arange(size[1], dtype=torch.float32), indexing="ij")
+    pts = torch.stack([ys, xs, torch.ones_like(ys)], -1) @ in_from_out.T
+    return _sample(image, pts[..., 0], pts[..., 1])
+
+
+class RefineLandmarksd(Transform):
+    """Post-processing: move each decoded landmark (``pred_landmarks``, original pixels) to where the refinement
+    network places it on a crop of ``data[image_key]`` around it; recompute ``pred_mm``, ``spread_mm`` (from the
+    refinement heatmaps) and ``uncertainty_mm``. The coarse estimate is kept as ``coarse_landmarks``.
+
+    Args:
+        network: a :class:`LandmarkCropNet` (weights loaded by a ``CheckpointLoader``).
+        crop_size: ``(h, w)``, as in training.
+        image_key: the image on the refinement grid (see :class:`ResampleToSpacingd` with ``output_key``).
+        iterations: refinement passes, each centred on the previous result.
+        precision: ``"bf16"``, ``"fp16"`` or ``"none"`` autocast.
+        device: where the network runs.
+        calibration: ``(a, b)`` of the expected error ``a * spread_mm + b`` (``b`` one number or one per landmark).
+    """
+
+    def __init__(
+        self,
+        network: torch.nn.Module,
+        crop_size: Sequence[int] = (96, 96),
+        image_key: str = "image_fine",
+        iterations: int = 1,
+        precision: str = "none",
+        device: str | torch.device = "cpu",
+        calibration: Sequence = (1.0, 0.0),
+    ):
+        self.network, self.crop_size, self.image_key = network, tuple(int(s) for s in crop_size), image_key
+        self.iterations = max(1, int(iterations))
+        self.dtype, self.device = autocast_dtype(precision), torch.device(device)
+        self.calibration = (float(calibration[0]), torch.as_tensor(calibration[1], dtype=torch.float32))
+
+    @torch.no_grad()
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        d = dict(data)
+        if d.get("error") or "pred_landmarks" not in d:
+            return d  # an unreadable image: nothing to refine
+        image = torch.as_tensor(d[self.image_key]).float().to(self.device)
+        scale = torch.as_tensor(d[self.image_key + "_scale"]).float().cpu()
+        spacing = torch.as_tensor(d["spacing"]).float().cpu()
+        coarse = torch.as_tensor(d["pred_landmarks"]).float().cpu()
+        p = resized_from_original(coarse, scale)
+        n = len(p)
+        index = torch.arange(n, device=self.device)
+        self.network.eval()
+        for _ in range(self.iterations):
+            centres = torch.round(p)  # whole-pixel centres: the crop is the image itself, not an interpolation
+            crops = extract_crops(image, centres, self.crop_size)
+            with torch.autocast(self.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None):
+                logits = self.network(crops, index)
+            logits = logits.float().cpu()[:, 0][None]  # (1, N, h, w)
+            q, _ = heatmap_to_landmarks(logits, refine="quadratic", log_scale=True)
+            mid = torch.tensor([(self.crop_size[0] - 1) / 2, (self.crop_size[1] - 1) / 2])
+            p = q[0] + centres - mid
+        spread_px = heatmap_spread(logits, q)[0]
+        orig = original_from_resized(p, scale)
+        d["coarse_landmarks"] = coarse
+        d["pred_landmarks"] = orig
+        d["pred_mm"] = orig * spacing
+        d["spread_mm"] = spread_px * (spacing / scale).mean()
+        d["uncertainty_mm"] = self.calibration[0] * d["spread_mm"] + self.calibration[1]
+        return d

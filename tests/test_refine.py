@@ -1,0 +1,131 @@
+"""Coarse-to-fine refinement: crops carry their landmark exactly, and the refinement pass moves rough estimates onto
+the landmarks when the network sees them."""
+
+import unittest
+
+import torch
+
+from bundle.heatmaps import heatmap_to_landmarks, render_gaussian_heatmaps
+from bundle.refine import LandmarkCropNet, LandmarkCropsd, RefineLandmarksd, ResampleToSpacingd, extract_crops
+from bundle.transforms import original_from_resized
+
+# (y, x) original pixels, far enough apart that each crop shows one blob
+POINTS = torch.tensor([[40.3, 50.6], [120.8, 30.2], [90.5, 140.1], [160.0, 110.4]])
+SIZE = (200, 170)
+
+
+def blob_image(points=POINTS, size=SIZE, sigma=3.0) -> torch.Tensor:
+    """All landmarks as Gaussian blobs in one channel: a picture a crop can be checked against."""
+    return render_gaussian_heatmaps(points, size, sigma).sum(0, keepdim=True)
+
+
+def peak(image: torch.Tensor) -> torch.Tensor:
+    """Sub-pixel peak ``(y, x)`` of a ``(1, h, w)`` image."""
+    return heatmap_to_landmarks(image[None].clamp_min(1e-6))[0][0, 0]
+
+
+class TestResampleToSpacing(unittest.TestCase):
+    def test_in_place_moves_landmarks_with_the_image(self):
+        data = {"image": blob_image(), "landmarks": POINTS.clone(), "spacing": torch.tensor([0.1, 0.1]), "scale": torch.ones(2)}
+        out = ResampleToSpacingd(spacing_mm=0.25)(data)
+        self.assertEqual(tuple(out["image"].shape[-2:]), (80, 68))
+        torch.testing.assert_close(out["scale"], torch.tensor([80 / 200, 68 / 170]))
+        back = original_from_resized(out["landmarks"], out["scale"])
+        torch.testing.assert_close(back, POINTS, atol=1e-4, rtol=0)
+
+    def test_copy_leaves_the_image_alone(self):
+        image = blob_image()
+        data = {"image": image, "landmarks": POINTS.clone(), "spacing": torch.tensor([0.1, 0.1]), "scale": torch.ones(2)}
+        out = ResampleToSpacingd(spacing_mm=0.2, output_key="image_fine")(data)
+        self.assertIs(out["image"], image)
+        self.assertEqual(tuple(out["image_fine"].shape[-2:]), (100, 85))
+        torch.testing.assert_close(out["image_fine_scale"], torch.tensor([0.5, 0.5]))
+        torch.testing.assert_close(out["landmarks"], POINTS)
+
+
+class TestCrops(unittest.TestCase):
+    def test_extract_crops_at_whole_pixels_copies_the_image(self):
+        image = torch.arange(200 * 170, dtype=torch.float32).reshape(1, 200, 170)
+        crops = extract_crops(image, torch.tensor([[50.0, 60.0], [100.0, 20.0]]), (9, 8))
+        # crop pixel (i, j) is source pixel centre - (size - 1) / 2 + (i, j): rows 46..54, columns 56.5.. -> bilinear
+        self.assertEqual(tuple(crops.shape), (2, 1, 9, 8))
+        crops = extract_crops(image, torch.tensor([[50.0, 60.5]]), (9, 8))
+        torch.testing.assert_close(crops[0, 0], image[0, 46:55, 57:65])
+
+    def test_training_crops_show_their_landmark(self):
+        t = LandmarkCropsd(crop_size=(48, 48), offset_sd=6.0, max_offset=16.0, rotate_range=0.3, scale_range=0.2)
+        for seed in range(3):
+            t.set_random_state(seed)
+            data = {"image": blob_image(), "landmarks": POINTS.clone(), "spacing": torch.tensor([0.1, 0.1]),
+                    "scale": torch.ones(2), "image_name": "a.png"}
+            crops = t(data)
+            self.assertEqual(len(crops), len(POINTS))
+            for k, c in enumerate(crops):
+                self.assertEqual(int(c["landmark_index"]), k)
+                self.assertEqual(tuple(c["image"].shape), (1, 48, 48))
+                seen = peak(c["image"])
+                self.assertLess(float((seen - c["landmarks"][0]).norm()), 0.5, f"seed {seed} landmark {k}")
+                self.assertTrue(bool(((c["landmarks"] > 7) & (c["landmarks"] < 40)).all()))  # within max_offset
+
+    def test_crop_frame_measures_mm(self):
+        """A point one crop pixel from the landmark is spacing / scale mm away in the crops' metric frame."""
+        t = LandmarkCropsd(crop_size=(48, 48), offset_sd=6.0, max_offset=16.0, random=False)
+        data = {"image": blob_image(), "landmarks": POINTS.clone(), "spacing": torch.tensor([0.1, 0.1]),
+                "scale": torch.tensor([0.5, 0.5]), "image_name": "a.png"}
+        c = t(data)[0]
+        moved = original_from_resized(c["landmarks"] + torch.tensor([3.0, 4.0]), c["scale"])
+        dist_mm = float(((moved - c["landmarks_orig"]) * c["spacing"]).norm())
+        self.assertAlmostEqual(dist_mm, 5.0 * 0.1 / 0.5, places=4)
+
+    def test_validation_crops_repeat(self):
+        t = LandmarkCropsd(crop_size=(48, 48), offset_sd=6.0, max_offset=16.0, random=False)
+        data = {"image": blob_image(), "landmarks": POINTS.clone(), "spacing": torch.tensor([0.1, 0.1]), "image_name": "x.png"}
+        a, b = t(data), t(data)
+        for ca, cb in zip(a, b):
+            torch.testing.assert_close(ca["landmarks"], cb["landmarks"])
+        other = t({**data, "image_name": "y.png"})
+        self.assertFalse(all(torch.equal(ca["landmarks"], co["landmarks"]) for ca, co in zip(a, other)))
+
+
+class BlobNet(torch.nn.Module):
+    """An 'oracle' refinement network: its logits for every landmark are the log of the crop (the blob)."""
+
+    def __init__(self, n):
+        super().__init__()
+        self.n = n
+
+    def forward(self, x):
+        return torch.log(x.clamp_min(1e-6)).expand(-1, self.n, -1, -1)
+
+
+class TestRefineLandmarks(unittest.TestCase):
+    def test_select_channel(self):
+        net = LandmarkCropNet(torch.nn.Conv2d(1, 5, 1))
+        x = torch.rand(3, 1, 8, 8)
+        full = net(x)
+        self.assertEqual(tuple(full.shape), (3, 5, 8, 8))
+        sel = net(x, torch.tensor([4, 0, 2]))
+        torch.testing.assert_close(sel[:, 0], full[[0, 1, 2], [4, 0, 2]])
+        with self.assertRaises(ValueError):
+            net(x, torch.tensor([1, 2]))
+
+    def test_rough_estimates_move_onto_the_landmarks(self):
+        data = {"image": blob_image(), "spacing": torch.tensor([0.1, 0.1]), "scale": torch.ones(2)}
+        data = ResampleToSpacingd(spacing_mm=0.1, output_key="image_fine")(data)
+        rough = POINTS + torch.tensor([[5.0, -4.0], [-6.0, 3.0], [2.5, 7.0], [-3.0, -3.0]])
+        data.update(pred_landmarks=rough, pred_mm=rough * 0.1, error="")
+        out = RefineLandmarksd(LandmarkCropNet(BlobNet(len(POINTS))), crop_size=(40, 40))(data)
+        torch.testing.assert_close(out["coarse_landmarks"], rough)
+        err = (out["pred_landmarks"] - POINTS).norm(dim=-1)
+        self.assertLess(float(err.max()), 0.2, err.tolist())
+        torch.testing.assert_close(out["pred_mm"], out["pred_landmarks"] * 0.1)
+        self.assertTrue(bool((out["uncertainty_mm"] > 0).all()))
+
+    def test_unreadable_image_passes_through(self):
+        data = {"error": "cannot read image x.png", "image_fine": torch.zeros(1, 8, 8)}
+        out = RefineLandmarksd(LandmarkCropNet(BlobNet(4)), crop_size=(8, 8))(data)
+        self.assertNotIn("pred_landmarks", out)
+
+
+if __name__ == "__main__":
+    unittest.main()
