@@ -216,6 +216,11 @@ class RefineLandmarksd(Transform):
         precision: ``"bf16"``, ``"fp16"`` or ``"none"`` autocast.
         device: where the network runs.
         calibration: ``(a, b)`` of the expected error ``a * spread_mm + b`` (``b`` one number or one per landmark).
+        coarse_weight: how much the global model's own heatmap (``data[pred_key]``, logits) counts in the crop:
+            0 uses the refinement network alone; ``w > 0`` adds ``w`` times the global logits, sampled at the crop's
+            pixels, to the refinement logits before decoding (a product of the two distributions: the global model
+            knows where along a contour a landmark lies, the crop network where the contour is).
+        pred_key: the global model's heatmap logits ``(N, h, w)`` (or a deep-supervision stack, finest first).
     """
 
     def __init__(
@@ -227,8 +232,11 @@ class RefineLandmarksd(Transform):
         precision: str = "none",
         device: str | torch.device = "cpu",
         calibration: Sequence = (1.0, 0.0),
+        coarse_weight: float = 0.0,
+        pred_key: str = "pred",
     ):
         self.network, self.crop_size, self.image_key = network, tuple(int(s) for s in crop_size), image_key
+        self.coarse_weight, self.pred_key = float(coarse_weight), pred_key
         self.iterations = max(1, int(iterations))
         self.dtype, self.device = autocast_dtype(precision), torch.device(device)
         self.calibration = (float(calibration[0]), torch.as_tensor(calibration[1], dtype=torch.float32))
@@ -252,6 +260,8 @@ class RefineLandmarksd(Transform):
             with torch.autocast(self.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None):
                 logits = self.network(crops, index)
             logits = logits.float().cpu()[:, 0][None]  # (1, N, h, w)
+            if self.coarse_weight:
+                logits = logits + self.coarse_weight * self._coarse_logits(d, centres, scale)[None]
             q, _ = heatmap_to_landmarks(logits, refine="quadratic", log_scale=True)
             mid = torch.tensor([(self.crop_size[0] - 1) / 2, (self.crop_size[1] - 1) / 2])
             p = q[0] + centres - mid
@@ -263,3 +273,22 @@ class RefineLandmarksd(Transform):
         d["spread_mm"] = spread_px * (spacing / scale).mean()
         d["uncertainty_mm"] = self.calibration[0] * d["spread_mm"] + self.calibration[1]
         return d
+
+    def _coarse_logits(self, d: dict, centres: torch.Tensor, fine_scale: torch.Tensor) -> torch.Tensor:
+        """The global model's logits of each landmark at the pixels of its crop, ``(N, h, w)`` (bilinear)."""
+        coarse = torch.as_tensor(d[self.pred_key]).detach().float().cpu()
+        if coarse.ndim == 4:
+            coarse = coarse[0]
+        h, w = self.crop_size
+        mid = torch.tensor([(h - 1) / 2, (w - 1) / 2])
+        ys = torch.arange(h, dtype=torch.float32) - mid[0]
+        xs = torch.arange(w, dtype=torch.float32) - mid[1]
+        fy = centres[:, 0, None, None] + ys[None, :, None]  # fine-grid rows of every crop pixel, (N, h, 1)
+        fx = centres[:, 1, None, None] + xs[None, None, :]
+        cscale = torch.as_tensor(d["scale"]).float().cpu()
+        # fine grid -> original pixels -> the global model's grid
+        cy = resized_from_original(original_from_resized(fy, fine_scale[0]), cscale[0]).expand(-1, h, w)
+        cx = resized_from_original(original_from_resized(fx, fine_scale[1]), cscale[1]).expand(-1, h, w)
+        hc, wc = coarse.shape[-2:]
+        grid = torch.stack([(2 * cx + 1) / wc - 1, (2 * cy + 1) / hc - 1], -1)
+        return F.grid_sample(coarse[:, None], grid, mode="bilinear", padding_mode="border", align_corners=False)[:, 0]

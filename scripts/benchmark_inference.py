@@ -1,12 +1,13 @@
 """End-to-end inference time per full-size (2400 x 1935) cephalogram, printed as JSON.
 
 Times everything the inference bundle does for one image: reading the file, resampling, intensity scaling, the
-network, sub-pixel decoding and mapping back to original pixels (not the overlay picture). Each network named is
-measured in the same run, so the ratios compare like with like.
+network, sub-pixel decoding, the coarse-to-fine refinement pass when the config has it on, and mapping back to
+original pixels (not the overlay picture). Each configuration is measured in the same run, so the ratios compare
+like with like; one with the refinement on is timed again with ``refine: false`` to show what the second pass costs.
 
-    python scripts/benchmark_inference.py                       # U-Net baseline (configs/inference.yaml)
+    python scripts/benchmark_inference.py                       # the shipped pipeline (configs/inference.yaml)
     python scripts/benchmark_inference.py --images ../shared/data/isbi2015/RawImage/Test1Data --n 10
-    python scripts/benchmark_inference.py --override configs/maht_net.yaml   # also time another network
+    python scripts/benchmark_inference.py --override configs/inference_unet.yaml   # and the U-Net baseline
 """
 
 from __future__ import annotations
@@ -57,15 +58,20 @@ def time_config(config_files: list[str], images: list[str], warmup: int, overrid
     post = parser.get_parsed_content("postprocessing")
     inferer = parser.get_parsed_content("inferer")
     net = parser.get_parsed_content("network_def").eval()
-    ckpt = parser.get_parsed_content("ckpt_path")
-    loaded = False
-    if Path(ckpt).is_file():
-        state = torch.load(ckpt, map_location="cpu")
-        try:
-            net.load_state_dict(state)
-            loaded = True
-        except RuntimeError:
-            pass  # another architecture than the shipped weights: time it with random weights
+    def load(network, ckpt_id: str) -> bool:
+        ckpt = parser.get_parsed_content(ckpt_id)
+        if Path(ckpt).is_file():
+            try:
+                network.load_state_dict(torch.load(ckpt, map_location="cpu"))
+                return True
+            except RuntimeError:
+                pass  # another architecture than the shipped weights: time it with random weights
+        return False
+
+    loaded = load(net, "ckpt_path")
+    refine = bool(parser.get_parsed_content("use_refine"))
+    if refine:
+        loaded = load(parser.get_parsed_content("refine_network"), "refine_ckpt_path") and loaded
     times = []
     with torch.inference_mode():
         for i, path in enumerate(images[:warmup] + images):
@@ -81,6 +87,7 @@ def time_config(config_files: list[str], images: list[str], warmup: int, overrid
         "network": type(net).__name__,
         "parameters": sum(p.numel() for p in net.parameters()),
         "image_size": parser.get_parsed_content("image_size"),
+        "refine": refine,
         "weights_loaded": loaded,
         "seconds_per_image_median": round(statistics.median(times), 4),
         "seconds_per_image_mean": round(statistics.mean(times), 4),
@@ -100,9 +107,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         images = full_size_images(args.images, args.n, Path(tmp))
         base = [str(ROOT / "configs" / "inference.yaml")]
-        results = [time_config(base, images, args.warmup, {"num_workers": 0})]
-        for extra in args.override:
-            results.append(time_config(base + [extra], images, args.warmup, {"num_workers": 0}))
+        results = []
+        for configs in [base] + [base + [extra] for extra in args.override]:
+            results.append(time_config(configs, images, args.warmup, {"num_workers": 0}))
+            if results[-1]["refine"]:
+                results.append(time_config(configs, images, args.warmup, {"num_workers": 0, "refine": False}))
     report = {
         "benchmark": "end-to-end inference per full-size image (read, resample, network, decode, map back)",
         "image_source": args.images or "synthetic 2400x1935 JPEG",

@@ -121,6 +121,29 @@ class TestRefineLandmarks(unittest.TestCase):
         torch.testing.assert_close(out["pred_mm"], out["pred_landmarks"] * 0.1)
         self.assertTrue(bool((out["uncertainty_mm"] > 0).all()))
 
+    def test_fusion_with_the_global_heatmap(self):
+        """With a refinement network that has no opinion (flat logits), fusing gives back the global model's peak,
+        read through the two grids; with the oracle it stays on the landmark."""
+        coarse_scale = torch.tensor([0.4, 0.4])  # the global model's grid: 80 x 68
+        coarse_logits = torch.log(render_gaussian_heatmaps(
+            (POINTS + 0.5) * coarse_scale - 0.5, (80, 68), 1.5).clamp_min(1e-9))
+        data = {"image": blob_image(), "spacing": torch.tensor([0.1, 0.1]), "scale": torch.ones(2)}
+        data = ResampleToSpacingd(spacing_mm=0.2, output_key="image_fine")(data)  # from the original, as in the configs
+        data.update(scale=coarse_scale, pred=coarse_logits)  # what the global model's resampling and network left
+        rough = POINTS + torch.tensor([[5.0, -4.0], [-6.0, 3.0], [2.5, 7.0], [-3.0, -3.0]])
+        data.update(pred_landmarks=rough, error="")
+
+        class Flat(torch.nn.Module):
+            def forward(self, x):
+                return torch.zeros(len(x), len(POINTS), *x.shape[-2:])
+
+        out = RefineLandmarksd(LandmarkCropNet(Flat()), crop_size=(40, 40), coarse_weight=1.0)(data)
+        err = (out["pred_landmarks"] - POINTS).norm(dim=-1)
+        self.assertLess(float(err.max()), 0.5, err.tolist())
+        out = RefineLandmarksd(LandmarkCropNet(BlobNet(len(POINTS))), crop_size=(40, 40), coarse_weight=1.0)(data)
+        err = (out["pred_landmarks"] - POINTS).norm(dim=-1)
+        self.assertLess(float(err.max()), 0.5, err.tolist())
+
     def test_unreadable_image_passes_through(self):
         data = {"error": "cannot read image x.png", "image_fine": torch.zeros(1, 8, 8)}
         out = RefineLandmarksd(LandmarkCropNet(BlobNet(4)), crop_size=(8, 8))(data)

@@ -1,5 +1,5 @@
-"""The shipped weights (models/model.pt) load into inference.yaml's network and find the landmarks of a
-synthetic cephalogram."""
+"""The shipped weights (models/model.pt, and models/refine.pt when inference.yaml refines) load into
+inference.yaml's networks and find the landmarks of a synthetic cephalogram."""
 
 import unittest
 from pathlib import Path
@@ -23,6 +23,12 @@ class TestShippedModel(unittest.TestCase):
         state = torch.load(parser.get_parsed_content("ckpt_path"), map_location="cpu", weights_only=True)
         net.load_state_dict(state)  # strict: every tensor of the architecture is in the file and vice versa
         net.eval()
+        refine = bool(parser.get_parsed_content("use_refine"))
+        if refine:  # the coarse-to-fine second pass runs inside the post-processing
+            refine_net = parser.get_parsed_content("refine_network")
+            refine_net.load_state_dict(
+                torch.load(parser.get_parsed_content("refine_ckpt_path"), map_location="cpu", weights_only=True)
+            )
         image, truth_xy = synthesize_cephalogram(np.random.default_rng(3), (2400, 1935))
         pre = parser.get_parsed_content("preprocessing")
         post = parser.get_parsed_content("postprocessing")
@@ -48,6 +54,11 @@ class TestShippedModel(unittest.TestCase):
                 ts_logits = torch.jit.load(str(ts_path))(d["image"][None])
             ts_out = post({**d, "pred": ts_logits[0]})
             self.assertLess(float((ts_out["pred_landmarks"] - out["pred_landmarks"]).abs().max()), 0.05)
+        if refine:
+            # each landmark moved within its crop, from the global estimate
+            half = torch.tensor(parser.get_parsed_content("crop_size"), dtype=torch.float32) / 2
+            step = (out["pred_landmarks"] - out["coarse_landmarks"]) * torch.as_tensor(d["image_fine_scale"])
+            self.assertTrue(bool((step.abs() <= half).all()), step.tolist())
         pred_xy = out["pred_landmarks"].numpy()[:, ::-1]
         self.assertEqual(pred_xy.shape, (19, 2))
         self.assertTrue(np.isfinite(pred_xy).all())
