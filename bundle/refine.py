@@ -24,7 +24,7 @@ from monai.transforms import MapTransform, Randomizable, Transform
 
 from .engine import autocast_dtype
 from .heatmaps import heatmap_spread, heatmap_to_landmarks
-from .transforms import _sample, original_from_resized, resized_from_original
+from .transforms import affine_warp, original_from_resized, resized_from_original
 
 __all__ = ["LandmarkCropNet", "ResampleToSpacingd", "LandmarkCropsd", "RefineLandmarksd", "crop_matrix", "extract_crops"]
 
@@ -180,7 +180,7 @@ class LandmarkCropsd(Randomizable, MapTransform):
             mag = rng.uniform(1 - self.scale_range, 1 + self.scale_range) if self.random and self.scale_range else 1.0
             centre = lms[k] + torch.as_tensor(offset, dtype=torch.float32)
             m = crop_matrix(centre, self.crop_size, angle, mag)
-            crop = _sample_affine(image, m, self.crop_size)
+            crop = affine_warp(image, m, self.crop_size)
             p = (torch.cat([lms[k].double(), torch.ones(1, dtype=torch.float64)]) @ m.T)[:2].float()[None]
             scale = base_scale * mag
             item = {
@@ -194,13 +194,6 @@ class LandmarkCropsd(Randomizable, MapTransform):
             }
             out.append(item)
         return out
-
-
-def _sample_affine(image: torch.Tensor, out_from_in: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    in_from_out = torch.linalg.inv(out_from_in).to(torch.float32)
-    ys, xs = torch.meshgrid(torch.arange(size[0], dtype=torch.float32), torch.arange(size[1], dtype=torch.float32), indexing="ij")
-    pts = torch.stack([ys, xs, torch.ones_like(ys)], -1) @ in_from_out.T
-    return _sample(image, pts[..., 0], pts[..., 1])
 
 
 class RefineLandmarksd(Transform):
