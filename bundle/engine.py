@@ -13,6 +13,7 @@ from typing import Any, Callable
 import torch
 from monai.inferers import Inferer
 
+from .heatmaps import heatmap_probs
 from .io import atomic_write_text
 
 __all__ = [
@@ -297,31 +298,18 @@ class TTAInferer(AutocastInferer):
         super().__init__(precision, device)
         self.transforms = [(float(r), 1.0) for r in rotations_deg] + [(0.0, float(s)) for s in scales]
 
-    @staticmethod
-    def _matrix(angle_deg: float, scale: float, size) -> torch.Tensor:
+    def __call__(self, inputs: torch.Tensor, network: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         import math
 
-        h, w = size
-        centre = torch.tensor([(h - 1) / 2, (w - 1) / 2], dtype=torch.float64)
-        a = math.radians(angle_deg)
-        lin = torch.tensor([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]], dtype=torch.float64) * scale
-        m = torch.eye(3, dtype=torch.float64)
-        m[:2, :2], m[:2, 2] = lin, centre - lin @ centre
-        return m.float()
-
-    def __call__(self, inputs: torch.Tensor, network: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        from .transforms import affine_warp
-
-        def probs(logits: torch.Tensor) -> torch.Tensor:
-            b, n, h, w = logits.shape
-            return torch.softmax(logits.float().reshape(b, n, -1), -1).reshape(b, n, h, w)
+        from .transforms import affine_warp, similarity_matrix
 
         size = inputs.shape[-2:]
-        total = probs(super().__call__(inputs, network, *args, **kwargs))
+        centre = torch.tensor([(size[0] - 1) / 2, (size[1] - 1) / 2])
+        total = heatmap_probs(super().__call__(inputs, network, *args, **kwargs))
         for angle, scale in self.transforms:
-            m = self._matrix(angle, scale, size)
+            m = similarity_matrix(centre, centre, math.radians(angle), scale).float()
             warped = torch.stack([affine_warp(x, m, size) for x in inputs])
-            p = probs(super().__call__(warped, network, *args, **kwargs))
+            p = heatmap_probs(super().__call__(warped, network, *args, **kwargs))
             back = torch.linalg.inv(m.double()).float()
             total = total + torch.stack([affine_warp(x, back, size) for x in p])
         return torch.log((total / (1 + len(self.transforms))).clamp_min(1e-12))
@@ -346,10 +334,7 @@ class EnsembleNetwork(torch.nn.Module):
         total = None
         for member in self.members:
             out = member(x)
-            if out.ndim == 5:
-                out = out[:, 0]
-            b, n, h, w = out.shape
-            p = torch.softmax(out.float().reshape(b, n, -1), -1).reshape(b, n, h, w)
+            p = heatmap_probs(out[:, 0] if out.ndim == 5 else out)
             total = p if total is None else total + p
         return torch.log((total / len(self.members)).clamp_min(1e-12))
 

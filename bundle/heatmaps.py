@@ -15,6 +15,7 @@ __all__ = [
     "render_gaussian_heatmaps",
     "heatmap_to_landmarks",
     "heatmap_spread",
+    "heatmap_probs",
     "HeatmapCrossEntropyLoss",
 ]
 
@@ -112,6 +113,13 @@ def heatmap_to_landmarks(
     return coords, peak
 
 
+def heatmap_probs(logits: torch.Tensor) -> torch.Tensor:
+    """Spatial softmax of ``(B, N, H, W)`` heatmap logits in float32: each map becomes a distribution of its
+    landmark's position."""
+    b, n, h, w = logits.shape
+    return torch.softmax(logits.float().reshape(b, n, -1), dim=-1).reshape(b, n, h, w)
+
+
 def heatmap_spread(logits: torch.Tensor, landmarks: torch.Tensor) -> torch.Tensor:
     """Root-mean-square distance of the softmax distribution from the decoded landmark, in heatmap pixels.
 
@@ -124,8 +132,8 @@ def heatmap_spread(logits: torch.Tensor, landmarks: torch.Tensor) -> torch.Tenso
     Returns:
         ``(B, N)`` spread in pixels.
     """
-    b, n, h, w = logits.shape
-    prob = torch.softmax(logits.detach().to(torch.float32).reshape(b, n, -1), dim=-1).reshape(b, n, h, w)
+    h, w = logits.shape[-2:]
+    prob = heatmap_probs(logits.detach())
     ys = torch.arange(h, dtype=torch.float32, device=logits.device).view(1, 1, h, 1)
     xs = torch.arange(w, dtype=torch.float32, device=logits.device).view(1, 1, 1, w)
     d2 = (ys - landmarks[..., 0, None, None]) ** 2 + (xs - landmarks[..., 1, None, None]) ** 2

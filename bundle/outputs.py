@@ -246,9 +246,18 @@ class LandmarkOutputWriter:
         markups = slicer_markups(xy, self.names, mm_per_px, [f"uncertainty {u:.2f} mm" for u in unc])
         atomic_write_text(self.output_dir / f"{stem}.mrk.json", json.dumps(markups, indent=2))
         if self.overlay:
-            image, _ = read_image(path)
-            spacing = torch.as_tensor(item["spacing"]).float().numpy()
-            draw_overlay(image, xy, self.names, self.output_dir / f"{stem}_overlay.png", uncertainty_px=unc / spacing.mean())
+            spacing = torch.as_tensor(item["spacing"]).float().cpu()
+            if "image_fine" in item:  # the refinement pass's 0.2 mm copy is in the batch: no second read of the file
+                from .transforms import resized_from_original
+
+                scale = torch.as_tensor(item["image_fine_scale"]).float().cpu()
+                image = torch.as_tensor(item["image_fine"]).float().cpu()[0].numpy()
+                points = resized_from_original(torch.as_tensor(pred_yx), scale).numpy()[:, ::-1]
+                px_per_mm = float((scale / spacing).mean())
+            else:
+                image, _ = read_image(path)
+                points, px_per_mm = xy, float(1 / spacing.mean())
+            draw_overlay(image, points, self.names, self.output_dir / f"{stem}_overlay.png", uncertainty_px=unc * px_per_mm)
         self.n_ok += 1
 
     def _finish(self, engine) -> None:

@@ -18,15 +18,14 @@ from typing import Hashable, Mapping, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from monai.config import KeysCollection
 from monai.transforms import MapTransform, Randomizable, Transform
 
 from .engine import autocast_dtype
 from .heatmaps import heatmap_spread, heatmap_to_landmarks
-from .transforms import affine_warp, original_from_resized, resized_from_original
+from .transforms import affine_warp, original_from_resized, resize_image, resized_from_original, sample_at, similarity_matrix
 
-__all__ = ["LandmarkCropNet", "ResampleToSpacingd", "LandmarkCropsd", "RefineLandmarksd", "crop_matrix", "extract_crops"]
+__all__ = ["LandmarkCropNet", "ResampleToSpacingd", "LandmarkCropsd", "RefineLandmarksd", "crop_pixels", "extract_crops"]
 
 
 class LandmarkCropNet(torch.nn.Module):
@@ -69,12 +68,9 @@ class ResampleToSpacingd(MapTransform):
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
         d = dict(data)
         key = self.keys[0]
-        img = torch.as_tensor(d[key], dtype=torch.float32)
         spacing = torch.as_tensor(d["spacing"], dtype=torch.float32)
-        in_size = torch.tensor(img.shape[-2:], dtype=torch.float32)
-        out_size = [max(8, int(round(float(s)))) for s in in_size * spacing / self.spacing_mm]
-        out = F.interpolate(img[None], size=out_size, mode="bilinear", align_corners=False, antialias=True)[0]
-        factor = torch.tensor(out_size, dtype=torch.float32) / in_size
+        in_size = torch.tensor(d[key].shape[-2:], dtype=torch.float32)
+        out, factor = resize_image(d[key], [max(8, int(round(float(s)))) for s in in_size * spacing / self.spacing_mm])
         if self.output_key is not None:
             d[self.output_key] = out
             d[self.output_key + "_scale"] = d.get("scale", torch.ones(2)) * factor
@@ -86,31 +82,21 @@ class ResampleToSpacingd(MapTransform):
         return d
 
 
-def crop_matrix(centre: torch.Tensor, crop_size: Sequence[int], angle: float = 0.0, scale: float = 1.0) -> torch.Tensor:
-    """3x3 ``out_from_in`` matrix (homogeneous ``(y, x, 1)``) of a crop of ``crop_size`` centred on ``centre``
-    (``(y, x)`` pixels of the source), rotated by ``angle`` radians and magnified by ``scale``."""
-    c, s = float(np.cos(angle)), float(np.sin(angle))
-    lin = torch.tensor([[c, -s], [s, c]], dtype=torch.float64) * scale
-    mid = torch.tensor([(crop_size[0] - 1) / 2, (crop_size[1] - 1) / 2], dtype=torch.float64)
-    m = torch.eye(3, dtype=torch.float64)
-    m[:2, :2] = lin
-    m[:2, 2] = mid - lin @ centre.to(torch.float64)
-    return m
+def crop_pixels(centres: torch.Tensor, crop_size: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Source coordinates ``(y, x)``, each ``(N, h, w)``, of the pixels of axis-aligned crops of ``crop_size``
+    centred on ``centres`` ``(N, 2)``: crop pixel ``(i, j)`` is source pixel ``centre - (size - 1) / 2 + (i, j)``."""
+    h, w = int(crop_size[0]), int(crop_size[1])
+    c = centres.float()
+    ys = torch.arange(h, dtype=torch.float32, device=c.device) - (h - 1) / 2
+    xs = torch.arange(w, dtype=torch.float32, device=c.device) - (w - 1) / 2
+    return (c[:, 0, None, None] + ys[None, :, None]).expand(-1, h, w), (c[:, 1, None, None] + xs[None, None, :]).expand(-1, h, w)
 
 
 def extract_crops(image: torch.Tensor, centres: torch.Tensor, crop_size: Sequence[int]) -> torch.Tensor:
-    """Axis-aligned crops ``(N, C, h, w)`` of a ``(C, H, W)`` image, centred on ``centres`` ``(N, 2)`` ``(y, x)``
-    (bilinear, zeros outside the image). Crop pixel ``(i, j)`` is source pixel ``centre - (size - 1) / 2 + (i, j)``."""
-    h, w = int(crop_size[0]), int(crop_size[1])
-    ys = torch.arange(h, dtype=torch.float32, device=image.device) - (h - 1) / 2
-    xs = torch.arange(w, dtype=torch.float32, device=image.device) - (w - 1) / 2
-    c = centres.to(device=image.device, dtype=torch.float32)
-    gy = (c[:, 0, None, None] + ys[None, :, None]).expand(-1, h, w)
-    gx = (c[:, 1, None, None] + xs[None, None, :]).expand(-1, h, w)
-    hi, wi = image.shape[-2:]
-    grid = torch.stack([(2 * gx + 1) / wi - 1, (2 * gy + 1) / hi - 1], -1)  # (N, h, w, 2), align_corners=False
-    src = image[None].float().expand(len(c), -1, -1, -1)
-    return F.grid_sample(src, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    """Axis-aligned crops ``(N, C, h, w)`` of a ``(C, H, W)`` image around ``centres`` ``(N, 2)`` ``(y, x)``
+    (:func:`crop_pixels`; bilinear, zeros outside the image)."""
+    gy, gx = crop_pixels(centres.to(image.device), crop_size)
+    return sample_at(image[None].expand(len(centres), -1, -1, -1), gy, gx)
 
 
 class LandmarkCropsd(Randomizable, MapTransform):
@@ -173,13 +159,14 @@ class LandmarkCropsd(Randomizable, MapTransform):
         else:
             chosen = rng.choice(n, self.landmarks_per_image, replace=self.landmarks_per_image > n)
         base_scale = torch.as_tensor(d.get("scale", torch.ones(2)), dtype=torch.float32)
+        mid = torch.tensor([(self.crop_size[0] - 1) / 2, (self.crop_size[1] - 1) / 2])  # crop centre, (y, x)
         out = []
         for k in chosen:
             offset = np.clip(rng.normal(0.0, self.offset_sd, 2), -self.max_offset, self.max_offset)
             angle = rng.uniform(-self.rotate_range, self.rotate_range) if self.random and self.rotate_range else 0.0
             mag = rng.uniform(1 - self.scale_range, 1 + self.scale_range) if self.random and self.scale_range else 1.0
             centre = lms[k] + torch.as_tensor(offset, dtype=torch.float32)
-            m = crop_matrix(centre, self.crop_size, angle, mag)
+            m = similarity_matrix(centre, mid, angle, mag)
             crop = affine_warp(image, m, self.crop_size)
             p = (torch.cat([lms[k].double(), torch.ones(1, dtype=torch.float64)]) @ m.T)[:2].float()[None]
             scale = base_scale * mag
@@ -246,6 +233,7 @@ class RefineLandmarksd(Transform):
         p = resized_from_original(coarse, scale)
         n = len(p)
         index = torch.arange(n, device=self.device)
+        mid = torch.tensor([(self.crop_size[0] - 1) / 2, (self.crop_size[1] - 1) / 2])
         self.network.eval()
         for _ in range(self.iterations):
             centres = torch.round(p)  # whole-pixel centres: the crop is the image itself, not an interpolation
@@ -256,7 +244,6 @@ class RefineLandmarksd(Transform):
             if self.coarse_weight:
                 logits = logits + self.coarse_weight * self._coarse_logits(d, centres, scale)[None]
             q, _ = heatmap_to_landmarks(logits, refine="quadratic", log_scale=True)
-            mid = torch.tensor([(self.crop_size[0] - 1) / 2, (self.crop_size[1] - 1) / 2])
             p = q[0] + centres - mid
         spread_px = heatmap_spread(logits, q)[0]
         orig = original_from_resized(p, scale)
@@ -272,16 +259,9 @@ class RefineLandmarksd(Transform):
         coarse = torch.as_tensor(d[self.pred_key]).detach().float().cpu()
         if coarse.ndim == 4:
             coarse = coarse[0]
-        h, w = self.crop_size
-        mid = torch.tensor([(h - 1) / 2, (w - 1) / 2])
-        ys = torch.arange(h, dtype=torch.float32) - mid[0]
-        xs = torch.arange(w, dtype=torch.float32) - mid[1]
-        fy = centres[:, 0, None, None] + ys[None, :, None]  # fine-grid rows of every crop pixel, (N, h, 1)
-        fx = centres[:, 1, None, None] + xs[None, None, :]
+        fy, fx = crop_pixels(centres, self.crop_size)  # the refinement grid's pixels of every crop
         cscale = torch.as_tensor(d["scale"]).float().cpu()
-        # fine grid -> original pixels -> the global model's grid
-        cy = resized_from_original(original_from_resized(fy, fine_scale[0]), cscale[0]).expand(-1, h, w)
-        cx = resized_from_original(original_from_resized(fx, fine_scale[1]), cscale[1]).expand(-1, h, w)
-        hc, wc = coarse.shape[-2:]
-        grid = torch.stack([(2 * cx + 1) / wc - 1, (2 * cy + 1) / hc - 1], -1)
-        return F.grid_sample(coarse[:, None], grid, mode="bilinear", padding_mode="border", align_corners=False)[:, 0]
+        # refinement grid -> original pixels -> the global model's grid
+        cy = resized_from_original(original_from_resized(fy, fine_scale[0]), cscale[0])
+        cx = resized_from_original(original_from_resized(fx, fine_scale[1]), cscale[1])
+        return sample_at(coarse[:, None], cy, cx, padding_mode="border")[:, 0]

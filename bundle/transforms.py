@@ -39,6 +39,9 @@ __all__ = [
     "LandmarksToHeatmapd",
     "HeatmapToLandmarksd",
     "affine_warp",
+    "similarity_matrix",
+    "resize_image",
+    "sample_at",
     "resized_from_original",
     "original_from_resized",
 ]
@@ -161,15 +164,31 @@ class ResizeLandmarksd(MapTransform):
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
         d = dict(data)
-        img = torch.as_tensor(d[self.keys[0]], dtype=torch.float32)
-        in_size = torch.tensor(img.shape[-2:], dtype=torch.float32)
-        out = F.interpolate(img[None], size=self.spatial_size, mode="bilinear", align_corners=False, antialias=True)
-        d[self.keys[0]] = out[0]
-        factor = torch.tensor(self.spatial_size, dtype=torch.float32) / in_size
+        d[self.keys[0]], factor = resize_image(d[self.keys[0]], self.spatial_size)
         if "landmarks" in d:
             d["landmarks"] = resized_from_original(d["landmarks"], factor)
         d["scale"] = d.get("scale", torch.ones(2)) * factor
         return d
+
+
+def resize_image(image: torch.Tensor, spatial_size: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Anti-aliased bilinear resampling of a ``(C, H, W)`` image to ``spatial_size``; returns the image and the
+    ``(2,)`` factor (new pixels per old pixel) that :func:`resized_from_original` maps points with."""
+    img = torch.as_tensor(image, dtype=torch.float32)
+    size = [int(spatial_size[0]), int(spatial_size[1])]
+    out = F.interpolate(img[None], size=size, mode="bilinear", align_corners=False, antialias=True)[0]
+    return out, torch.tensor(size, dtype=torch.float32) / torch.tensor(img.shape[-2:], dtype=torch.float32)
+
+
+def similarity_matrix(centre_in: torch.Tensor, centre_out: torch.Tensor, angle: float = 0.0, scale: float = 1.0) -> torch.Tensor:
+    """3x3 ``out_from_in`` matrix (homogeneous ``(y, x, 1)``, float64) that rotates by ``angle`` radians and scales
+    by ``scale`` about ``centre_in`` and puts that point at ``centre_out``."""
+    c, s = math.cos(angle), math.sin(angle)
+    lin = torch.tensor([[c, -s], [s, c]], dtype=torch.float64) * scale
+    m = torch.eye(3, dtype=torch.float64)
+    m[:2, :2] = lin
+    m[:2, 2] = torch.as_tensor(centre_out, dtype=torch.float64) - lin @ torch.as_tensor(centre_in, dtype=torch.float64)
+    return m
 
 
 def affine_warp(image: torch.Tensor, out_from_in: torch.Tensor, out_size: Sequence[int]) -> torch.Tensor:
@@ -185,9 +204,15 @@ def affine_warp(image: torch.Tensor, out_from_in: torch.Tensor, out_size: Sequen
 
 def _sample(image: torch.Tensor, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """Bilinear sample of ``(C, H, W)`` at pixel coordinates ``y``, ``x`` (arrays of the output shape)."""
-    hi, wi = image.shape[-2:]
-    grid = torch.stack([(2 * x + 1) / wi - 1, (2 * y + 1) / hi - 1], -1)[None]  # align_corners=False convention
-    return F.grid_sample(image[None].float(), grid, mode="bilinear", padding_mode="zeros", align_corners=False)[0]
+    return sample_at(image[None], y[None], x[None])[0]
+
+
+def sample_at(images: torch.Tensor, y: torch.Tensor, x: torch.Tensor, padding_mode: str = "zeros") -> torch.Tensor:
+    """Bilinear samples ``(B, C, h, w)`` of ``(B, C, H, W)`` images at pixel coordinates ``y``, ``x`` ``(B, h, w)``
+    (the centre of the first pixel at 0, as everywhere in the bundle)."""
+    hi, wi = images.shape[-2:]
+    grid = torch.stack([(2 * x + 1) / wi - 1, (2 * y + 1) / hi - 1], -1)  # align_corners=False convention
+    return F.grid_sample(images.float(), grid.float(), mode="bilinear", padding_mode=padding_mode, align_corners=False)
 
 
 class RandAffineLandmarksd(Randomizable, MapTransform):
@@ -231,14 +256,8 @@ class RandAffineLandmarksd(Randomizable, MapTransform):
             return torch.eye(3)
         angle, s, ty, tx = self._params
         h, w = size
-        cy, cx = (h - 1) / 2, (w - 1) / 2
-        c, si = math.cos(angle), math.sin(angle)
-        lin = torch.tensor([[c, -si], [si, c]], dtype=torch.float64) * s
-        centre = torch.tensor([cy, cx], dtype=torch.float64)
-        shift = centre + torch.tensor([ty * h, tx * w], dtype=torch.float64) - lin @ centre
-        m = torch.eye(3, dtype=torch.float64)
-        m[:2, :2], m[:2, 2] = lin, shift
-        return m.to(torch.float32)
+        centre = torch.tensor([(h - 1) / 2, (w - 1) / 2], dtype=torch.float64)
+        return similarity_matrix(centre, centre + torch.tensor([ty * h, tx * w], dtype=torch.float64), angle, s).float()
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
         d = dict(data)
