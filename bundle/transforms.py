@@ -61,6 +61,9 @@ def original_from_resized(points: torch.Tensor, scale: torch.Tensor) -> torch.Te
     return (points + 0.5) / scale - 0.5
 
 
+FIELD_MM = (100.0, 450.0)  # plausible extent (mm) of a cephalogram's longer side; outside it the spacing is suspect
+
+
 class LoadCephalogramd(MapTransform):
     """Read the image at ``data["image"]`` and its landmarks from ``data["label_files"]`` (averaged when several
     files are listed, e.g. both doctors).
@@ -119,13 +122,20 @@ class LoadCephalogramd(MapTransform):
         image, header_spacing = read_image(path)
         h, w = image.shape
         if header_spacing is not None:
-            spacing = header_spacing
+            spacing, source = header_spacing, "from the file"
         elif d.get("spacing_mm") is not None:
-            spacing = (float(d["spacing_mm"]),) * 2
+            spacing, source = (float(d["spacing_mm"]),) * 2, "from the data list"
         elif self.spacing_mm is not None:
-            spacing = (float(self.spacing_mm),) * 2
+            spacing, source = (float(self.spacing_mm),) * 2, "pixel_spacing_mm of the config"
         else:
             raise CephDataError(path, "no pixel spacing in the file and none configured (pixel_spacing_mm)")
+        extent = max(h * spacing[0], w * spacing[1])
+        if not FIELD_MM[0] <= extent <= FIELD_MM[1]:
+            logger.warning(
+                "%s: %dx%d pixels at %.4g mm (%s) span %.0f x %.0f mm, but a lateral cephalogram spans about 150-300 mm; "
+                "check the pixel spacing (set pixel_spacing_mm): millimetre results and the refinement crops use it",
+                path, w, h, spacing[1], source, w * spacing[1], h * spacing[0],
+            )
         files = d.get(self.label_key)
         if files:
             pts = [read_landmarks(f, self.n_landmarks, image_name=d["image_name"]) for f in files]

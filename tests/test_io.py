@@ -203,6 +203,18 @@ class TestDicom(unittest.TestCase):
             self.assertIn(str(bad), str(cm.exception))
             self.assertIn("DICOM has no pixel spacing", str(cm.exception))
 
+    def test_implausible_spacing_is_reported(self):
+        """A spacing that makes the picture a few millimetres (or metres) wide is logged with the file's name."""
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "ceph.png"
+            Image.fromarray(np.zeros((480, 400), dtype=np.uint8)).save(path)
+            with self.assertLogs("bundle.transforms", level="WARNING") as logs:
+                LoadCephalogramd(spacing_mm=0.1)({"image": str(path)})  # 48 mm: far too small for a skull
+            self.assertIn(str(path), logs.output[0])
+            self.assertIn("pixel_spacing_mm of the config", logs.output[0])
+            with self.assertNoLogs("bundle.transforms", level="WARNING"):
+                LoadCephalogramd(spacing_mm=0.5)({"image": str(path)})  # 240 mm: a cephalogram
+
 
 if __name__ == "__main__":
     unittest.main()
