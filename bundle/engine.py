@@ -31,11 +31,20 @@ __all__ = [
 ]
 
 
-def autocast_dtype(precision: str) -> torch.dtype | None:
-    """``"bf16"`` -> ``torch.bfloat16``, ``"fp16"`` -> ``torch.float16``, ``"none"`` -> None."""
+def autocast_dtype(precision: str, device: str | torch.device = "cpu") -> torch.dtype | None:
+    """``"bf16"`` -> ``torch.bfloat16``, ``"fp16"`` -> ``torch.float16``, ``"none"`` -> None; ``"auto"``: bf16 where
+    ``device`` computes in it natively (a CUDA GPU with bf16, a CPU with AVX-512 BF16 / AMX), else None."""
+    precision = str(precision).lower()
+    if precision == "auto":
+        dev = torch.device(device)
+        if dev.type == "cuda":
+            native = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        else:
+            native = dev.type == "cpu" and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        return torch.bfloat16 if native else None
     table = {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None, "fp32": None}
     if precision not in table:
-        raise ValueError(f"precision should be one of bf16, fp16, none; got {precision!r}.")
+        raise ValueError(f"precision should be one of auto, bf16, fp16, none; got {precision!r}.")
     return table[precision]
 
 
@@ -45,13 +54,13 @@ class AutocastInferer(Inferer):
     Outputs are cast back to float32 so losses, decoding and metrics always work in full precision.
 
     Args:
-        precision: ``"bf16"``, ``"fp16"`` or ``"none"``.
+        precision: ``"bf16"``, ``"fp16"``, ``"none"`` or ``"auto"`` (see :func:`autocast_dtype`).
         device: the device the network runs on (autocast needs its type).
     """
 
     def __init__(self, precision: str = "none", device: str | torch.device = "cpu"):
         super().__init__()
-        self.dtype = autocast_dtype(precision)
+        self.dtype = autocast_dtype(precision, device)
         self.device_type = torch.device(device).type
 
     def __call__(self, inputs: torch.Tensor, network: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:

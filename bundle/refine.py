@@ -193,7 +193,7 @@ class RefineLandmarksd(Transform):
         crop_size: ``(h, w)``, as in training.
         image_key: the image on the refinement grid (see :class:`ResampleToSpacingd` with ``output_key``).
         iterations: refinement passes, each centred on the previous result.
-        precision: ``"bf16"``, ``"fp16"`` or ``"none"`` autocast.
+        precision: ``"bf16"``, ``"fp16"``, ``"none"`` or ``"auto"`` autocast (see ``bundle.engine.autocast_dtype``).
         device: where the network runs.
         calibration: ``(a, b)`` of the expected error ``a * spread_mm + b`` (``b`` one number or one per landmark).
         coarse_weight: how much the global model's own heatmap (``data[pred_key]``, logits) counts in the crop:
@@ -218,7 +218,7 @@ class RefineLandmarksd(Transform):
         self.network, self.crop_size, self.image_key = network, tuple(int(s) for s in crop_size), image_key
         self.coarse_weight, self.pred_key = float(coarse_weight), pred_key
         self.iterations = max(1, int(iterations))
-        self.dtype, self.device = autocast_dtype(precision), torch.device(device)
+        self.dtype, self.device = autocast_dtype(precision, device), torch.device(device)
         self.calibration = (float(calibration[0]), torch.as_tensor(calibration[1], dtype=torch.float32))
 
     @torch.no_grad()
