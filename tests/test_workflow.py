@@ -163,6 +163,25 @@ class TestBundleWorkflow(unittest.TestCase):
         ev.finalize()
         metrics = json.loads((self.tmp / "eval_refined" / "metrics.json").read_text())
         self.assertEqual(metrics["n_images"], 3)
+        # an ensemble of refinement checkpoints (here the same one twice) averages the crops' heatmaps: the same
+        # landmarks as the single network, loaded without refine_ckpt_path
+        ev = ConfigWorkflow(
+            workflow_type="eval", config_file=[str(CONFIGS / "train.yaml"), str(CONFIGS / "evaluate.yaml")],
+            logging_file=False, meta_file=str(CONFIGS / "metadata.json"), refine=True,
+            refine_ckpt_path=str(self.tmp / "missing.pt"), refine_ensemble=[refine_ckpt, refine_ckpt],
+            eval_dir=str(self.tmp / "eval_refined_ens"), **self.common, **crops,
+        )
+        ev.initialize()
+        ev.run()
+        ev.finalize()
+        with open(self.tmp / "eval_refined_ens" / "predictions.csv") as f:
+            ensembled = {(r["image"], r["landmark"]): (float(r["x_pred"]), float(r["y_pred"])) for r in csv.DictReader(f)}
+        with open(self.tmp / "eval_refined" / "predictions.csv") as f:
+            single = {(r["image"], r["landmark"]): (float(r["x_pred"]), float(r["y_pred"])) for r in csv.DictReader(f)}
+        self.assertEqual(ensembled.keys(), single.keys())
+        for k, (x, y) in single.items():
+            self.assertAlmostEqual(ensembled[k][0], x, delta=0.01)
+            self.assertAlmostEqual(ensembled[k][1], y, delta=0.01)
         out = self.tmp / "out_refined"
         wf = ConfigWorkflow(
             workflow_type="infer", config_file=UNET_INFERENCE, logging_file=False,
