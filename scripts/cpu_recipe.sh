@@ -1,16 +1,20 @@
 #!/usr/bin/env bash
 # The coarse-to-fine ISBI recipe for CPUs, in one command: the global MAHT-Net at 400 x 320 (configs/isbi_cpu.yaml,
 # configs/maht_net.yaml), then the local refinement network (configs/refine.yaml), then Test1 evaluation with and
-# without the refinement. Each stage gets a time budget; a stage whose model is already there is skipped, and a
-# killed stage resumes from its last checkpoint when the script runs again.
+# without the refinement. REFINE_MEMBERS refinement networks (default 2) are trained one after the other, with
+# augmentation seeds 0, 1, ... on the same train / validation split, and ensembled (their crop heatmaps averaged).
+# Each stage gets a time budget (REFINE_MINUTES is per member); a stage whose model is already there is skipped, a
+# killed stage resumes from its last checkpoint when the script runs again, and an evaluation whose metrics.json
+# exists is kept (delete OUT/eval_* to redo them).
 #   bash scripts/cpu_recipe.sh OUT GLOBAL_MINUTES REFINE_MINUTES [DATASET_DIR]
-#   e.g. bash scripts/cpu_recipe.sh runs/cpu_recipe 45 35 ../shared/data/isbi2015
-# Writes OUT/global/, OUT/refine/ (weights, logs, learning curves), OUT/eval_coarse/, OUT/eval_refined/
-# (metrics.json etc.) and OUT/result.json (minutes per stage and the Test1 numbers, senior ground truth).
+#   e.g. bash scripts/cpu_recipe.sh runs/cpu_recipe 80 12 ../shared/data/isbi2015
+# Writes OUT/global/, OUT/refine/, OUT/refine_s1/ ... (weights, logs, learning curves), OUT/eval_coarse/ (global
+# pass alone), OUT/eval_refined/ (with the refinement ensemble), OUT/eval_refined_1/ (the first member alone, when
+# there are several) and OUT/result.json (minutes per stage and the Test1 numbers, senior ground truth).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/setup_env.sh
-out="$1"; global_min="$2"; refine_min="$3"; data="${4:-../shared/data/isbi2015}"
+out="$1"; global_min="$2"; refine_min="$3"; data="${4:-../shared/data/isbi2015}"; members="${REFINE_MEMBERS:-2}"
 mkdir -p "$out"
 global=(--config_file "['configs/train.yaml','configs/isbi_cpu.yaml','configs/maht_net.yaml']")
 refine=(--config_file "['configs/train.yaml','configs/refine.yaml']")
@@ -28,21 +32,36 @@ stage() {  # name, minutes, config args...: train unless OUT/name/done exists; t
   echo $(( $(date +%s) - start )) > "$out/$name/done"
 }
 stage global "$global_min" "${global[@]}"
-stage refine "$refine_min" "${refine[@]}"
-
-for mode in coarse refined; do
-  python -m monai.bundle run --config_file "['configs/train.yaml','configs/isbi_cpu.yaml','configs/maht_net.yaml','configs/evaluate.yaml']" \
-    --dataset_dir "$data" --output_dir "$out" --ckpt_path "$out/global/model.pt" --eval_dir "$out/eval_$mode" \
-    --refine "$([ $mode = refined ] && echo True || echo False)" --refine_ckpt_path "$out/refine/model.pt" \
-    > "$out/eval_$mode.log" 2>&1 || { tail -30 "$out/eval_$mode.log"; exit 1; }
+refine_ckpts=()
+for ((m = 0; m < members; m++)); do
+  name=refine; [ "$m" -gt 0 ] && name="refine_s$m"
+  stage "$name" "$refine_min" "${refine[@]}" --seed "$m" --split_seed 0
+  refine_ckpts+=("'$out/$name/model.pt'")
 done
+ensemble="[$(IFS=,; echo "${refine_ckpts[*]}")]"
+
+evaluate() {  # eval dir name, extra overrides...: Test1, senior ground truth, unless its metrics.json exists
+  local name="$1"; shift
+  if [ -f "$out/$name/metrics.json" ]; then echo "$name: already evaluated ($out/$name/metrics.json)"; return; fi
+  echo "$name: evaluating Test1"
+  python -m monai.bundle run --config_file "['configs/train.yaml','configs/isbi_cpu.yaml','configs/maht_net.yaml','configs/evaluate.yaml']" \
+    --dataset_dir "$data" --output_dir "$out" --ckpt_path "$out/global/model.pt" --eval_dir "$out/$name" "$@" \
+    > "$out/$name.log" 2>&1 || { tail -30 "$out/$name.log"; exit 1; }
+}
+evaluate eval_coarse --refine False
+evaluate eval_refined --refine True --refine_ensemble "$ensemble"
+if [ "$members" -gt 1 ]; then evaluate eval_refined_1 --refine True --refine_ckpt_path "$out/refine/model.pt"; fi
 python - "$out" <<'PY'
 import json, sys
-out = sys.argv[1]
-res = {"minutes": {s: round(int(open(f"{out}/{s}/done").read()) / 60, 1) for s in ("global", "refine")}}
-for mode in ("coarse", "refined"):
-    m = json.load(open(f"{out}/eval_{mode}/metrics.json"))
-    res[mode] = {"mre_mm": m["mre_mm"], "sd_mm": m.get("sd_mm"), "sdr": m.get("sdr")}
-json.dump(res, open(f"{out}/result.json", "w"), indent=1)
+from pathlib import Path
+out = Path(sys.argv[1])
+stages = sorted(p.parent.name for p in out.glob("*/done"))
+res = {"minutes": {s: round(int((out / s / "done").read_text()) / 60, 1) for s in stages}}
+res["minutes"]["training_total"] = round(sum(res["minutes"].values()), 1)
+for name in ("eval_coarse", "eval_refined", "eval_refined_1"):
+    if (out / name / "metrics.json").is_file():
+        m = json.loads((out / name / "metrics.json").read_text())
+        res[name] = {"mre_mm": m["mre_mm"], "sd_mm": m.get("sd_mm"), "sdr": m.get("sdr")}
+(out / "result.json").write_text(json.dumps(res, indent=1))
 print(json.dumps(res))
 PY
