@@ -8,6 +8,7 @@ like with like; one with the refinement on is timed again with ``refine: false``
     python scripts/benchmark_inference.py                       # the shipped pipeline (configs/inference.yaml)
     python scripts/benchmark_inference.py --images ../shared/data/isbi2015/RawImage/Test1Data --n 10
     python scripts/benchmark_inference.py --override configs/inference_unet.yaml   # and the U-Net baseline
+    python scripts/benchmark_inference.py --variant amp=none    # and the shipped pipeline in full precision
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -70,8 +72,9 @@ def time_config(config_files: list[str], images: list[str], warmup: int, overrid
 
     loaded = load(net, "ckpt_path")
     refine = bool(parser.get_parsed_content("use_refine"))
-    if refine:
+    if refine and not parser.get_parsed_content("refine_ensemble"):
         loaded = load(parser.get_parsed_content("refine_network"), "refine_ckpt_path") and loaded
+    # (a refinement ensemble is loaded, strictly, when refine_network is built)
     times = []
     with torch.inference_mode():
         for i, path in enumerate(images[:warmup] + images):
@@ -88,6 +91,9 @@ def time_config(config_files: list[str], images: list[str], warmup: int, overrid
         "parameters": sum(p.numel() for p in net.parameters()),
         "image_size": parser.get_parsed_content("image_size"),
         "refine": refine,
+        "refine_members": len(parser.get_parsed_content("refine_ensemble") or []) or int(refine),
+        "amp": parser.get_parsed_content("amp"),
+        "overrides": {k: v for k, v in overrides.items() if k != "num_workers"},
         "weights_loaded": loaded,
         "seconds_per_image_median": round(statistics.median(times), 4),
         "seconds_per_image_mean": round(statistics.mean(times), 4),
@@ -101,6 +107,8 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=5, help="images to time")
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--override", action="append", default=[], help="extra config layered on inference.yaml (repeat)")
+    ap.add_argument("--variant", action="append", default=[], metavar="KEY=VALUE",
+                    help="also time inference.yaml with this override (YAML value; repeat for more variants)")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -112,6 +120,9 @@ def main() -> None:
             results.append(time_config(configs, images, args.warmup, {"num_workers": 0}))
             if results[-1]["refine"]:
                 results.append(time_config(configs, images, args.warmup, {"num_workers": 0, "refine": False}))
+        for variant in args.variant:
+            key, _, value = variant.partition("=")
+            results.append(time_config(base, images, args.warmup, {"num_workers": 0, key: yaml.safe_load(value)}))
     report = {
         "benchmark": "end-to-end inference per full-size image (read, resample, network, decode, map back)",
         "image_source": args.images or "synthetic 2400x1935 JPEG",
