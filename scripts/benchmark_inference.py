@@ -108,7 +108,7 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--override", action="append", default=[], help="extra config layered on inference.yaml (repeat)")
     ap.add_argument("--variant", action="append", default=[], metavar="KEY=VALUE",
-                    help="also time inference.yaml with this override (YAML value; repeat for more variants)")
+                    help="also time inference.yaml with these overrides ('key=value;key=value', YAML values; repeatable)")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -120,9 +120,10 @@ def main() -> None:
             results.append(time_config(configs, images, args.warmup, {"num_workers": 0}))
             if results[-1]["refine"]:
                 results.append(time_config(configs, images, args.warmup, {"num_workers": 0, "refine": False}))
-        for variant in args.variant:
-            key, _, value = variant.partition("=")
-            results.append(time_config(base, images, args.warmup, {"num_workers": 0, key: yaml.safe_load(value)}))
+        for variant in args.variant:  # "key=value" or "key=value;key=value"
+            pairs = [p.partition("=") for p in variant.split(";") if p.strip()]
+            overrides = {k.strip(): yaml.safe_load(v) for k, _, v in pairs}
+            results.append(time_config(base, images, args.warmup, {"num_workers": 0, **overrides}))
     report = {
         "benchmark": "end-to-end inference per full-size image (read, resample, network, decode, map back)",
         "image_source": args.images or "synthetic 2400x1935 JPEG",
