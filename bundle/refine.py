@@ -49,6 +49,17 @@ class LandmarkCropNet(torch.nn.Module):
             raise ValueError(f"got {idx.numel()} landmark indices for {out.shape[0]} crops.")
         return out[torch.arange(out.shape[0], device=out.device), idx][:, None]
 
+    @classmethod
+    def build(cls, backbone: torch.nn.Module, ensemble: Sequence[str] = (), device: str | torch.device = "cpu"):
+        """The refinement network of evaluation and inference: ``LandmarkCropNet(backbone)`` (weights loaded later by
+        a ``CheckpointLoader``), or with checkpoint paths in ``ensemble`` one over the
+        :class:`~bundle.engine.EnsembleNetwork` of those checkpoints (loaded here, strictly)."""
+        if not ensemble:
+            return cls(backbone).to(device)
+        from .engine import EnsembleNetwork
+
+        return cls(EnsembleNetwork.from_checkpoints(cls(backbone), ensemble, device))
+
 
 class ResampleToSpacingd(MapTransform):
     """Resample the image (anti-aliased bilinear) so that a pixel measures ``spacing_mm``, from ``data["spacing"]``.

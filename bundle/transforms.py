@@ -132,9 +132,9 @@ class LoadCephalogramd(MapTransform):
         extent = max(h * spacing[0], w * spacing[1])
         if not FIELD_MM[0] <= extent <= FIELD_MM[1]:
             logger.warning(
-                "%s: %dx%d pixels at %.4g mm (%s) span %.0f x %.0f mm, but a lateral cephalogram spans about 150-300 mm; "
+                "%s: %dx%d pixels at %.4g mm (%s) span %.0f x %.0f mm, outside the %.0f-%.0f mm of a lateral cephalogram; "
                 "check the pixel spacing (set pixel_spacing_mm): millimetre results and the refinement crops use it",
-                path, w, h, spacing[1], source, w * spacing[1], h * spacing[0],
+                path, w, h, spacing[1], source, w * spacing[1], h * spacing[0], *FIELD_MM,
             )
         files = d.get(self.label_key)
         if files:
