@@ -25,7 +25,7 @@ from .engine import autocast_dtype
 from .heatmaps import heatmap_spread, heatmap_to_landmarks
 from .transforms import affine_warp, original_from_resized, resize_image, resized_from_original, sample_at, similarity_matrix
 
-__all__ = ["LandmarkCropNet", "ResampleToSpacingd", "LandmarkCropsd", "RefineLandmarksd", "crop_pixels", "extract_crops"]
+__all__ = ["LandmarkCropNet", "ResampleToSpacingd", "LandmarkCropsd", "RefineLandmarksd", "crop_pixels", "extract_crops", "context_image"]
 
 
 class LandmarkCropNet(torch.nn.Module):
@@ -110,6 +110,13 @@ def extract_crops(image: torch.Tensor, centres: torch.Tensor, crop_size: Sequenc
     return sample_at(image[None].expand(len(centres), -1, -1, -1), gy, gx)
 
 
+def context_image(image: torch.Tensor, factor: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The image shrunk ``factor`` times (anti-aliased), and its pixels per pixel of ``image`` (``(2,)``): the grid the
+    context channel of the crops is cut from (:class:`LandmarkCropsd` and :class:`RefineLandmarksd` alike)."""
+    size = [max(8, int(round(float(s) / factor))) for s in image.shape[-2:]]
+    return resize_image(image, size)
+
+
 class LandmarkCropsd(Randomizable, MapTransform):
     """One crop per landmark, centred near it, as a list of data dictionaries (MONAI flattens such lists into
     the batch).
@@ -134,6 +141,9 @@ class LandmarkCropsd(Randomizable, MapTransform):
         scale_range: largest relative magnification change (training only).
         landmarks_per_image: crops per image, from a random choice of landmarks; None: one per landmark.
         random: draw new offsets each call (training) or fixed ones per image (validation).
+        context_factor: above 1, each crop gets a second channel: the same crop size, centre, rotation and
+            magnification cut from the image shrunk ``context_factor`` times (:func:`context_image`), so the network
+            also sees ``context_factor`` times more of the skull around the landmark, at lower resolution.
     """
 
     def __init__(
@@ -146,6 +156,7 @@ class LandmarkCropsd(Randomizable, MapTransform):
         scale_range: float = 0.1,
         landmarks_per_image: int | None = None,
         random: bool = True,
+        context_factor: float = 0.0,
     ):
         MapTransform.__init__(self, keys)
         self.crop_size = (int(crop_size[0]), int(crop_size[1]))
@@ -154,6 +165,7 @@ class LandmarkCropsd(Randomizable, MapTransform):
         self.offset_sd, self.max_offset = float(offset_sd), float(max_offset)
         self.rotate_range, self.scale_range = float(rotate_range), float(scale_range)
         self.landmarks_per_image, self.random = landmarks_per_image, random
+        self.context_factor = float(context_factor or 0.0)
 
     def randomize(self, data=None) -> None:
         pass  # draws happen in __call__, from self.R or from a per-image generator
@@ -171,6 +183,7 @@ class LandmarkCropsd(Randomizable, MapTransform):
             chosen = rng.choice(n, self.landmarks_per_image, replace=self.landmarks_per_image > n)
         base_scale = torch.as_tensor(d.get("scale", torch.ones(2)), dtype=torch.float32)
         mid = torch.tensor([(self.crop_size[0] - 1) / 2, (self.crop_size[1] - 1) / 2])  # crop centre, (y, x)
+        context = context_image(image, self.context_factor) if self.context_factor > 1 else None
         out = []
         for k in chosen:
             offset = np.clip(rng.normal(0.0, self.offset_sd, 2), -self.max_offset, self.max_offset)
@@ -179,6 +192,9 @@ class LandmarkCropsd(Randomizable, MapTransform):
             centre = lms[k] + torch.as_tensor(offset, dtype=torch.float32)
             m = similarity_matrix(centre, mid, angle, mag)
             crop = affine_warp(image, m, self.crop_size)
+            if context is not None:
+                ctx_centre = resized_from_original(centre, context[1])
+                crop = torch.cat([crop, affine_warp(context[0], similarity_matrix(ctx_centre, mid, angle, mag), self.crop_size)])
             p = (torch.cat([lms[k].double(), torch.ones(1, dtype=torch.float64)]) @ m.T)[:2].float()[None]
             scale = base_scale * mag
             item = {
@@ -212,6 +228,8 @@ class RefineLandmarksd(Transform):
             pixels, to the refinement logits before decoding (a product of the two distributions: the global model
             knows where along a contour a landmark lies, the crop network where the contour is).
         pred_key: the global model's heatmap logits ``(N, h, w)`` (or a deep-supervision stack, finest first).
+        context_factor: as the network was trained (:class:`LandmarkCropsd`): above 1, a second input channel cut
+            from the image shrunk that many times, centred on the same point.
     """
 
     def __init__(
@@ -225,7 +243,9 @@ class RefineLandmarksd(Transform):
         calibration: Sequence = (1.0, 0.0),
         coarse_weight: float = 0.0,
         pred_key: str = "pred",
+        context_factor: float = 0.0,
     ):
+        self.context_factor = float(context_factor or 0.0)
         self.network, self.crop_size, self.image_key = network, tuple(int(s) for s in crop_size), image_key
         self.coarse_weight, self.pred_key = float(coarse_weight), pred_key
         self.iterations = max(1, int(iterations))
@@ -245,10 +265,14 @@ class RefineLandmarksd(Transform):
         n = len(p)
         index = torch.arange(n, device=self.device)
         mid = torch.tensor([(self.crop_size[0] - 1) / 2, (self.crop_size[1] - 1) / 2])
+        context = context_image(image, self.context_factor) if self.context_factor > 1 else None
         self.network.eval()
         for _ in range(self.iterations):
             centres = torch.round(p)  # whole-pixel centres: the crop is the image itself, not an interpolation
             crops = extract_crops(image, centres, self.crop_size)
+            if context is not None:
+                ctx_centres = resized_from_original(centres, context[1].to(centres.device))
+                crops = torch.cat([crops, extract_crops(context[0], ctx_centres, self.crop_size)], 1)
             with torch.autocast(self.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None):
                 logits = self.network(crops, index)
             logits = logits.float().cpu()[:, 0][None]  # (1, N, h, w)
@@ -262,7 +286,8 @@ class RefineLandmarksd(Transform):
         d["pred_landmarks"] = orig
         d["pred_mm"] = orig * spacing
         d["spread_mm"] = spread_px * (spacing / scale).mean()
-        d["uncertainty_mm"] = self.calibration[0] * d["spread_mm"] + self.calibration[1]
+        # a linear fit can dip below zero; no decoding is surer than one pixel of the refinement grid
+        d["uncertainty_mm"] = torch.maximum(self.calibration[0] * d["spread_mm"] + self.calibration[1], (spacing / scale).mean())
         return d
 
     def _coarse_logits(self, d: dict, centres: torch.Tensor, fine_scale: torch.Tensor) -> torch.Tensor:

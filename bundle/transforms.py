@@ -387,7 +387,8 @@ class HeatmapToLandmarksd(Transform):
         d["pred_mm"] = orig * spacing
         spread_mm = spread_px * (spacing / scale).mean()
         d["spread_mm"] = spread_mm
-        d["uncertainty_mm"] = self.calibration[0] * spread_mm + self.calibration[1]
+        # a linear fit can dip below zero; no decoding is surer than one pixel of its own grid
+        d["uncertainty_mm"] = torch.maximum(self.calibration[0] * spread_mm + self.calibration[1], (spacing / scale).mean())
         if "landmarks_orig" in d:
             d["true_mm"] = torch.as_tensor(d["landmarks_orig"]).float().cpu() * spacing
         return d

@@ -87,6 +87,41 @@ class TestCrops(unittest.TestCase):
         self.assertFalse(all(torch.equal(ca["landmarks"], co["landmarks"]) for ca, co in zip(a, other)))
 
 
+class TestContextChannel(unittest.TestCase):
+    def test_context_channel_shows_more_of_the_image_at_lower_resolution(self):
+        """With context_factor f the second channel is the crop of the image shrunk f times about the same centre: the
+        landmark at p (crop pixels) appears at mid + (p - mid) / f."""
+        t = LandmarkCropsd(crop_size=(48, 48), offset_sd=6.0, max_offset=16.0, random=False, context_factor=2)
+        data = {"image": blob_image(sigma=4.0), "landmarks": POINTS.clone(), "spacing": torch.tensor([0.1, 0.1]),
+                "scale": torch.ones(2), "image_name": "a.png"}
+        mid = torch.tensor([23.5, 23.5])
+        for k, c in enumerate(t(data)):
+            self.assertEqual(tuple(c["image"].shape), (2, 48, 48))
+            p = c["landmarks"][0]
+            self.assertLess(float((peak(c["image"][:1]) - p).norm()), 0.5, f"landmark {k}")
+            self.assertLess(float((peak(c["image"][1:]) - (mid + (p - mid) / 2)).norm()), 0.5, f"landmark {k}")
+
+    def test_inference_cuts_the_crops_training_cut(self):
+        """The refinement pass feeds the network exactly what LandmarkCropsd made in training for the same centre."""
+        points = torch.round(POINTS)
+        image = blob_image(points)
+        train = LandmarkCropsd(crop_size=(40, 40), offset_sd=0.0, max_offset=16.0, random=False, context_factor=3)
+        expected = torch.stack([c["image"] for c in train({"image": image, "landmarks": points, "image_name": "a",
+                                                           "spacing": torch.tensor([0.1, 0.1])})])
+
+        class Recorder(torch.nn.Module):
+            def forward(self, x):
+                self.seen = x.clone()
+                return torch.zeros(len(x), len(points), *x.shape[-2:])
+
+        rec = Recorder()
+        data = {"image_fine": image, "image_fine_scale": torch.ones(2), "spacing": torch.tensor([0.1, 0.1]),
+                "scale": torch.ones(2), "pred_landmarks": points.clone(), "error": ""}
+        RefineLandmarksd(LandmarkCropNet(rec), crop_size=(40, 40), context_factor=3)(data)
+        self.assertEqual(tuple(rec.seen.shape), (len(points), 2, 40, 40))
+        torch.testing.assert_close(rec.seen, expected, atol=1e-5, rtol=0)
+
+
 class BlobNet(torch.nn.Module):
     """An 'oracle' refinement network: its logits for every landmark are the log of the crop (the blob)."""
 
@@ -120,6 +155,16 @@ class TestRefineLandmarks(unittest.TestCase):
         self.assertLess(float(err.max()), 0.2, err.tolist())
         torch.testing.assert_close(out["pred_mm"], out["pred_landmarks"] * 0.1)
         self.assertTrue(bool((out["uncertainty_mm"] > 0).all()))
+
+    def test_uncertainty_never_below_one_grid_pixel(self):
+        """A calibration line that dips below zero (a negative intercept) is floored at the refinement grid's pixel."""
+        data = {"image": blob_image(), "spacing": torch.tensor([0.1, 0.1]), "scale": torch.ones(2)}
+        data = ResampleToSpacingd(spacing_mm=0.2, output_key="image_fine")(data)
+        data.update(pred_landmarks=POINTS.clone(), error="")
+        out = RefineLandmarksd(LandmarkCropNet(BlobNet(len(POINTS))), crop_size=(40, 40), calibration=(1.0, -100.0))(data)
+        torch.testing.assert_close(out["uncertainty_mm"], torch.full((len(POINTS),), 0.2))
+        out = RefineLandmarksd(LandmarkCropNet(BlobNet(len(POINTS))), crop_size=(40, 40), calibration=(1.0, 5.0))(data)
+        torch.testing.assert_close(out["uncertainty_mm"], out["spread_mm"] + 5.0)
 
     def test_fusion_with_the_global_heatmap(self):
         """With a refinement network that has no opinion (flat logits), fusing gives back the global model's peak,
