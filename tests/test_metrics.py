@@ -62,3 +62,43 @@ class TestCalibration(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class TestCompareEvals(unittest.TestCase):
+    """scripts/compare_evals.py: paired per-image differences between two evaluations."""
+
+    def _write(self, root, name, errors):
+        import os
+
+        d = os.path.join(root, name)
+        os.makedirs(d)
+        with open(os.path.join(d, "predictions.csv"), "w") as f:
+            f.write("image,landmark,name,x_pred,y_pred,x_true,y_true,error_mm,spread_mm\n")
+            for (image, lm), e in errors.items():
+                f.write(f"{image},{lm},L{lm},0,0,0,0,{e},0.5\n")
+        return d
+
+    def test_paired_difference_and_standard_error(self):
+        import importlib.util
+        import tempfile
+        from pathlib import Path
+
+        spec = importlib.util.spec_from_file_location(
+            "compare_evals", Path(__file__).resolve().parents[1] / "scripts" / "compare_evals.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        a = {(f"{i}.png", lm): 1.0 + 0.1 * i for i in range(4) for lm in (1, 2)}
+        # B: image i better by 0.1 * (i + 1) on average (landmark 1 by twice that, landmark 2 not at all)
+        b = {(f"{i}.png", 1): a[(f"{i}.png", 1)] - 0.2 * (i + 1) for i in range(4)}
+        b.update({(f"{i}.png", 2): a[(f"{i}.png", 2)] for i in range(4)})
+        with tempfile.TemporaryDirectory() as tmp:
+            result = mod.compare(self._write(tmp, "a", a), self._write(tmp, "b", b))
+        diffs = [-0.1 * (i + 1) for i in range(4)]  # per-image means of B - A
+        mean = sum(diffs) / 4
+        se = (sum((d - mean) ** 2 for d in diffs) / 3 / 4) ** 0.5
+        self.assertAlmostEqual(result["b_minus_a_per_image"]["mean_diff_mm"], round(mean, 4))
+        self.assertAlmostEqual(result["b_minus_a_per_image"]["se_mm"], round(se, 4))
+        self.assertTrue(result["b_better"])
+        self.assertFalse(result["a_better"])
+        self.assertEqual(result["per_landmark"]["2"]["mean_diff_mm"], 0.0)
+        self.assertAlmostEqual(result["per_landmark"]["1"]["mean_diff_mm"], -0.5)
