@@ -7,6 +7,7 @@ deviation, and SDR@t the percentage of radial errors at most ``t`` mm.
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 from typing import Sequence
@@ -23,6 +24,7 @@ __all__ = [
     "LandmarkRadialErrorMetric",
     "LandmarkEvaluationSaver",
     "SDR_THRESHOLDS_MM",
+    "read_prediction_errors",
 ]
 
 SDR_THRESHOLDS_MM = (2.0, 2.5, 3.0, 4.0)
@@ -208,3 +210,17 @@ def fit_uncertainty_calibration(spread_mm: torch.Tensor, errors_mm: torch.Tensor
         "mean_abs_deviation_mm": round(float((pred - y).abs().mean()), 4),
         "n": int(x.numel()),
     }
+
+
+def read_prediction_errors(eval_dir: str | Path) -> dict[tuple[str, int], float]:
+    """``{(image, landmark): error_mm}`` from the ``predictions.csv`` that :class:`LandmarkEvaluationSaver` wrote in
+    ``eval_dir``; a missing file or column raises ``FileNotFoundError`` / ``ValueError`` naming it."""
+    path = Path(eval_dir) / "predictions.csv"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not found (an evaluation directory written by configs/evaluate.yaml?)")
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        missing = {"image", "landmark", "error_mm"} - set(reader.fieldnames or [])
+        if missing:
+            raise ValueError(f"{path}: no column(s) {sorted(missing)}")
+        return {(r["image"], int(r["landmark"])): float(r["error_mm"]) for r in reader}

@@ -23,7 +23,16 @@ from monai.transforms import MapTransform, Randomizable, Transform
 
 from .engine import autocast_dtype
 from .heatmaps import heatmap_spread, heatmap_to_landmarks
-from .transforms import affine_warp, original_from_resized, resize_image, resized_from_original, sample_at, similarity_matrix
+from .transforms import (
+    affine_warp,
+    expected_error_mm,
+    original_from_resized,
+    parse_calibration,
+    resize_image,
+    resized_from_original,
+    sample_at,
+    similarity_matrix,
+)
 
 __all__ = ["LandmarkCropNet", "ResampleToSpacingd", "LandmarkCropsd", "RefineLandmarksd", "crop_pixels", "extract_crops", "context_image"]
 
@@ -245,12 +254,12 @@ class RefineLandmarksd(Transform):
         pred_key: str = "pred",
         context_factor: float = 0.0,
     ):
-        self.context_factor = float(context_factor or 0.0)
         self.network, self.crop_size, self.image_key = network, tuple(int(s) for s in crop_size), image_key
         self.coarse_weight, self.pred_key = float(coarse_weight), pred_key
         self.iterations = max(1, int(iterations))
         self.dtype, self.device = autocast_dtype(precision, device), torch.device(device)
-        self.calibration = (float(calibration[0]), torch.as_tensor(calibration[1], dtype=torch.float32))
+        self.calibration = parse_calibration(calibration)
+        self.context_factor = float(context_factor or 0.0)
 
     @torch.no_grad()
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
@@ -285,9 +294,9 @@ class RefineLandmarksd(Transform):
         d["coarse_landmarks"] = coarse
         d["pred_landmarks"] = orig
         d["pred_mm"] = orig * spacing
-        d["spread_mm"] = spread_px * (spacing / scale).mean()
-        # a linear fit can dip below zero; no decoding is surer than one pixel of the refinement grid
-        d["uncertainty_mm"] = torch.maximum(self.calibration[0] * d["spread_mm"] + self.calibration[1], (spacing / scale).mean())
+        pixel_mm = (spacing / scale).mean()
+        d["spread_mm"] = spread_px * pixel_mm
+        d["uncertainty_mm"] = expected_error_mm(d["spread_mm"], self.calibration, pixel_mm)
         return d
 
     def _coarse_logits(self, d: dict, centres: torch.Tensor, fine_scale: torch.Tensor) -> torch.Tensor:

@@ -38,6 +38,8 @@ __all__ = [
     "RandElasticLandmarksd",
     "LandmarksToHeatmapd",
     "HeatmapToLandmarksd",
+    "parse_calibration",
+    "expected_error_mm",
     "affine_warp",
     "similarity_matrix",
     "resize_image",
@@ -353,6 +355,17 @@ class LandmarksToHeatmapd(Transform):
         return d
 
 
+def parse_calibration(calibration: Sequence) -> tuple[float, torch.Tensor]:
+    """``(a, b)`` of the spread-to-error line as ``(float, tensor)``; ``b`` one number or one per landmark."""
+    return float(calibration[0]), torch.as_tensor(calibration[1], dtype=torch.float32)
+
+
+def expected_error_mm(spread_mm: torch.Tensor, calibration: tuple[float, torch.Tensor], pixel_mm: torch.Tensor) -> torch.Tensor:
+    """The calibrated expected radial error ``a * spread_mm + b``, floored at ``pixel_mm``: a linear fit can dip below
+    zero, and no decoding is surer than one pixel of its own grid."""
+    return torch.maximum(calibration[0] * spread_mm + calibration[1], pixel_mm)
+
+
 class HeatmapToLandmarksd(Transform):
     """Decode predicted heatmap logits ``data["pred"]`` ``(N, h, w)`` into landmarks of the original image.
 
@@ -370,7 +383,7 @@ class HeatmapToLandmarksd(Transform):
 
     def __init__(self, pred_key: str = "pred", refine: str = "quadratic", calibration: Sequence = (1.0, 0.0)):
         self.pred_key, self.refine = pred_key, refine
-        self.calibration = (float(calibration[0]), torch.as_tensor(calibration[1], dtype=torch.float32))
+        self.calibration = parse_calibration(calibration)
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
         d = dict(data)
@@ -385,10 +398,9 @@ class HeatmapToLandmarksd(Transform):
         orig = original_from_resized(pts, scale)
         d["pred_landmarks"] = orig
         d["pred_mm"] = orig * spacing
-        spread_mm = spread_px * (spacing / scale).mean()
-        d["spread_mm"] = spread_mm
-        # a linear fit can dip below zero; no decoding is surer than one pixel of its own grid
-        d["uncertainty_mm"] = torch.maximum(self.calibration[0] * spread_mm + self.calibration[1], (spacing / scale).mean())
+        pixel_mm = (spacing / scale).mean()
+        d["spread_mm"] = spread_px * pixel_mm
+        d["uncertainty_mm"] = expected_error_mm(d["spread_mm"], self.calibration, pixel_mm)
         if "landmarks_orig" in d:
             d["true_mm"] = torch.as_tensor(d["landmarks_orig"]).float().cpu() * spacing
         return d

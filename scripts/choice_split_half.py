@@ -13,19 +13,21 @@ halvings. A per-landmark choice is worth building only when the held-out gain is
 from __future__ import annotations
 
 import argparse
-import csv
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bundle.metrics import read_prediction_errors  # noqa: E402
+
 
 def load_errors(folder: str) -> dict[tuple[str, int], float]:
-    path = Path(folder) / "predictions.csv"
-    if not path.is_file():
-        raise SystemExit(f"{path}: not found (run configs/evaluate.yaml with --eval_dir {folder})")
-    with open(path) as f:
-        return {(r["image"], int(r["landmark"])): float(r["error_mm"]) for r in csv.DictReader(f)}
+    try:
+        return read_prediction_errors(folder)
+    except (FileNotFoundError, ValueError) as e:
+        raise SystemExit(str(e)) from None
 
 
 def main() -> None:

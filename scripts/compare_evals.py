@@ -12,24 +12,21 @@ the SE of an MRE difference is typically 0.02-0.04 mm. Prints JSON.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 import sys
+from collections import defaultdict
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bundle.metrics import read_prediction_errors  # noqa: E402
 
 
 def read_errors(eval_dir: str) -> dict[tuple[str, int], float]:
-    """``{(image, landmark): error_mm}`` from ``eval_dir/predictions.csv``."""
-    path = Path(eval_dir) / "predictions.csv"
-    if not path.is_file():
-        raise SystemExit(f"{path}: not found (give evaluation directories written by configs/evaluate.yaml).")
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    missing = {"image", "landmark", "error_mm"} - set(rows[0] if rows else {})
-    if missing:
-        raise SystemExit(f"{path}: no column(s) {sorted(missing)}.")
-    return {(r["image"], int(r["landmark"])): float(r["error_mm"]) for r in rows}
+    try:
+        return read_prediction_errors(eval_dir)
+    except (FileNotFoundError, ValueError) as e:
+        raise SystemExit(str(e)) from None
 
 
 def paired(diffs: list[float]) -> dict:
@@ -46,12 +43,11 @@ def compare(dir_a: str, dir_b: str) -> dict:
     common = sorted(set(a) & set(b))
     if not common:
         raise SystemExit(f"{dir_a} and {dir_b} share no (image, landmark) pairs: were they evaluated on the same split?")
-    images = sorted({k[0] for k in common})
-    landmarks = sorted({k[1] for k in common})
-    per_image = []
-    for im in images:
-        keys = [k for k in common if k[0] == im]
-        per_image.append(sum(b[k] - a[k] for k in keys) / len(keys))
+    by_image, by_landmark = defaultdict(list), defaultdict(list)
+    for k in common:  # k = (image, landmark)
+        by_image[k[0]].append(b[k] - a[k])
+        by_landmark[k[1]].append(b[k] - a[k])
+    per_image = [sum(v) / len(v) for v in by_image.values()]
     result = {
         "a": str(dir_a), "b": str(dir_b),
         "mre_a_mm": round(sum(a[k] for k in common) / len(common), 4),
@@ -62,8 +58,8 @@ def compare(dir_a: str, dir_b: str) -> dict:
     }
     result["b_better"] = result["b_minus_a_per_image"]["ci95_mm"][1] < 0
     result["a_better"] = result["b_minus_a_per_image"]["ci95_mm"][0] > 0
-    for lm in landmarks:
-        result["per_landmark"][str(lm)] = paired([b[(im, lm)] - a[(im, lm)] for im in images if (im, lm) in a and (im, lm) in b])
+    for lm in sorted(by_landmark):
+        result["per_landmark"][str(lm)] = paired(by_landmark[lm])
     return result
 
 
