@@ -135,15 +135,21 @@ class TimeBudget:
     ``max_epochs`` to the number of epochs that fit (from the mean epoch time so far, validation included) and
     stretches or shrinks the cosine schedule to end there, so the learning rate still decays fully.
 
+    With ``reestimate`` it decides again after every later epoch from the epochs timed so far, so a run that
+    slows down (other trainings sharing the GPU start, or stop) still ends inside the budget; the schedule's end
+    moves with it.
+
     Args:
         minutes: the training budget; None or 0 disables the handler.
         lr_scheduler: a ``LambdaLR`` made by :func:`bundle.training.warmup_cosine_schedule` (its factor has a
             ``total`` attribute), or None.
         measure_epochs: epochs to time before deciding.
+        reestimate: decide again after every epoch (False: once, after ``measure_epochs``).
     """
 
-    def __init__(self, minutes: float | None, lr_scheduler=None, measure_epochs: int = 2):
+    def __init__(self, minutes: float | None, lr_scheduler=None, measure_epochs: int = 2, reestimate: bool = False):
         self.minutes, self.lr_scheduler, self.measure_epochs = minutes, lr_scheduler, measure_epochs
+        self.reestimate = str(reestimate).lower() in ("true", "1")
         self._start: float | None = None
         self.decided_epochs: int | None = None
 
@@ -159,14 +165,22 @@ class TimeBudget:
 
         self._start = time.perf_counter()
         self._start_epoch = engine.state.epoch
+        self._ends: list[float] = []
 
     def _epoch_completed(self, engine) -> None:
         done = engine.state.epoch - self._start_epoch
-        if self.decided_epochs is not None or done < self.measure_epochs:
+        if done < self.measure_epochs or (self.decided_epochs is not None and not self.reestimate):
             return
-        per_epoch = (time.perf_counter() - self._start) / done
-        remaining = self.minutes * 60 - (time.perf_counter() - self._start)
+        now = time.perf_counter()
+        self._ends.append(now)
+        per_epoch = (now - self._start) / done
+        if self.reestimate and len(self._ends) > 5:  # the recent pace counts when it is the slower one
+            per_epoch = max(per_epoch, (now - self._ends[-6]) / 5)
+        remaining = self.minutes * 60 - (now - self._start)
         total = max(engine.state.epoch + 1, engine.state.epoch + int(remaining // per_epoch))
+        if self.decided_epochs is not None and total >= engine.state.max_epochs:
+            return  # later epochs only shorten the run: the end of the schedule never moves out
+        first = self.decided_epochs is None
         self.decided_epochs = total
         engine.state.max_epochs = total
         if self.lr_scheduler is not None:
@@ -174,7 +188,8 @@ class TimeBudget:
                 if hasattr(f, "total"):
                     f.total = total
         logging.getLogger(__name__).info(
-            "time budget %.1f min: %.1f s per epoch, training for %d epochs", self.minutes, per_epoch, total
+            "time budget %.1f min: %.1f s per epoch, training for %d epochs%s", self.minutes, per_epoch, total,
+            "" if first else " (re-estimated)",
         )
 
 

@@ -509,5 +509,40 @@ class TestFinalValidation(unittest.TestCase):
             self.assertEqual(runs, expected)
 
 
+class TestTimeBudget(unittest.TestCase):
+    """A fake clock: epochs take 1 s, then 3 s from epoch 5 on (another training started on the same GPU)."""
+
+    def _run(self, reestimate: bool):
+        from ignite.engine import Engine
+
+        from bundle.engine import TimeBudget
+
+        clock = [0.0]
+        trainer = Engine(lambda e, b: None)
+        trainer.add_event_handler(
+            Events.EPOCH_COMPLETED, lambda e: clock.__setitem__(0, clock[0] + (1.0 if e.state.epoch <= 4 else 3.0))
+        )
+        opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+        schedule = warmup_cosine_schedule(opt, 1, 1000)
+        budget = TimeBudget(1.0, schedule, reestimate=reestimate)  # 60 s
+        with mock.patch("bundle.engine.time.perf_counter", lambda: clock[0]):
+            budget.attach(trainer)  # the clock advances before the budget looks at each epoch
+            trainer.run([0], max_epochs=1000)
+        return trainer.state.epoch, clock[0], schedule.lr_lambdas[0].total
+
+    def test_decides_once_by_default(self):
+        epochs, seconds, total = self._run(False)
+        self.assertEqual(epochs, 60)  # 2 epochs timed at 1 s: 58 more fit
+        self.assertEqual(total, 60)
+        self.assertGreater(seconds, 150)  # the slowdown is not seen: 4 + 56 * 3 s
+
+    def test_reestimate_ends_inside_the_budget(self):
+        epochs, seconds, total = self._run(True)
+        self.assertLessEqual(seconds, 60 + 3)  # at most the last epoch past the budget
+        self.assertGreater(seconds, 60 - 2 * 3)
+        self.assertEqual(total, epochs)  # the cosine schedule ends with the run
+        self.assertLess(epochs, 30)
+
+
 if __name__ == "__main__":
     unittest.main()
