@@ -28,7 +28,25 @@ __all__ = [
     "TTAInferer",
     "EnsembleNetwork",
     "autocast_dtype",
+    "cpu_has_native_bf16",
 ]
+
+
+def cpu_has_native_bf16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
+    """Whether this CPU computes bf16 natively (AVX-512 BF16 or AMX). oneDNN's own check where this torch build has
+    it (a private op, so looked up rather than called blindly), else the flags Linux reports in ``cpuinfo``; False
+    when neither can tell, since fp32 is the safe side."""
+    check = getattr(getattr(torch.ops, "mkldnn", None), "_is_mkldnn_bf16_supported", None)
+    if check is not None:
+        try:
+            return bool(check())
+        except (RuntimeError, TypeError):
+            pass
+    try:
+        flags = Path(cpuinfo).read_text().split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def autocast_dtype(precision: str, device: str | torch.device = "cpu") -> torch.dtype | None:
@@ -40,7 +58,7 @@ def autocast_dtype(precision: str, device: str | torch.device = "cpu") -> torch.
         if dev.type == "cuda":
             native = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
         else:
-            native = dev.type == "cpu" and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+            native = dev.type == "cpu" and cpu_has_native_bf16()
         return torch.bfloat16 if native else None
     table = {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None, "fp32": None}
     if precision not in table:

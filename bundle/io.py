@@ -26,6 +26,7 @@ __all__ = [
     "read_slicer_landmarks",
     "isbi_datalist",
     "split_datalist",
+    "n_cv_folds",
     "folder_datalist",
     "dataset_spacing",
     "atomic_write_text",
@@ -252,6 +253,7 @@ def isbi_datalist(
     val_fraction: float = 0.2,
     seed: int = 0,
     limit: int | None = None,
+    fold: int | None = None,
 ) -> list[dict]:
     """Data list of an ISBI 2015-layout folder.
 
@@ -261,6 +263,7 @@ def isbi_datalist(
             ``"trainval"`` is all of it, ``"test"`` is ``Test1Data``.
         ground_truth: ``"senior"``, ``"junior"`` or ``"mean"`` (the mean of both doctors).
         limit: keep only the first ``limit`` items (for quick runs).
+        fold: cross-validation fold whose part validates (see :func:`split_datalist`); None: the plain split.
 
     Returns:
         ``[{"image": path, "label_files": [txt, ...], "spacing_mm": s}, ...]``; the loader averages the files
@@ -281,7 +284,7 @@ def isbi_datalist(
     if not images:
         raise FileNotFoundError(f"{image_dir}: no images found")
     if split in ("train", "val"):
-        images = split_datalist(images, split, val_fraction, seed)
+        images = split_datalist(images, split, val_fraction, seed, fold)
     spacing = dataset_spacing(root)
     items = [
         {
@@ -294,18 +297,37 @@ def isbi_datalist(
     return items[:limit] if limit else items
 
 
-def split_datalist(items: list, split: str, val_fraction: float = 0.2, seed: int = 0) -> list:
+def split_datalist(items: list, split: str, val_fraction: float = 0.2, seed: int = 0, fold: int | None = None) -> list:
     """The ``"train"`` or ``"val"`` part of ``items``: a seeded shuffle holds out ``round(len * val_fraction)``
-    items for validation; each part keeps the original order. ``"trainval"`` (or ``"all"``) returns everything."""
+    items for validation; each part keeps the original order. ``"trainval"`` (or ``"all"``) returns everything.
+
+    ``fold`` (k-fold cross-validation): the same shuffled order cut into ``round(1 / val_fraction)`` parts (5 for
+    0.2); part ``fold`` validates and the rest trains. The folds' validation parts cover ``items`` exactly once, and
+    where ``1 / val_fraction`` is a whole number fold 0 is the split that ``fold=None`` gives (other runs' validation).
+    """
     if split in ("trainval", "all"):
         return list(items)
     if split not in ("train", "val"):
         raise ValueError(f"split should be train, val or trainval, got {split!r}.")
     order = list(range(len(items)))
     random.Random(seed).shuffle(order)
-    n_val = int(round(len(items) * val_fraction))
-    keep = sorted(order[:n_val]) if split == "val" else sorted(order[n_val:])
+    if fold is None:
+        lo, hi = 0, int(round(len(items) * val_fraction))
+    else:
+        n_folds = n_cv_folds(val_fraction)
+        if not 0 <= int(fold) < n_folds:
+            raise ValueError(f"fold should be in [0, {n_folds}) for val_fraction {val_fraction}, got {fold}.")
+        bounds = [int(round(len(items) * k / n_folds)) for k in range(n_folds + 1)]
+        lo, hi = bounds[int(fold)], bounds[int(fold) + 1]
+    keep = sorted(order[lo:hi]) if split == "val" else sorted(order[:lo] + order[hi:])
     return [items[i] for i in keep]
+
+
+def n_cv_folds(val_fraction: float) -> int:
+    """Folds of a k-fold cross-validation whose validation share is ``val_fraction`` (0.2: 5)."""
+    if not 0.0 < val_fraction < 1.0:
+        raise ValueError(f"cross-validation needs val_fraction in (0, 1), got {val_fraction}.")
+    return max(2, int(round(1.0 / val_fraction)))
 
 
 def folder_datalist(input_dir: str | Path, landmark_suffix: str | None = None) -> list[dict]:

@@ -34,7 +34,33 @@ from .transforms import (
     similarity_matrix,
 )
 
-__all__ = ["LandmarkCropNet", "ResampleToSpacingd", "LandmarkCropsd", "RefineLandmarksd", "crop_pixels", "extract_crops", "context_image"]
+__all__ = ["LandmarkCropNet", "refinement_unet", "ResampleToSpacingd", "LandmarkCropsd", "RefineLandmarksd", "crop_pixels", "extract_crops", "context_image"]
+
+
+def refinement_unet(
+    out_channels: int,
+    context_factor: float = 0.0,
+    channels: Sequence[int] = (32, 64, 128, 256),
+    strides: Sequence[int] = (2, 2, 2),
+    num_res_units: int = 2,
+    dropout: float = 0.0,
+) -> torch.nn.Module:
+    """The refinement network's backbone, one definition for training (``configs/refine.yaml``), evaluation and
+    inference: MONAI's 2D ``UNet`` with one output channel per landmark and one input channel for the crop, plus
+    one for the context crop when ``context_factor`` > 1 (:class:`LandmarkCropsd`). The defaults are the shipped
+    network's (``models/refine.pt``); the other arguments are there for experiments (``--network_def#channels``).
+    """
+    from monai.networks.nets import UNet
+
+    return UNet(
+        spatial_dims=2,
+        in_channels=2 if float(context_factor or 0.0) > 1 else 1,
+        out_channels=int(out_channels),
+        channels=tuple(channels),
+        strides=tuple(strides),
+        num_res_units=int(num_res_units),
+        dropout=float(dropout),
+    )
 
 
 class LandmarkCropNet(torch.nn.Module):

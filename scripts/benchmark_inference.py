@@ -22,6 +22,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -52,6 +53,7 @@ def full_size_images(folder: str | None, n: int, tmp: Path) -> list[str]:
 
 def time_config(config_files: list[str], images: list[str], warmup: int, overrides: dict) -> dict:
     from monai.bundle import ConfigParser
+    from monai.handlers import CheckpointLoader
 
     parser = ConfigParser()
     parser.read_config(config_files)
@@ -59,22 +61,19 @@ def time_config(config_files: list[str], images: list[str], warmup: int, overrid
     pre = parser.get_parsed_content("preprocessing")
     post = parser.get_parsed_content("postprocessing")
     inferer = parser.get_parsed_content("inferer")
-    net = parser.get_parsed_content("network_def").eval()
-    def load(network, ckpt_id: str) -> bool:
-        ckpt = parser.get_parsed_content(ckpt_id)
-        if Path(ckpt).is_file():
-            try:
-                network.load_state_dict(torch.load(ckpt, map_location="cpu"))
-                return True
-            except RuntimeError:
-                pass  # another architecture than the shipped weights: time it with random weights
-        return False
-
-    loaded = load(net, "ckpt_path")
+    net = parser.get_parsed_content("network").eval()  # an EnsembleNetwork when --variant ensemble=[...]
     refine = bool(parser.get_parsed_content("use_refine"))
-    if refine and not parser.get_parsed_content("refine_ensemble"):
-        loaded = load(parser.get_parsed_content("refine_network"), "refine_ckpt_path") and loaded
-    # (a refinement ensemble is loaded, strictly, when refine_network is built)
+    # the weights go in the way the inference bundle loads them: its CheckpointLoader handlers (an ensemble's
+    # members were loaded when the network was built); weights of another architecture than the variant's
+    # (e.g. a U-Net variant and the shipped MAHT-Net file) leave it with random weights, which times the same
+    engine = SimpleNamespace(state=SimpleNamespace(epoch=0, max_epochs=None))
+    loaded = True
+    for handler in parser.get_parsed_content("handlers"):
+        if isinstance(handler, CheckpointLoader):
+            try:
+                handler(engine)
+            except (RuntimeError, FileNotFoundError):
+                loaded = False
     times = []
     with torch.inference_mode():
         for i, path in enumerate(images[:warmup] + images):

@@ -28,5 +28,25 @@ class TestPrecision(unittest.TestCase):
             torch.testing.assert_close(out, full, atol=0.05, rtol=0.05)
 
 
+class TestNativeBf16(unittest.TestCase):
+    def test_falls_back_to_cpu_flags_without_the_private_op(self):
+        import tempfile
+        from pathlib import Path
+        from types import SimpleNamespace
+        from unittest import mock
+
+        from bundle.engine import cpu_has_native_bf16
+
+        with tempfile.TemporaryDirectory() as tmp:
+            with_bf16, without = Path(tmp) / "a", Path(tmp) / "b"
+            with_bf16.write_text("flags\t\t: fpu sse avx2 avx512f avx512_bf16 amx_tile\n")
+            without.write_text("flags\t\t: fpu sse avx2 avx512f\n")
+            with mock.patch("bundle.engine.torch.ops", SimpleNamespace()):  # a torch build without the op
+                self.assertTrue(cpu_has_native_bf16(with_bf16))
+                self.assertFalse(cpu_has_native_bf16(without))
+                self.assertFalse(cpu_has_native_bf16(Path(tmp) / "missing"))
+        self.assertIsInstance(cpu_has_native_bf16(), bool)
+
+
 if __name__ == "__main__":
     unittest.main()

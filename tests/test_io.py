@@ -216,5 +216,29 @@ class TestDicom(unittest.TestCase):
                 LoadCephalogramd(spacing_mm=0.5)({"image": str(path)})  # 240 mm: a cephalogram
 
 
+class TestCrossValidationFolds(unittest.TestCase):
+    def test_folds_partition_and_fold0_is_the_plain_split(self):
+        from bundle.io import n_cv_folds, split_datalist
+
+        items = list(range(150))
+        self.assertEqual(n_cv_folds(0.2), 5)
+        vals = [split_datalist(items, "val", 0.2, 0, fold=k) for k in range(5)]
+        self.assertEqual(sorted(sum(vals, [])), items)  # every item validates exactly once
+        self.assertEqual([len(v) for v in vals], [30] * 5)
+        for k, val in enumerate(vals):
+            train = split_datalist(items, "train", 0.2, 0, fold=k)
+            self.assertEqual(sorted(train + val), items)
+            self.assertFalse(set(train) & set(val))
+        self.assertEqual(vals[0], split_datalist(items, "val", 0.2, 0))  # other runs validate on fold 0
+        self.assertNotEqual(vals[1], vals[0])
+        self.assertEqual(split_datalist(items, "val", 0.2, 1, fold=0), split_datalist(items, "val", 0.2, 1))
+        uneven = [split_datalist(list(range(11)), "val", 0.25, 3, fold=k) for k in range(4)]
+        self.assertEqual(sorted(sum(uneven, [])), list(range(11)))
+        with self.assertRaises(ValueError):
+            split_datalist(items, "val", 0.2, 0, fold=5)
+        with self.assertRaises(ValueError):
+            n_cv_folds(0.0)
+
+
 if __name__ == "__main__":
     unittest.main()
