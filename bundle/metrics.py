@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from pathlib import Path
 from typing import Sequence
 
@@ -25,6 +26,7 @@ __all__ = [
     "LandmarkEvaluationSaver",
     "SDR_THRESHOLDS_MM",
     "read_prediction_errors",
+    "mean_and_se",
 ]
 
 SDR_THRESHOLDS_MM = (2.0, 2.5, 3.0, 4.0)
@@ -224,3 +226,12 @@ def read_prediction_errors(eval_dir: str | Path) -> dict[tuple[str, int], float]
         if missing:
             raise ValueError(f"{path}: no column(s) {sorted(missing)}")
         return {(r["image"], int(r["landmark"])): float(r["error_mm"]) for r in reader}
+
+
+def mean_and_se(values: Sequence[float]) -> dict:
+    """``{"n", "mean", "sd", "se"}`` of ``values`` (sample SD, SE = SD / sqrt(n); NaN where n is too small), rounded
+    to 4 decimals: the summary of paired differences and of cross-validation folds."""
+    n = len(values)
+    mean = sum(values) / n if n else math.nan
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else math.nan
+    return {"n": n, "mean": round(mean, 4), "sd": round(sd, 4), "se": round(sd / math.sqrt(n), 4) if n > 1 else math.nan}

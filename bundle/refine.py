@@ -34,7 +34,7 @@ from .transforms import (
     similarity_matrix,
 )
 
-__all__ = ["LandmarkCropNet", "refinement_unet", "ResampleToSpacingd", "LandmarkCropsd", "RefineLandmarksd", "crop_pixels", "extract_crops", "context_image"]
+__all__ = ["LandmarkCropNet", "refinement_unet", "ResampleToSpacingd", "LandmarkCropsd", "RefineLandmarksd", "crop_pixels", "extract_crops", "context_image", "has_context"]
 
 
 def refinement_unet(
@@ -54,7 +54,7 @@ def refinement_unet(
 
     return UNet(
         spatial_dims=2,
-        in_channels=2 if float(context_factor or 0.0) > 1 else 1,
+        in_channels=2 if has_context(context_factor) else 1,
         out_channels=int(out_channels),
         channels=tuple(channels),
         strides=tuple(strides),
@@ -145,6 +145,11 @@ def extract_crops(image: torch.Tensor, centres: torch.Tensor, crop_size: Sequenc
     return sample_at(image[None].expand(len(centres), -1, -1, -1), gy, gx)
 
 
+def has_context(factor: float | None) -> bool:
+    """Whether ``context_factor`` gives the crops a context channel (a factor above 1)."""
+    return float(factor or 0.0) > 1
+
+
 def context_image(image: torch.Tensor, factor: float) -> tuple[torch.Tensor, torch.Tensor]:
     """The image shrunk ``factor`` times (anti-aliased), and its pixels per pixel of ``image`` (``(2,)``): the grid the
     context channel of the crops is cut from (:class:`LandmarkCropsd` and :class:`RefineLandmarksd` alike)."""
@@ -218,7 +223,7 @@ class LandmarkCropsd(Randomizable, MapTransform):
             chosen = rng.choice(n, self.landmarks_per_image, replace=self.landmarks_per_image > n)
         base_scale = torch.as_tensor(d.get("scale", torch.ones(2)), dtype=torch.float32)
         mid = torch.tensor([(self.crop_size[0] - 1) / 2, (self.crop_size[1] - 1) / 2])  # crop centre, (y, x)
-        context = context_image(image, self.context_factor) if self.context_factor > 1 else None
+        context = context_image(image, self.context_factor) if has_context(self.context_factor) else None
         out = []
         for k in chosen:
             offset = np.clip(rng.normal(0.0, self.offset_sd, 2), -self.max_offset, self.max_offset)
@@ -300,7 +305,7 @@ class RefineLandmarksd(Transform):
         n = len(p)
         index = torch.arange(n, device=self.device)
         mid = torch.tensor([(self.crop_size[0] - 1) / 2, (self.crop_size[1] - 1) / 2])
-        context = context_image(image, self.context_factor) if self.context_factor > 1 else None
+        context = context_image(image, self.context_factor) if has_context(self.context_factor) else None
         self.network.eval()
         for _ in range(self.iterations):
             centres = torch.round(p)  # whole-pixel centres: the crop is the image itself, not an interpolation

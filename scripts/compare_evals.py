@@ -1,25 +1,26 @@
 """Compare two evaluations of the same images, paired per image: is B really better than A, or is it noise?
 
     python scripts/compare_evals.py runs/A/eval_val runs/B/eval_val [--json out.json]
+    python scripts/compare_evals.py A_fold0 B_fold0 A_fold1 B_fold1 ...   # several pairs (folds), pooled
 
 Each argument is an evaluation directory written by ``configs/evaluate.yaml`` (its ``predictions.csv``). For every
 image the mean radial error over the landmarks is taken in both, and the per-image differences B - A give the mean
 difference with its standard error (and a 95% interval, normal approximation); the same per landmark. A difference
 within about two standard errors of zero is not a difference the images can tell apart: on 30 validation images
-the SE of an MRE difference is typically 0.02-0.04 mm. Prints JSON.
+the SE of an MRE difference is typically 0.02-0.04 mm. More than one pair of directories (e.g. the validation
+folds of a cross-validation, each pair on its own images) pools every pair's images into one comparison. Prints JSON.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from collections import defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bundle.metrics import read_prediction_errors  # noqa: E402
+from bundle.metrics import mean_and_se, read_prediction_errors  # noqa: E402
 
 
 def read_errors(eval_dir: str) -> dict[tuple[str, int], float]:
@@ -31,29 +32,38 @@ def read_errors(eval_dir: str) -> dict[tuple[str, int], float]:
 
 def paired(diffs: list[float]) -> dict:
     """Mean, standard error and 95% interval (normal approximation) of paired differences."""
-    n = len(diffs)
-    mean = sum(diffs) / n
-    se = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1) / n) if n > 1 else float("nan")
-    return {"n": n, "mean_diff_mm": round(mean, 4), "se_mm": round(se, 4),
-            "ci95_mm": [round(mean - 1.96 * se, 4), round(mean + 1.96 * se, 4)]}
+    s = mean_and_se(diffs)
+    return {"n": s["n"], "mean_diff_mm": s["mean"], "se_mm": s["se"],
+            "ci95_mm": [round(s["mean"] - 1.96 * s["se"], 4), round(s["mean"] + 1.96 * s["se"], 4)]}
 
 
-def compare(dir_a: str, dir_b: str) -> dict:
-    a, b = read_errors(dir_a), read_errors(dir_b)
-    common = sorted(set(a) & set(b))
-    if not common:
-        raise SystemExit(f"{dir_a} and {dir_b} share no (image, landmark) pairs: were they evaluated on the same split?")
+def compare(dir_a: str, dir_b: str, *more: str) -> dict:
+    """B - A over ``(dir_a, dir_b)`` and any further pairs of directories in ``more``, images pooled."""
+    if len(more) % 2:
+        raise SystemExit("directories come in pairs: A B [A2 B2 ...]")
+    pairs = [(dir_a, dir_b)] + [(more[i], more[i + 1]) for i in range(0, len(more), 2)]
+    a, b = {}, {}
+    only_in_one = 0
+    for i, (da, db) in enumerate(pairs):
+        ea, eb = read_errors(da), read_errors(db)
+        common = set(ea) & set(eb)
+        if not common:
+            raise SystemExit(f"{da} and {db} share no (image, landmark) pairs: were they evaluated on the same split?")
+        only_in_one += len(set(ea) ^ set(eb))
+        a.update({(i, *k): ea[k] for k in common})  # k = (image, landmark); i keeps the pairs' images apart
+        b.update({(i, *k): eb[k] for k in common})
     by_image, by_landmark = defaultdict(list), defaultdict(list)
-    for k in common:  # k = (image, landmark)
-        by_image[k[0]].append(b[k] - a[k])
-        by_landmark[k[1]].append(b[k] - a[k])
+    for k in sorted(a):  # k = (pair, image, landmark)
+        by_image[k[:2]].append(b[k] - a[k])
+        by_landmark[k[2]].append(b[k] - a[k])
     per_image = [sum(v) / len(v) for v in by_image.values()]
     result = {
-        "a": str(dir_a), "b": str(dir_b),
-        "mre_a_mm": round(sum(a[k] for k in common) / len(common), 4),
-        "mre_b_mm": round(sum(b[k] for k in common) / len(common), 4),
+        "a": str(dir_a) if not more else [p[0] for p in pairs],
+        "b": str(dir_b) if not more else [p[1] for p in pairs],
+        "mre_a_mm": round(sum(a.values()) / len(a), 4),
+        "mre_b_mm": round(sum(b.values()) / len(b), 4),
         "b_minus_a_per_image": paired(per_image),
-        "only_in_one": len(set(a) ^ set(b)),
+        "only_in_one": only_in_one,
         "per_landmark": {},
     }
     result["b_better"] = result["b_minus_a_per_image"]["ci95_mm"][1] < 0
@@ -67,9 +77,10 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("a", help="evaluation directory A (the baseline)")
     parser.add_argument("b", help="evaluation directory B")
+    parser.add_argument("more", nargs="*", help="further pairs A2 B2 ... (other folds), pooled with the first")
     parser.add_argument("--json", help="also write the result here")
     args = parser.parse_args(argv)
-    result = compare(args.a, args.b)
+    result = compare(args.a, args.b, *args.more)
     text = json.dumps(result, indent=1)
     print(text)
     if args.json:

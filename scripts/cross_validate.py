@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from bundle.metrics import mean_and_se  # noqa: E402
 
 
 def fold_best(fold_dir: Path, key: str) -> dict | None:
@@ -40,21 +41,13 @@ def fold_best(fold_dir: Path, key: str) -> dict | None:
     return min(curve, key=lambda p: p[key])
 
 
-def summarise(values: list[float]) -> dict:
-    """Mean, SD and standard error of the mean (SD / sqrt(n)) of ``values``."""
-    n = len(values)
-    mean = sum(values) / n if n else math.nan
-    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else math.nan
-    return {"n": n, "mean": round(mean, 4), "sd": round(sd, 4), "se": round(sd / math.sqrt(n), 4) if n > 1 else math.nan}
-
-
 def collect(out: Path, n_folds: int, key: str) -> dict:
     folds = {k: fold_best(out / f"fold_{k}", key) for k in range(n_folds)}
     done = {k: v for k, v in folds.items() if v is not None}
     metrics = sorted({m for v in done.values() for m in v if m.startswith("val_")})
     return {
         "folds": {str(k): v for k, v in folds.items()},
-        "summary": {m: summarise([v[m] for v in done.values()]) for m in metrics},
+        "summary": {m: mean_and_se([v[m] for v in done.values()]) for m in metrics},
     }
 
 
@@ -107,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         pairs = [(k, v[args.metric], other[k][args.metric]) for k, v in result["folds"].items()
                  if v is not None and other.get(k) is not None]
         result["compare"] = {"other": args.compare, "folds": [k for k, _, _ in pairs],
-                             f"{args.metric}_minus_other": summarise([a - b for _, a, b in pairs])}
+                             f"{args.metric}_minus_other": mean_and_se([a - b for _, a, b in pairs])}
     (out / "cv.json").write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps({k: result[k] for k in ("summary", "compare") if k in result}, indent=1))
     return 0

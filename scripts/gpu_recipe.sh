@@ -35,19 +35,18 @@ export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=4
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else '')"
 configs="'configs/train.yaml','configs/isbi_gpu.yaml'"
 [ -n "$NETWORK" ] && configs="$configs,'$NETWORK'"
-common=(--max_epochs 1000 --early_stop_patience 1000 --time_budget_reestimate true --num_workers "$WORKERS"
-        --torch_threads 4 --progress_bar False)
+shared=(--num_workers "$WORKERS" --torch_threads 4 --progress_bar False --time_budget_reestimate true)
+limit=$(( (${MINUTES%.*} + 3) * 60 ))          # hard stop of either training, in seconds
 start=$(date +%s)
-timeout $(( (${MINUTES%.*} + 3) * 60 )) python3 -m monai.bundle run training --config_file "[$configs]" \
-  --dataset_dir "$CACHE" --output_dir "$OUT/train" "${common[@]}" --time_budget_minutes "$MINUTES" "$@" \
-  > "$OUT/train.log" 2>&1 &
+timeout "$limit" python3 -m monai.bundle run training --config_file "[$configs]" \
+  --dataset_dir "$CACHE" --output_dir "$OUT/train" "${shared[@]}" --max_epochs 1000 --early_stop_patience 1000 \
+  --time_budget_minutes "$MINUTES" "$@" > "$OUT/train.log" 2>&1 &
 global_pid=$!
 if [ "$REFINE" != "0" ]; then
   # shellcheck disable=SC2086  # REFINE_ARGS is a list of overrides
-  timeout $(( (${MINUTES%.*} + 3) * 60 )) python3 -m monai.bundle run training \
+  timeout "$limit" python3 -m monai.bundle run training \
     --config_file "['configs/train.yaml','configs/refine.yaml']" --dataset_dir "$REFINE_CACHE" \
-    --output_dir "$OUT/refine_train" --num_workers "$WORKERS" --torch_threads 4 --progress_bar False \
-    --time_budget_reestimate true $REFINE_ARGS > "$OUT/refine.log" 2>&1 &
+    --output_dir "$OUT/refine_train" "${shared[@]}" $REFINE_ARGS > "$OUT/refine.log" 2>&1 &
   refine_pid=$!
   wait "$refine_pid"; refine_rc=$?
   refine_seconds=$(( $(date +%s) - start ))

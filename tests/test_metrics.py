@@ -102,3 +102,26 @@ class TestCompareEvals(unittest.TestCase):
         self.assertFalse(result["a_better"])
         self.assertEqual(result["per_landmark"]["2"]["mean_diff_mm"], 0.0)
         self.assertAlmostEqual(result["per_landmark"]["1"]["mean_diff_mm"], -0.5)
+
+    def test_pairs_of_folds_are_pooled(self):
+        import importlib.util
+        import tempfile
+        from pathlib import Path
+
+        spec = importlib.util.spec_from_file_location(
+            "compare_evals", Path(__file__).resolve().parents[1] / "scripts" / "compare_evals.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        # two folds that reuse the same image names: they must stay apart (4 images, not 2)
+        a = {(f"{i}.png", 1): 1.0 for i in range(2)}
+        b0 = {(f"{i}.png", 1): 1.0 - 0.1 for i in range(2)}
+        b1 = {(f"{i}.png", 1): 1.0 + 0.3 for i in range(2)}
+        with tempfile.TemporaryDirectory() as tmp:
+            dirs = [self._write(tmp, n, e) for n, e in (("a0", a), ("b0", b0), ("a1", a), ("b1", b1))]
+            result = mod.compare(*dirs)
+            with self.assertRaises(SystemExit):
+                mod.compare(*dirs[:3])
+        self.assertEqual(result["b_minus_a_per_image"]["n"], 4)
+        self.assertAlmostEqual(result["b_minus_a_per_image"]["mean_diff_mm"], 0.1)
+        self.assertEqual(result["a"], [dirs[0], dirs[2]])
+        self.assertFalse(result["b_better"])
