@@ -8,6 +8,10 @@
 # exists is kept (delete OUT/eval_* to redo them).
 #   bash scripts/cpu_recipe.sh OUT GLOBAL_MINUTES REFINE_MINUTES [DATASET_DIR]
 #   e.g. bash scripts/cpu_recipe.sh runs/cpu_recipe 80 12 ../shared/data/isbi2015
+# REFINE_MINUTES 0 trains each refinement network for configs/refine.yaml's fixed 16 epochs instead of a budget.
+# REFIT=1 trains the refinement networks on all 150 Train images (configs/refit.yaml: no validation, the last epoch
+# is kept); the global model keeps its validation split, since at 400 x 320 it overfits and its best checkpoint
+# (chosen on validation) beats its last. The released CPU recipe: REFIT=1 bash scripts/cpu_recipe.sh OUT 35 0
 # Writes OUT/global/, OUT/refine/, OUT/refine_s1/ ... (weights, logs, learning curves), OUT/eval_coarse/ (global
 # pass alone), OUT/eval_refined/ (with the refinement ensemble), OUT/eval_refined_1/ (the first member alone, when
 # there are several) and OUT/result.json (minutes per stage and the Test1 numbers, senior ground truth).
@@ -18,17 +22,19 @@ out="$1"; global_min="$2"; refine_min="$3"; data="${4:-../shared/data/isbi2015}"
 mkdir -p "$out"
 global=(--config_file "['configs/train.yaml','configs/isbi_cpu.yaml','configs/maht_net.yaml']")
 refine=(--config_file "['configs/train.yaml','configs/refine.yaml']")
+[ "${REFIT:-0}" != "0" ] && refine=(--config_file "['configs/train.yaml','configs/refine.yaml','configs/refit.yaml']")
 
 stage() {  # name, minutes, config args...: train unless OUT/name/done exists; time it
   local name="$1" minutes="$2"; shift 2
   if [ -f "$out/$name/done" ]; then echo "$name: already trained ($out/$name/done)"; return; fi
   local resume=False
   [ -f "$out/$name/checkpoint_last.pt" ] && resume=True
-  echo "$name: python -m monai.bundle run training $* --dataset_dir $data --output_dir $out/$name --max_epochs 1000 --time_budget_minutes $minutes --resume $resume"
+  local length=(--max_epochs 1000 --time_budget_minutes "$minutes" --early_stop_patience 1000)
+  [ "$minutes" = 0 ] && length=()                          # the config's own epochs
+  echo "$name: python -m monai.bundle run training $* --dataset_dir $data --output_dir $out/$name ${length[*]} --resume $resume"
   local start; start=$(date +%s)
-  python -m monai.bundle run training "$@" --dataset_dir "$data" --output_dir "$out/$name" --max_epochs 1000 \
-    --time_budget_minutes "$minutes" --early_stop_patience 1000 --progress_bar False --resume "$resume" \
-    > "$out/$name.log" 2>&1 || { tail -30 "$out/$name.log"; exit 1; }
+  python -m monai.bundle run training "$@" --dataset_dir "$data" --output_dir "$out/$name" "${length[@]}" \
+    --progress_bar False --resume "$resume" > "$out/$name.log" 2>&1 || { tail -30 "$out/$name.log"; exit 1; }
   echo $(( $(date +%s) - start )) > "$out/$name/done"
 }
 stage global "$global_min" "${global[@]}"

@@ -10,6 +10,10 @@
 #                                        # shipped recipe: 16 epochs of 2 images, cosine decay to the end)
 #   REFINE_ARGS="--network_def#channels [64,128,256,512]" ...   # overrides of the refinement stage, e.g.
 #                                        # "--max_epochs 1000 --time_budget_minutes 7" for a time budget instead
+#   EPOCHS=32 ...                        # the global model trains a fixed number of epochs instead of a budget
+#                                        # (MINUTES + 3 minutes stays the hard limit)
+#   REFIT=1 ...                          # both stages train on all 150 Train images (configs/refit.yaml) and keep
+#                                        # their last epoch; with EPOCHS=32 this is the shipped global model's recipe
 # The cache at factor 2 (0.2 mm pixels) serves both stages: the global model resizes it to its 800 x 640 input,
 # the refinement network trains at 0.2 mm. A time-budgeted training re-fits its epochs to the budget after every
 # epoch (--time_budget_reestimate), so it ends in time however the trainings share the GPU; a hard limit of
@@ -25,6 +29,8 @@ MINUTES="${MINUTES:-3}"
 REFINE="${REFINE:-1}"
 REFINE_CACHE="${REFINE_CACHE:-$CACHE}"
 REFINE_ARGS="${REFINE_ARGS:-}"
+EPOCHS="${EPOCHS:-}"
+REFIT="${REFIT:-0}"
 WORKERS="${WORKERS:-6}"                         # dataloader processes per training (16 cores on the lent machine)
 mkdir -p "$OUT"
 if ! python3 -c "import monai, ignite, fire" 2>/dev/null; then
@@ -35,17 +41,20 @@ export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=4
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else '')"
 configs="'configs/train.yaml','configs/isbi_gpu.yaml'"
 [ -n "$NETWORK" ] && configs="$configs,'$NETWORK'"
+refine_configs="'configs/train.yaml','configs/refine.yaml'"
+if [ "$REFIT" != "0" ]; then configs="$configs,'configs/refit.yaml'"; refine_configs="$refine_configs,'configs/refit.yaml'"; fi
+if [ -n "$EPOCHS" ]; then length=(--max_epochs "$EPOCHS" --time_budget_minutes 0); else
+  length=(--max_epochs 1000 --early_stop_patience 1000 --time_budget_minutes "$MINUTES"); fi
 shared=(--num_workers "$WORKERS" --torch_threads 4 --progress_bar False --time_budget_reestimate true)
 limit=$(( (${MINUTES%.*} + 3) * 60 ))          # hard stop of either training, in seconds
 start=$(date +%s)
 timeout "$limit" python3 -m monai.bundle run training --config_file "[$configs]" \
-  --dataset_dir "$CACHE" --output_dir "$OUT/train" "${shared[@]}" --max_epochs 1000 --early_stop_patience 1000 \
-  --time_budget_minutes "$MINUTES" "$@" > "$OUT/train.log" 2>&1 &
+  --dataset_dir "$CACHE" --output_dir "$OUT/train" "${shared[@]}" "${length[@]}" "$@" > "$OUT/train.log" 2>&1 &
 global_pid=$!
 if [ "$REFINE" != "0" ]; then
   # shellcheck disable=SC2086  # REFINE_ARGS is a list of overrides
   timeout "$limit" python3 -m monai.bundle run training \
-    --config_file "['configs/train.yaml','configs/refine.yaml']" --dataset_dir "$REFINE_CACHE" \
+    --config_file "[$refine_configs]" --dataset_dir "$REFINE_CACHE" \
     --output_dir "$OUT/refine_train" "${shared[@]}" $REFINE_ARGS > "$OUT/refine.log" 2>&1 &
   refine_pid=$!
   wait "$refine_pid"; refine_rc=$?

@@ -138,6 +138,29 @@ class TestBundleWorkflow(unittest.TestCase):
         curve = json.loads((self.runs / "learning_curve.json").read_text())
         self.assertEqual([p["epoch"] for p in curve], [1, 2, 3])
 
+    def test_7_refit_trains_on_every_image_and_keeps_the_last_epoch(self):
+        """configs/refit.yaml: all training images, one validation after the last epoch, model.pt = the last epoch."""
+        refit_runs = self.tmp / "refit_runs"
+        wf = ConfigWorkflow(
+            workflow_type="train", config_file=[str(CONFIGS / "train.yaml"), str(CONFIGS / "refit.yaml")],
+            logging_file=False, meta_file=str(CONFIGS / "metadata.json"), max_epochs=3,
+            **{**self.common, "output_dir": str(refit_runs)},
+        )
+        wf.initialize()
+        n_train = len(wf.parser.get_parsed_content("train#datalist"))
+        n_val = len(wf.parser.get_parsed_content("validate#datalist"))
+        wf.run()
+        wf.finalize()
+        self.assertEqual(n_train, 10)  # every synthetic training image, the validation ones included
+        self.assertEqual(n_val, 2)
+        curve = json.loads((refit_runs / "learning_curve.json").read_text())
+        self.assertEqual([p["epoch"] for p in curve], [3])  # train.yaml alone validates at epochs 2 and 3
+        last = torch.load(refit_runs / "checkpoint_last.pt", map_location="cpu", weights_only=True)["model"]
+        model = torch.load(refit_runs / "model.pt", map_location="cpu", weights_only=True)
+        self.assertEqual(set(model), set(last))
+        for k in model:
+            self.assertTrue(torch.equal(model[k], last[k]), k)
+
     def test_6_coarse_to_fine(self):
         """A refinement network trained on crops (configs/refine.yaml) plugs into evaluation and inference."""
         refine_runs = self.tmp / "refine_runs"
