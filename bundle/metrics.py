@@ -26,6 +26,7 @@ __all__ = [
     "LandmarkEvaluationSaver",
     "SDR_THRESHOLDS_MM",
     "read_prediction_errors",
+    "calibration_from_evaluations",
     "mean_and_se",
 ]
 
@@ -214,18 +215,36 @@ def fit_uncertainty_calibration(spread_mm: torch.Tensor, errors_mm: torch.Tensor
     }
 
 
-def read_prediction_errors(eval_dir: str | Path) -> dict[tuple[str, int], float]:
-    """``{(image, landmark): error_mm}`` from the ``predictions.csv`` that :class:`LandmarkEvaluationSaver` wrote in
-    ``eval_dir``; a missing file or column raises ``FileNotFoundError`` / ``ValueError`` naming it."""
+def read_prediction_errors(eval_dir: str | Path, column: str = "error_mm") -> dict[tuple[str, int], float]:
+    """``{(image, landmark): error_mm}`` (or another numeric ``column``, e.g. ``spread_mm``) from the
+    ``predictions.csv`` that :class:`LandmarkEvaluationSaver` wrote in ``eval_dir``; a missing file or column raises
+    ``FileNotFoundError`` / ``ValueError`` naming it."""
     path = Path(eval_dir) / "predictions.csv"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: not found (an evaluation directory written by configs/evaluate.yaml?)")
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
-        missing = {"image", "landmark", "error_mm"} - set(reader.fieldnames or [])
+        missing = {"image", "landmark", column} - set(reader.fieldnames or [])
         if missing:
             raise ValueError(f"{path}: no column(s) {sorted(missing)}")
-        return {(r["image"], int(r["landmark"])): float(r["error_mm"]) for r in reader}
+        return {(r["image"], int(r["landmark"])): float(r[column]) for r in reader}
+
+
+def calibration_from_evaluations(eval_dirs: Sequence[str | Path]) -> dict:
+    """:func:`fit_uncertainty_calibration` over the images of several evaluation directories pooled (e.g. the
+    validation folds of a cross-validation, each evaluated by the models that never trained on it), so a model
+    refitted on every training image can still be given a calibration fitted on held-out errors."""
+    spreads, errors = [], []
+    for d in eval_dirs:
+        err, spread = read_prediction_errors(d), read_prediction_errors(d, "spread_mm")
+        images, landmarks = sorted({i for i, _ in err}), sorted({k for _, k in err})
+        if len(err) != len(images) * len(landmarks):
+            raise ValueError(f"{d}: predictions.csv does not hold every landmark of every image")
+        errors.append(torch.tensor([[err[i, k] for k in landmarks] for i in images]))
+        spreads.append(torch.tensor([[spread[i, k] for k in landmarks] for i in images]))
+    if len({e.shape[1] for e in errors}) != 1:
+        raise ValueError(f"the evaluations have different numbers of landmarks: {[e.shape[1] for e in errors]}")
+    return fit_uncertainty_calibration(torch.cat(spreads), torch.cat(errors))
 
 
 def mean_and_se(values: Sequence[float]) -> dict:

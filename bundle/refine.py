@@ -270,6 +270,9 @@ class RefineLandmarksd(Transform):
         pred_key: the global model's heatmap logits ``(N, h, w)`` (or a deep-supervision stack, finest first).
         context_factor: as the network was trained (:class:`LandmarkCropsd`): above 1, a second input channel cut
             from the image shrunk that many times, centred on the same point.
+        shifts: test-time augmentation of the crop: ``[(dy, dx), ...]`` offsets in refinement-grid pixels; each
+            pass also reads crops centred that far from the estimate and averages the positions they give with the
+            unshifted crop's (empty: one crop per landmark). The spread comes from the unshifted crop.
     """
 
     def __init__(
@@ -284,8 +287,10 @@ class RefineLandmarksd(Transform):
         coarse_weight: float = 0.0,
         pred_key: str = "pred",
         context_factor: float = 0.0,
+        shifts: Sequence[Sequence[float]] = (),
     ):
         self.network, self.crop_size, self.image_key = network, tuple(int(s) for s in crop_size), image_key
+        self.shifts = [torch.as_tensor(s, dtype=torch.float32).reshape(2) for s in (shifts or [])]
         self.coarse_weight, self.pred_key = float(coarse_weight), pred_key
         self.iterations = max(1, int(iterations))
         self.dtype, self.device = autocast_dtype(precision, device), torch.device(device)
@@ -308,18 +313,24 @@ class RefineLandmarksd(Transform):
         context = context_image(image, self.context_factor) if has_context(self.context_factor) else None
         self.network.eval()
         for _ in range(self.iterations):
-            centres = torch.round(p)  # whole-pixel centres: the crop is the image itself, not an interpolation
-            crops = extract_crops(image, centres, self.crop_size)
-            if context is not None:
-                ctx_centres = resized_from_original(centres, context[1].to(centres.device))
-                crops = torch.cat([crops, extract_crops(context[0], ctx_centres, self.crop_size)], 1)
-            with torch.autocast(self.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None):
-                logits = self.network(crops, index)
-            logits = logits.float().cpu()[:, 0][None]  # (1, N, h, w)
-            if self.coarse_weight:
-                logits = logits + self.coarse_weight * self._coarse_logits(d, centres, scale)[None]
-            q, _ = heatmap_to_landmarks(logits, refine="quadratic", log_scale=True)
-            p = q[0] + centres - mid
+            estimates = []
+            for k, shift in enumerate([torch.zeros(2)] + self.shifts):
+                # whole-pixel centres: the crop is the image itself, not an interpolation
+                centres = torch.round(p + shift)
+                crops = extract_crops(image, centres, self.crop_size)
+                if context is not None:
+                    ctx_centres = resized_from_original(centres, context[1].to(centres.device))
+                    crops = torch.cat([crops, extract_crops(context[0], ctx_centres, self.crop_size)], 1)
+                with torch.autocast(self.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None):
+                    out = self.network(crops, index)
+                out = out.float().cpu()[:, 0][None]  # (1, N, h, w)
+                if self.coarse_weight:
+                    out = out + self.coarse_weight * self._coarse_logits(d, centres, scale)[None]
+                found, _ = heatmap_to_landmarks(out, refine="quadratic", log_scale=True)
+                if k == 0:
+                    logits, q = out, found
+                estimates.append(found[0] + centres - mid)
+            p = torch.stack(estimates).mean(0)
         spread_px = heatmap_spread(logits, q)[0]
         orig = original_from_resized(p, scale)
         d["coarse_landmarks"] = coarse

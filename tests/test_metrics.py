@@ -1,4 +1,5 @@
 import unittest
+import unittest.mock
 
 import torch
 
@@ -60,8 +61,48 @@ class TestCalibration(unittest.TestCase):
         with self.assertRaises(ValueError):
             fit_uncertainty_calibration(torch.ones(1, 3), torch.ones(1, 3))
 
-if __name__ == "__main__":
-    unittest.main()
+    def test_pooled_over_evaluation_folders(self):
+        """calibration_from_evaluations pools the images of several predictions.csv files before fitting."""
+        import csv
+        import tempfile
+        from pathlib import Path
+
+        from bundle.metrics import calibration_from_evaluations, fit_uncertainty_calibration
+
+        spread = torch.tensor([[1.0, 2.0], [4.0, 6.0], [2.0, 1.0], [3.0, 5.0]])
+        errors = 0.5 * spread + torch.tensor([0.25, 1.0])
+        errors[1, 0] += 0.3  # not a perfect line: the fit has something to average
+        with tempfile.TemporaryDirectory() as tmp:
+            dirs = []
+            for part, rows in enumerate([range(0, 3), range(3, 4)]):  # images 0-2 in one folder, image 3 in another
+                d = Path(tmp) / f"fold{part}"
+                d.mkdir()
+                with open(d / "predictions.csv", "w", newline="") as f:
+                    w = csv.writer(f)
+                    w.writerow(["image", "landmark", "error_mm", "spread_mm"])
+                    for i in rows:
+                        for k in range(2):
+                            w.writerow([f"{i:03d}.bmp", k + 1, float(errors[i, k]), float(spread[i, k])])
+                dirs.append(d)
+            self.assertEqual(calibration_from_evaluations(dirs), fit_uncertainty_calibration(spread, errors))
+            import importlib.util
+            import json
+
+            spec = importlib.util.spec_from_file_location(
+                "fit_calibration", Path(__file__).resolve().parents[1] / "scripts" / "fit_calibration.py")
+            script = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(script)
+            out = Path(tmp) / "cal.json"
+            with unittest.mock.patch("builtins.print"):
+                self.assertEqual(script.main([str(d) for d in dirs] + ["--json", str(out)]), 0)
+            self.assertEqual(json.loads(out.read_text())["uncertainty_calibration"],
+                             fit_uncertainty_calibration(spread, errors)["uncertainty_calibration"])
+            with self.assertRaises(SystemExit):
+                script.main([str(Path(tmp) / "missing")])
+            with open(dirs[1] / "predictions.csv", "a", newline="") as f:
+                csv.writer(f).writerow(["004.bmp", 1, 1.0, 1.0])  # an image without its second landmark
+            with self.assertRaises(ValueError):
+                calibration_from_evaluations(dirs)
 
 
 class TestCompareEvals(unittest.TestCase):
@@ -125,3 +166,7 @@ class TestCompareEvals(unittest.TestCase):
         self.assertAlmostEqual(result["b_minus_a_per_image"]["mean_diff_mm"], 0.1)
         self.assertEqual(result["a"], [dirs[0], dirs[2]])
         self.assertFalse(result["b_better"])
+
+
+if __name__ == "__main__":
+    unittest.main()

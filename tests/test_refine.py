@@ -156,6 +156,27 @@ class TestRefineLandmarks(unittest.TestCase):
         torch.testing.assert_close(out["pred_mm"], out["pred_landmarks"] * 0.1)
         self.assertTrue(bool((out["uncertainty_mm"] > 0).all()))
 
+    def test_shifted_crops_average_what_each_crop_finds(self):
+        """Crop TTA: every shift is one more forward pass; the oracle still lands on the landmarks from each."""
+        data = {"image": blob_image(), "spacing": torch.tensor([0.1, 0.1]), "scale": torch.ones(2)}
+        data = ResampleToSpacingd(spacing_mm=0.1, output_key="image_fine")(data)
+        rough = POINTS + torch.tensor([[5.0, -4.0], [-6.0, 3.0], [2.5, 7.0], [-3.0, -3.0]])
+        data.update(pred_landmarks=rough, pred_mm=rough * 0.1, error="")
+        calls = []
+
+        class Counting(BlobNet):
+            def forward(self, x):
+                calls.append(len(x))
+                return super().forward(x)
+
+        shifts = [[6, 6], [-6, 6], [6, -6], [-6, -6]]
+        plain = RefineLandmarksd(LandmarkCropNet(BlobNet(len(POINTS))), crop_size=(40, 40))(dict(data))
+        out = RefineLandmarksd(LandmarkCropNet(Counting(len(POINTS))), crop_size=(40, 40), shifts=shifts)(dict(data))
+        self.assertEqual(calls, [len(POINTS)] * 5)
+        err = (out["pred_landmarks"] - POINTS).norm(dim=-1)
+        self.assertLess(float(err.max()), 0.2, err.tolist())
+        torch.testing.assert_close(out["spread_mm"], plain["spread_mm"])  # the spread is the unshifted crop's
+
     def test_uncertainty_never_below_one_grid_pixel(self):
         """A calibration line that dips below zero (a negative intercept) is floored at the refinement grid's pixel."""
         data = {"image": blob_image(), "spacing": torch.tensor([0.1, 0.1]), "scale": torch.ones(2)}
