@@ -29,46 +29,52 @@ class TestShippedModel(unittest.TestCase):
             refine_net.load_state_dict(
                 torch.load(parser.get_parsed_content("refine_ckpt_path"), map_location="cpu", weights_only=True)
             )
-        image, truth_xy = synthesize_cephalogram(np.random.default_rng(3), (2400, 1935))
         pre = parser.get_parsed_content("preprocessing")
         post = parser.get_parsed_content("postprocessing")
         import tempfile
 
         from PIL import Image
 
+        errors = []
         with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "ceph.jpg"
-            Image.fromarray(image).save(path, quality=95)
-            d = pre({"image": str(path)})
-            with torch.inference_mode():
-                logits = net(d["image"][None])
-            out = post({**d, "pred": logits[0]})
-            # MONAI's ckpt_export gives a TorchScript model that finds the same landmarks
-            from monai.bundle import ckpt_export
+            for k, seed in enumerate((3, 0, 1)):  # three drawn cephalograms: one is too few to judge transfer by
+                image, truth_xy = synthesize_cephalogram(np.random.default_rng(seed), (2400, 1935))
+                path = Path(tmp) / f"ceph{seed}.jpg"
+                Image.fromarray(image).save(path, quality=95)
+                d = pre({"image": str(path)})
+                with torch.inference_mode():
+                    logits = net(d["image"][None])
+                out = post({**d, "pred": logits[0]})
+                if k == 0:
+                    # MONAI's ckpt_export gives a TorchScript model that finds the same landmarks
+                    from monai.bundle import ckpt_export
 
-            ts_path = Path(tmp) / "model.ts"
-            ckpt_export(net_id="network_def", filepath=str(ts_path), ckpt_file=str(ROOT / "models" / "model.pt"),
-                        meta_file=str(ROOT / "configs" / "metadata.json"),
-                        config_file=str(ROOT / "configs" / "inference.yaml"), bundle_root=str(ROOT))
-            with torch.inference_mode():
-                ts_logits = torch.jit.load(str(ts_path))(d["image"][None])
-            ts_out = post({**d, "pred": ts_logits[0]})
-            self.assertLess(float((ts_out["pred_landmarks"] - out["pred_landmarks"]).abs().max()), 0.05)
-        if refine:
-            # each landmark moved within its crop, from the global estimate
-            half = torch.tensor(parser.get_parsed_content("crop_size"), dtype=torch.float32) / 2
-            step = (out["pred_landmarks"] - out["coarse_landmarks"]) * torch.as_tensor(d["image_fine_scale"])
-            self.assertTrue(bool((step.abs() <= half).all()), step.tolist())
-        pred_xy = out["pred_landmarks"].numpy()[:, ::-1]
-        self.assertEqual(pred_xy.shape, (19, 2))
-        self.assertTrue(np.isfinite(pred_xy).all())
-        self.assertTrue(((pred_xy >= 0) & (pred_xy < [1935, 2400])).all())
-        self.assertTrue((out["uncertainty_mm"] > 0).all())
-        # trained on real radiographs only; on our drawn ones most landmarks still land near their structure
-        err_mm = np.linalg.norm(pred_xy - truth_xy, axis=1) * 0.1
-        # (measured when the weights were added: median 9.5 mm, 6 of 19 within 4 mm; a random network: ~100 mm)
+                    ts_path = Path(tmp) / "model.ts"
+                    ckpt_export(net_id="network_def", filepath=str(ts_path),
+                                ckpt_file=str(ROOT / "models" / "model.pt"),
+                                meta_file=str(ROOT / "configs" / "metadata.json"),
+                                config_file=str(ROOT / "configs" / "inference.yaml"), bundle_root=str(ROOT))
+                    with torch.inference_mode():
+                        ts_logits = torch.jit.load(str(ts_path))(d["image"][None])
+                    ts_out = post({**d, "pred": ts_logits[0]})
+                    self.assertLess(float((ts_out["pred_landmarks"] - out["pred_landmarks"]).abs().max()), 0.05)
+                if refine:
+                    # each landmark moved within its crop, from the global estimate
+                    half = torch.tensor(parser.get_parsed_content("crop_size"), dtype=torch.float32) / 2
+                    step = (out["pred_landmarks"] - out["coarse_landmarks"]) * torch.as_tensor(d["image_fine_scale"])
+                    self.assertTrue(bool((step.abs() <= half).all()), step.tolist())
+                pred_xy = out["pred_landmarks"].numpy()[:, ::-1]
+                self.assertEqual(pred_xy.shape, (19, 2))
+                self.assertTrue(np.isfinite(pred_xy).all())
+                self.assertTrue(((pred_xy >= 0) & (pred_xy < [1935, 2400])).all())
+                self.assertTrue((out["uncertainty_mm"] > 0).all())
+                errors.append(np.linalg.norm(pred_xy - truth_xy, axis=1) * 0.1)
+        # trained on real radiographs only; on our drawn ones most landmarks still land near their structure.
+        # Measured (median of the 57 errors / landmarks within 4 mm): 0.5.0 weights 5.6 mm / 24; 0.4.x 8.9 mm / 21;
+        # a random network ~100 mm / 0.
+        err_mm = np.concatenate(errors)
         self.assertLess(float(np.median(err_mm)), 15.0, f"errors (mm): {np.round(err_mm, 1).tolist()}")
-        self.assertGreaterEqual(int((err_mm < 4.0).sum()), 4, f"errors (mm): {np.round(err_mm, 1).tolist()}")
+        self.assertGreaterEqual(int((err_mm < 4.0).sum()), 12, f"errors (mm): {np.round(err_mm, 1).tolist()}")
 
 
 if __name__ == "__main__":
