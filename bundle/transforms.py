@@ -379,11 +379,28 @@ class HeatmapToLandmarksd(Transform):
         refine: sub-pixel refinement, see :func:`heatmap_to_landmarks`.
         calibration: ``(a, b)`` of the linear map from heatmap spread to expected error, fitted on validation data;
             ``b`` is a number or a list with one intercept per landmark.
+        shape_model: a shape model (:mod:`bundle.shape`; a JSON path or dict) or None. With one, a landmark whose
+            shape z-score exceeds ``shape_z_max`` is decoded again from its heatmap inside a disk of
+            ``shape_radius_sd`` of its shape SD around where the other landmarks place it; ``shape_z`` ``(N,)`` and
+            ``shape_corrected`` ``(N,)`` are written. The spread stays that of the whole heatmap, so a corrected
+            landmark keeps a large uncertainty.
     """
 
-    def __init__(self, pred_key: str = "pred", refine: str = "quadratic", calibration: Sequence = (1.0, 0.0)):
+    def __init__(
+        self,
+        pred_key: str = "pred",
+        refine: str = "quadratic",
+        calibration: Sequence = (1.0, 0.0),
+        shape_model=None,
+        shape_z_max: float = 4.0,
+        shape_radius_sd: float = 3.0,
+    ):
+        from bundle.shape import load_shape_model
+
         self.pred_key, self.refine = pred_key, refine
         self.calibration = parse_calibration(calibration)
+        self.shape_model = load_shape_model(shape_model)
+        self.shape_z_max, self.shape_radius_sd = float(shape_z_max), float(shape_radius_sd)
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
         d = dict(data)
@@ -396,11 +413,35 @@ class HeatmapToLandmarksd(Transform):
         scale = torch.as_tensor(d["scale"]).float().cpu()
         spacing = torch.as_tensor(d["spacing"]).float().cpu()
         orig = original_from_resized(pts, scale)
+        pixel_mm = (spacing / scale).mean()
+        if self.shape_model is not None:
+            orig, spread_px = self._shape_check(logits, orig, scale, spacing, pixel_mm, d)
         d["pred_landmarks"] = orig
         d["pred_mm"] = orig * spacing
-        pixel_mm = (spacing / scale).mean()
         d["spread_mm"] = spread_px * pixel_mm
         d["uncertainty_mm"] = expected_error_mm(d["spread_mm"], self.calibration, pixel_mm)
         if "landmarks_orig" in d:
             d["true_mm"] = torch.as_tensor(d["landmarks_orig"]).float().cpu() * spacing
         return d
+
+    def _shape_check(self, logits, orig, scale, spacing, pixel_mm, d):
+        from bundle.shape import shape_z_scores
+
+        expected_mm, z = shape_z_scores((orig * spacing).numpy(), self.shape_model)
+        outliers = torch.as_tensor(z > self.shape_z_max)
+        d["shape_z"] = torch.as_tensor(z, dtype=torch.float32)
+        d["shape_corrected"] = outliers
+        if outliers.any():
+            h, w = logits.shape[-2:]
+            yy, xx = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")
+            centres = resized_from_original(torch.as_tensor(expected_mm, dtype=torch.float32) / spacing, scale)
+            sd_px = torch.as_tensor(self.shape_model["sd_mm"], dtype=torch.float32) / pixel_mm
+            masked = logits.clone()
+            for k in torch.nonzero(outliers).flatten().tolist():
+                far = (yy - centres[k, 0]) ** 2 + (xx - centres[k, 1]) ** 2 > (self.shape_radius_sd * sd_px[k]) ** 2
+                masked[k][far] = logits[k].min() - 1e4  # only the disk can hold the peak
+            pts, _ = heatmap_to_landmarks(masked[None], refine=self.refine, log_scale=True)
+            orig = torch.where(outliers[:, None], original_from_resized(pts[0], scale), orig)
+        # the spread of the whole heatmap around the final point: a corrected landmark stays uncertain
+        spread_px = heatmap_spread(logits[None], resized_from_original(orig, scale)[None])[0]
+        return orig, spread_px
