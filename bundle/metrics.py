@@ -215,19 +215,21 @@ def fit_uncertainty_calibration(spread_mm: torch.Tensor, errors_mm: torch.Tensor
     }
 
 
-def read_prediction_errors(eval_dir: str | Path, column: str = "error_mm") -> dict[tuple[str, int], float]:
-    """``{(image, landmark): error_mm}`` (or another numeric ``column``, e.g. ``spread_mm``) from the
-    ``predictions.csv`` that :class:`LandmarkEvaluationSaver` wrote in ``eval_dir``; a missing file or column raises
-    ``FileNotFoundError`` / ``ValueError`` naming it."""
+def read_prediction_errors(eval_dir: str | Path, columns: str | Sequence[str] = "error_mm") -> dict:
+    """``{(image, landmark): error_mm}`` from the ``predictions.csv`` that :class:`LandmarkEvaluationSaver` wrote in
+    ``eval_dir``; with several ``columns`` (e.g. ``("error_mm", "spread_mm")``) the values are tuples in that order.
+    A missing file or column raises ``FileNotFoundError`` / ``ValueError`` naming it."""
+    names = [columns] if isinstance(columns, str) else list(columns)
     path = Path(eval_dir) / "predictions.csv"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: not found (an evaluation directory written by configs/evaluate.yaml?)")
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
-        missing = {"image", "landmark", column} - set(reader.fieldnames or [])
+        missing = {"image", "landmark", *names} - set(reader.fieldnames or [])
         if missing:
             raise ValueError(f"{path}: no column(s) {sorted(missing)}")
-        return {(r["image"], int(r["landmark"])): float(r[column]) for r in reader}
+        rows = {(r["image"], int(r["landmark"])): tuple(float(r[c]) for c in names) for r in reader}
+    return {k: v[0] for k, v in rows.items()} if isinstance(columns, str) else rows
 
 
 def calibration_from_evaluations(eval_dirs: Sequence[str | Path]) -> dict:
@@ -236,12 +238,13 @@ def calibration_from_evaluations(eval_dirs: Sequence[str | Path]) -> dict:
     refitted on every training image can still be given a calibration fitted on held-out errors."""
     spreads, errors = [], []
     for d in eval_dirs:
-        err, spread = read_prediction_errors(d), read_prediction_errors(d, "spread_mm")
-        images, landmarks = sorted({i for i, _ in err}), sorted({k for _, k in err})
-        if len(err) != len(images) * len(landmarks):
+        rows = read_prediction_errors(d, ("error_mm", "spread_mm"))
+        images, landmarks = sorted({i for i, _ in rows}), sorted({k for _, k in rows})
+        if len(rows) != len(images) * len(landmarks):
             raise ValueError(f"{d}: predictions.csv does not hold every landmark of every image")
-        errors.append(torch.tensor([[err[i, k] for k in landmarks] for i in images]))
-        spreads.append(torch.tensor([[spread[i, k] for k in landmarks] for i in images]))
+        table = torch.tensor([[rows[i, k] for k in landmarks] for i in images])  # (images, landmarks, 2)
+        errors.append(table[..., 0])
+        spreads.append(table[..., 1])
     if len({e.shape[1] for e in errors}) != 1:
         raise ValueError(f"the evaluations have different numbers of landmarks: {[e.shape[1] for e in errors]}")
     return fit_uncertainty_calibration(torch.cat(spreads), torch.cat(errors))

@@ -290,7 +290,8 @@ class RefineLandmarksd(Transform):
         shifts: Sequence[Sequence[float]] = (),
     ):
         self.network, self.crop_size, self.image_key = network, tuple(int(s) for s in crop_size), image_key
-        self.shifts = [torch.as_tensor(s, dtype=torch.float32).reshape(2) for s in (shifts or [])]
+        # the unshifted crop first: its heatmap gives the spread
+        self.offsets = [torch.zeros(2)] + [torch.as_tensor(s, dtype=torch.float32).reshape(2) for s in (shifts or [])]
         self.coarse_weight, self.pred_key = float(coarse_weight), pred_key
         self.iterations = max(1, int(iterations))
         self.dtype, self.device = autocast_dtype(precision, device), torch.device(device)
@@ -314,7 +315,7 @@ class RefineLandmarksd(Transform):
         self.network.eval()
         for _ in range(self.iterations):
             estimates = []
-            for k, shift in enumerate([torch.zeros(2)] + self.shifts):
+            for k, shift in enumerate(self.offsets):
                 # whole-pixel centres: the crop is the image itself, not an interpolation
                 centres = torch.round(p + shift)
                 crops = extract_crops(image, centres, self.crop_size)

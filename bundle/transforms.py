@@ -30,6 +30,7 @@ from monai.utils import TransformBackends
 
 from .heatmaps import heatmap_spread, heatmap_to_landmarks, render_gaussian_heatmaps
 from .io import CephDataError, read_image, read_landmarks
+from .shape import load_shape_model, shape_z_scores
 
 __all__ = [
     "LoadCephalogramd",
@@ -395,8 +396,6 @@ class HeatmapToLandmarksd(Transform):
         shape_z_max: float = 4.0,
         shape_radius_sd: float = 3.0,
     ):
-        from bundle.shape import load_shape_model
-
         self.pred_key, self.refine = pred_key, refine
         self.calibration = parse_calibration(calibration)
         self.shape_model = load_shape_model(shape_model)
@@ -408,14 +407,15 @@ class HeatmapToLandmarksd(Transform):
         if logits.ndim == 4:  # deep-supervision stack (S, N, h, w): the finest head is first
             logits = logits[0]
         pts, _ = heatmap_to_landmarks(logits[None], refine=self.refine, log_scale=True)
-        spread_px = heatmap_spread(logits[None], pts)[0]
         pts = pts[0]
         scale = torch.as_tensor(d["scale"]).float().cpu()
         spacing = torch.as_tensor(d["spacing"]).float().cpu()
-        orig = original_from_resized(pts, scale)
         pixel_mm = (spacing / scale).mean()
         if self.shape_model is not None:
-            orig, spread_px = self._shape_check(logits, orig, scale, spacing, pixel_mm, d)
+            pts = self._shape_check(logits, pts, scale, spacing, pixel_mm, d)
+        # the spread of the whole heatmap around the final point (a corrected landmark stays uncertain)
+        spread_px = heatmap_spread(logits[None], pts[None])[0]
+        orig = original_from_resized(pts, scale)
         d["pred_landmarks"] = orig
         d["pred_mm"] = orig * spacing
         d["spread_mm"] = spread_px * pixel_mm
@@ -424,10 +424,9 @@ class HeatmapToLandmarksd(Transform):
             d["true_mm"] = torch.as_tensor(d["landmarks_orig"]).float().cpu() * spacing
         return d
 
-    def _shape_check(self, logits, orig, scale, spacing, pixel_mm, d):
-        from bundle.shape import shape_z_scores
-
-        expected_mm, z = shape_z_scores((orig * spacing).numpy(), self.shape_model)
+    def _shape_check(self, logits, pts, scale, spacing, pixel_mm, d):
+        """``pts`` (heatmap pixels) with the shape outliers decoded again inside their disks."""
+        expected_mm, z = shape_z_scores((original_from_resized(pts, scale) * spacing).numpy(), self.shape_model)
         outliers = torch.as_tensor(z > self.shape_z_max)
         d["shape_z"] = torch.as_tensor(z, dtype=torch.float32)
         d["shape_corrected"] = outliers
@@ -440,8 +439,6 @@ class HeatmapToLandmarksd(Transform):
             for k in torch.nonzero(outliers).flatten().tolist():
                 far = (yy - centres[k, 0]) ** 2 + (xx - centres[k, 1]) ** 2 > (self.shape_radius_sd * sd_px[k]) ** 2
                 masked[k][far] = logits[k].min() - 1e4  # only the disk can hold the peak
-            pts, _ = heatmap_to_landmarks(masked[None], refine=self.refine, log_scale=True)
-            orig = torch.where(outliers[:, None], original_from_resized(pts[0], scale), orig)
-        # the spread of the whole heatmap around the final point: a corrected landmark stays uncertain
-        spread_px = heatmap_spread(logits[None], resized_from_original(orig, scale)[None])[0]
-        return orig, spread_px
+            again, _ = heatmap_to_landmarks(masked[None], refine=self.refine, log_scale=True)
+            pts = torch.where(outliers[:, None], again[0], pts)
+        return pts

@@ -21,8 +21,9 @@ cd "$(dirname "$0")/.."
 out="$1"; global_min="$2"; refine_min="$3"; data="${4:-../shared/data/isbi2015}"; members="${REFINE_MEMBERS:-2}"
 mkdir -p "$out"
 global=(--config_file "['configs/train.yaml','configs/isbi_cpu.yaml','configs/maht_net.yaml']")
-refine=(--config_file "['configs/train.yaml','configs/refine.yaml']")
-[ "${REFIT:-0}" != "0" ] && refine=(--config_file "['configs/train.yaml','configs/refine.yaml','configs/refit.yaml']")
+refine_configs="'configs/train.yaml','configs/refine.yaml'"
+[ "${REFIT:-0}" != "0" ] && refine_configs="$refine_configs,'configs/refit.yaml'"
+refine=(--config_file "[$refine_configs]")
 
 stage() {  # name, minutes, config args...: train unless OUT/name/done exists; time it
   local name="$1" minutes="$2"; shift 2
