@@ -28,6 +28,7 @@ __all__ = [
     "split_datalist",
     "n_cv_folds",
     "folder_datalist",
+    "landmark_datalist",
     "dataset_spacing",
     "atomic_write_text",
     "atomic_write_csv",
@@ -352,3 +353,33 @@ def folder_datalist(input_dir: str | Path, landmark_suffix: str | None = None) -
     return items
 
 
+
+
+def landmark_datalist(
+    data_root: str | Path,
+    split: str = "train",
+    ground_truth: str = "mean",
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    limit: int | None = None,
+    fold: int | None = None,
+    landmark_suffix: str | None = None,
+) -> list[dict]:
+    """The data list of either layout, one call for training, validation and evaluation configs.
+
+    Without ``landmark_suffix``, ``data_root`` is an ISBI 2015-layout folder (:func:`isbi_datalist`, all arguments
+    as there). With one (``".csv"``, ``".txt"``, ``".mrk.json"``), it is a folder of images with their landmarks
+    beside them (:func:`folder_datalist`, ``configs/folder_data.yaml``): ``"train"`` / ``"val"`` (and ``fold``) split
+    it as :func:`split_datalist` does, ``"trainval"`` and ``"test"`` take every image in it (evaluate a test set by
+    pointing ``--dataset_dir`` at its own folder), and ``ground_truth`` does not apply (one annotation per image).
+    """
+    if not landmark_suffix:
+        return isbi_datalist(data_root, split, ground_truth, val_fraction, seed, limit, fold)
+    if split not in ("train", "val", "trainval", "test"):
+        raise ValueError(f"split should be train, val, trainval or test, got {split!r}.")
+    items = folder_datalist(data_root, landmark_suffix)
+    if not items:
+        raise FileNotFoundError(f"{data_root}: no images found (looked for {', '.join(IMAGE_SUFFIXES)})")
+    if split in ("train", "val"):
+        items = split_datalist(items, split, val_fraction, seed, fold)
+    return items[:limit] if limit else items

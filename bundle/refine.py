@@ -34,12 +34,12 @@ from .transforms import (
     similarity_matrix,
 )
 
-__all__ = ["LandmarkCropNet", "refinement_unet", "ResampleToSpacingd", "LandmarkCropsd", "RefineLandmarksd", "crop_pixels", "extract_crops", "context_image", "has_context"]
+__all__ = ["LandmarkCropNet", "refinement_unet", "ResampleToSpacingd", "LandmarkCropsd", "RefineLandmarksd", "crop_pixels", "extract_crops", "context_image", "has_context", "context_factors"]
 
 
 def refinement_unet(
     out_channels: int,
-    context_factor: float = 0.0,
+    context_factor: float | Sequence[float] = 0.0,
     channels: Sequence[int] = (32, 64, 128, 256),
     strides: Sequence[int] = (2, 2, 2),
     num_res_units: int = 2,
@@ -47,14 +47,14 @@ def refinement_unet(
 ) -> torch.nn.Module:
     """The refinement network's backbone, one definition for training (``configs/refine.yaml``), evaluation and
     inference: MONAI's 2D ``UNet`` with one output channel per landmark and one input channel for the crop, plus
-    one for the context crop when ``context_factor`` > 1 (:class:`LandmarkCropsd`). The defaults are the shipped
+    one per context crop (:func:`context_factors`: none, one factor above 1, or a list of them; :class:`LandmarkCropsd`). The defaults are the shipped
     network's (``models/refine.pt``); the other arguments are there for experiments (``--network_def#channels``).
     """
     from monai.networks.nets import UNet
 
     return UNet(
         spatial_dims=2,
-        in_channels=2 if has_context(context_factor) else 1,
+        in_channels=1 + len(context_factors(context_factor)),
         out_channels=int(out_channels),
         channels=tuple(channels),
         strides=tuple(strides),
@@ -145,9 +145,22 @@ def extract_crops(image: torch.Tensor, centres: torch.Tensor, crop_size: Sequenc
     return sample_at(image[None].expand(len(centres), -1, -1, -1), gy, gx)
 
 
-def has_context(factor: float | None) -> bool:
-    """Whether ``context_factor`` gives the crops a context channel (a factor above 1)."""
-    return float(factor or 0.0) > 1
+def context_factors(factor: float | Sequence[float] | None) -> list[float]:
+    """The shrink factors of the context channels that ``context_factor`` asks for: none for ``0`` / ``None`` / a
+    number up to 1 (off), ``[f]`` for one number ``f`` above 1, and every factor of a list (each must be above 1)."""
+    if factor is None or isinstance(factor, str) and factor.strip().lower() in ("", "none", "null"):
+        return []
+    if isinstance(factor, (int, float)) or (isinstance(factor, torch.Tensor) and factor.ndim == 0):
+        return [float(factor)] if float(factor) > 1 else []
+    factors = [float(f) for f in factor]
+    if any(f <= 1 for f in factors):
+        raise ValueError(f"context factors must each be above 1 (a list), got {factors}.")
+    return factors
+
+
+def has_context(factor: float | Sequence[float] | None) -> bool:
+    """Whether ``context_factor`` gives the crops at least one context channel (:func:`context_factors`)."""
+    return bool(context_factors(factor))
 
 
 def context_image(image: torch.Tensor, factor: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -183,7 +196,8 @@ class LandmarkCropsd(Randomizable, MapTransform):
         random: draw new offsets each call (training) or fixed ones per image (validation).
         context_factor: above 1, each crop gets a second channel: the same crop size, centre, rotation and
             magnification cut from the image shrunk ``context_factor`` times (:func:`context_image`), so the network
-            also sees ``context_factor`` times more of the skull around the landmark, at lower resolution.
+            also sees ``context_factor`` times more of the skull around the landmark, at lower resolution. A list
+            of factors gives one such channel each, in its order (:func:`context_factors`).
     """
 
     def __init__(
@@ -196,7 +210,7 @@ class LandmarkCropsd(Randomizable, MapTransform):
         scale_range: float = 0.1,
         landmarks_per_image: int | None = None,
         random: bool = True,
-        context_factor: float = 0.0,
+        context_factor: float | Sequence[float] = 0.0,
     ):
         MapTransform.__init__(self, keys)
         self.crop_size = (int(crop_size[0]), int(crop_size[1]))
@@ -205,7 +219,7 @@ class LandmarkCropsd(Randomizable, MapTransform):
         self.offset_sd, self.max_offset = float(offset_sd), float(max_offset)
         self.rotate_range, self.scale_range = float(rotate_range), float(scale_range)
         self.landmarks_per_image, self.random = landmarks_per_image, random
-        self.context_factor = float(context_factor or 0.0)
+        self.context_factors = context_factors(context_factor)
 
     def randomize(self, data=None) -> None:
         pass  # draws happen in __call__, from self.R or from a per-image generator
@@ -223,7 +237,7 @@ class LandmarkCropsd(Randomizable, MapTransform):
             chosen = rng.choice(n, self.landmarks_per_image, replace=self.landmarks_per_image > n)
         base_scale = torch.as_tensor(d.get("scale", torch.ones(2)), dtype=torch.float32)
         mid = torch.tensor([(self.crop_size[0] - 1) / 2, (self.crop_size[1] - 1) / 2])  # crop centre, (y, x)
-        context = context_image(image, self.context_factor) if has_context(self.context_factor) else None
+        contexts = [context_image(image, f) for f in self.context_factors]
         out = []
         for k in chosen:
             offset = np.clip(rng.normal(0.0, self.offset_sd, 2), -self.max_offset, self.max_offset)
@@ -231,10 +245,11 @@ class LandmarkCropsd(Randomizable, MapTransform):
             mag = rng.uniform(1 - self.scale_range, 1 + self.scale_range) if self.random and self.scale_range else 1.0
             centre = lms[k] + torch.as_tensor(offset, dtype=torch.float32)
             m = similarity_matrix(centre, mid, angle, mag)
-            crop = affine_warp(image, m, self.crop_size)
-            if context is not None:
-                ctx_centre = resized_from_original(centre, context[1])
-                crop = torch.cat([crop, affine_warp(context[0], similarity_matrix(ctx_centre, mid, angle, mag), self.crop_size)])
+            crop = [affine_warp(image, m, self.crop_size)]
+            for ctx, ctx_scale in contexts:
+                ctx_centre = resized_from_original(centre, ctx_scale)
+                crop.append(affine_warp(ctx, similarity_matrix(ctx_centre, mid, angle, mag), self.crop_size))
+            crop = torch.cat(crop)
             p = (torch.cat([lms[k].double(), torch.ones(1, dtype=torch.float64)]) @ m.T)[:2].float()[None]
             scale = base_scale * mag
             item = {
@@ -262,17 +277,19 @@ class RefineLandmarksd(Transform):
         iterations: refinement passes, each centred on the previous result.
         precision: ``"bf16"``, ``"fp16"``, ``"none"`` or ``"auto"`` autocast (see ``bundle.engine.autocast_dtype``).
         device: where the network runs.
-        calibration: ``(a, b)`` of the expected error ``a * spread_mm + b`` (``b`` one number or one per landmark).
+        calibration: ``(a, b)`` of the expected error ``a * spread_mm + b`` (``b`` one number or one per landmark),
+            or the path of an evaluation's ``calibration.json``.
         coarse_weight: how much the global model's own heatmap (``data[pred_key]``, logits) counts in the crop:
             0 uses the refinement network alone; ``w > 0`` adds ``w`` times the global logits, sampled at the crop's
             pixels, to the refinement logits before decoding (a product of the two distributions: the global model
             knows where along a contour a landmark lies, the crop network where the contour is).
         pred_key: the global model's heatmap logits ``(N, h, w)`` (or a deep-supervision stack, finest first).
         context_factor: as the network was trained (:class:`LandmarkCropsd`): above 1, a second input channel cut
-            from the image shrunk that many times, centred on the same point.
+            from the image shrunk that many times, centred on the same point (a list: one channel per factor).
         shifts: test-time augmentation of the crop: ``[(dy, dx), ...]`` offsets in refinement-grid pixels; each
             pass also reads crops centred that far from the estimate and averages the positions they give with the
             unshifted crop's (empty: one crop per landmark). The spread comes from the unshifted crop.
+        n_landmarks: the run's number of landmarks: with it a calibration for another number is refused here.
     """
 
     def __init__(
@@ -283,11 +300,12 @@ class RefineLandmarksd(Transform):
         iterations: int = 1,
         precision: str = "none",
         device: str | torch.device = "cpu",
-        calibration: Sequence = (1.0, 0.0),
+        calibration: Sequence | str = (1.0, 0.0),
         coarse_weight: float = 0.0,
         pred_key: str = "pred",
-        context_factor: float = 0.0,
+        context_factor: float | Sequence[float] = 0.0,
         shifts: Sequence[Sequence[float]] = (),
+        n_landmarks: int | None = None,
     ):
         self.network, self.crop_size, self.image_key = network, tuple(int(s) for s in crop_size), image_key
         # the unshifted crop first: its heatmap gives the spread
@@ -295,8 +313,8 @@ class RefineLandmarksd(Transform):
         self.coarse_weight, self.pred_key = float(coarse_weight), pred_key
         self.iterations = max(1, int(iterations))
         self.dtype, self.device = autocast_dtype(precision, device), torch.device(device)
-        self.calibration = parse_calibration(calibration)
-        self.context_factor = float(context_factor or 0.0)
+        self.calibration = parse_calibration(calibration, n_landmarks)
+        self.context_factors = context_factors(context_factor)
 
     @torch.no_grad()
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
@@ -311,17 +329,18 @@ class RefineLandmarksd(Transform):
         n = len(p)
         index = torch.arange(n, device=self.device)
         mid = torch.tensor([(self.crop_size[0] - 1) / 2, (self.crop_size[1] - 1) / 2])
-        context = context_image(image, self.context_factor) if has_context(self.context_factor) else None
+        contexts = [context_image(image, f) for f in self.context_factors]
         self.network.eval()
         for _ in range(self.iterations):
             estimates = []
             for k, shift in enumerate(self.offsets):
                 # whole-pixel centres: the crop is the image itself, not an interpolation
                 centres = torch.round(p + shift)
-                crops = extract_crops(image, centres, self.crop_size)
-                if context is not None:
-                    ctx_centres = resized_from_original(centres, context[1].to(centres.device))
-                    crops = torch.cat([crops, extract_crops(context[0], ctx_centres, self.crop_size)], 1)
+                crops = [extract_crops(image, centres, self.crop_size)]
+                for ctx, ctx_scale in contexts:
+                    ctx_centres = resized_from_original(centres, ctx_scale.to(centres.device))
+                    crops.append(extract_crops(ctx, ctx_centres, self.crop_size))
+                crops = torch.cat(crops, 1)
                 with torch.autocast(self.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None):
                     out = self.network(crops, index)
                 out = out.float().cpu()[:, 0][None]  # (1, N, h, w)

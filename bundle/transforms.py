@@ -356,9 +356,29 @@ class LandmarksToHeatmapd(Transform):
         return d
 
 
-def parse_calibration(calibration: Sequence) -> tuple[float, torch.Tensor]:
-    """``(a, b)`` of the spread-to-error line as ``(float, tensor)``; ``b`` one number or one per landmark."""
-    return float(calibration[0]), torch.as_tensor(calibration[1], dtype=torch.float32)
+def parse_calibration(calibration: Sequence | str | Path, n_landmarks: int | None = None) -> tuple[float, torch.Tensor]:
+    """``(a, b)`` of the spread-to-error line as ``(float, tensor)``; ``b`` one number or one per landmark.
+
+    ``calibration`` is ``[a, b]`` or the path of a ``calibration.json`` that an evaluation wrote. With
+    ``n_landmarks``, per-landmark intercepts for another number of landmarks are refused."""
+    if isinstance(calibration, (str, Path)):
+        import json
+
+        path = Path(calibration)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: calibration file not found (an evaluation writes calibration.json).")
+        try:
+            calibration = json.loads(path.read_text())["uncertainty_calibration"]
+        except (ValueError, KeyError) as e:
+            raise ValueError(f"{path}: not a calibration.json with 'uncertainty_calibration' [a, b] ({e}).") from e
+    a, b = float(calibration[0]), torch.as_tensor(calibration[1], dtype=torch.float32)
+    if n_landmarks is not None and b.numel() not in (1, int(n_landmarks)):
+        raise ValueError(
+            f"the uncertainty calibration has {b.numel()} per-landmark intercepts for {int(n_landmarks)} landmarks: pass "
+            "the calibration.json that evaluating these weights wrote (e.g. --uncertainty_calibration "
+            "EVAL_DIR/calibration.json) or one intercept for all ('[1.0, 0.0]')."
+        )
+    return a, b
 
 
 def expected_error_mm(spread_mm: torch.Tensor, calibration: tuple[float, torch.Tensor], pixel_mm: torch.Tensor) -> torch.Tensor:
@@ -379,12 +399,15 @@ class HeatmapToLandmarksd(Transform):
     Args:
         refine: sub-pixel refinement, see :func:`heatmap_to_landmarks`.
         calibration: ``(a, b)`` of the linear map from heatmap spread to expected error, fitted on validation data;
-            ``b`` is a number or a list with one intercept per landmark.
+            ``b`` is a number or a list with one intercept per landmark; or the path of an evaluation's
+            ``calibration.json``.
         shape_model: a shape model (:mod:`bundle.shape`; a JSON path or dict) or None. With one, a landmark whose
             shape z-score exceeds ``shape_z_max`` is decoded again from its heatmap inside a disk of
             ``shape_radius_sd`` of its shape SD around where the other landmarks place it; ``shape_z`` ``(N,)`` and
             ``shape_corrected`` ``(N,)`` are written. The spread stays that of the whole heatmap, so a corrected
             landmark keeps a large uncertainty.
+        landmark_names: the run's landmarks, in order: with them a calibration or shape model made for other
+            landmarks is refused when the transform is built, not on every image.
     """
 
     def __init__(
@@ -395,10 +418,12 @@ class HeatmapToLandmarksd(Transform):
         shape_model=None,
         shape_z_max: float = 4.0,
         shape_radius_sd: float = 3.0,
+        landmark_names: Sequence[str] | None = None,
     ):
         self.pred_key, self.refine = pred_key, refine
-        self.calibration = parse_calibration(calibration)
-        self.shape_model = load_shape_model(shape_model)
+        n = None if landmark_names is None else len(landmark_names)
+        self.calibration = parse_calibration(calibration, n)
+        self.shape_model = load_shape_model(shape_model, landmark_names)
         self.shape_z_max, self.shape_radius_sd = float(shape_z_max), float(shape_radius_sd)
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict:

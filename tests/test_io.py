@@ -157,6 +157,16 @@ class TestOwnDataFolder(unittest.TestCase):
             self.assertTrue(torch.allclose(d["spacing"], torch.tensor([0.25, 0.25])))
             with self.assertRaises(CephDataError):  # the config says 4 landmarks, the file has 3
                 LoadCephalogramd(n_landmarks=4)(items[0])
+            # the configs' one entry point: the folder split as train/val, every image for trainval and test
+            from bundle.io import landmark_datalist
+
+            self.assertEqual(landmark_datalist(root, "val", val_fraction=0.4, landmark_suffix=".csv"), split_datalist(items, "val", 0.4))
+            self.assertEqual(landmark_datalist(root, "test", landmark_suffix=".csv"), items)
+            self.assertEqual(len(landmark_datalist(root, "trainval", landmark_suffix=".csv", limit=2)), 2)
+            with self.assertRaises(FileNotFoundError):  # no suffix: an ISBI 2015-layout folder is expected
+                landmark_datalist(root, "train")
+            with self.assertRaises(FileNotFoundError):
+                landmark_datalist(root / "case0.csv", "test", landmark_suffix=".csv")
 
 
 def write_dicom(path: Path, pixels: np.ndarray, spacing=None, monochrome1: bool = False) -> None:

@@ -1,5 +1,6 @@
 import unittest
 import unittest.mock
+from pathlib import Path
 
 import torch
 
@@ -60,6 +61,32 @@ class TestCalibration(unittest.TestCase):
         self.assertEqual(b, [round(10.0 - 7.0 / 3, 4), 7.0, 5.0])
         with self.assertRaises(ValueError):
             fit_uncertainty_calibration(torch.ones(1, 3), torch.ones(1, 3))
+
+    def test_parsed_from_a_list_or_an_evaluations_file(self):
+        """Inference takes the calibration as [a, b] or as the calibration.json an evaluation wrote; per-landmark
+        intercepts for another number of landmarks are refused with what to pass instead."""
+        import json
+        import tempfile
+
+        from bundle.transforms import parse_calibration
+
+        a, b = parse_calibration([0.5, [0.25, 1.0, 2.0]], 3)
+        self.assertEqual(a, 0.5)
+        torch.testing.assert_close(b, torch.tensor([0.25, 1.0, 2.0]))
+        self.assertEqual(float(parse_calibration([1.0, 0.0], 7)[1]), 0.0)  # one intercept fits any count
+        with self.assertRaisesRegex(ValueError, "3 per-landmark intercepts for 5 landmarks.*calibration.json"):
+            parse_calibration([0.5, [0.25, 1.0, 2.0]], 5)
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "calibration.json"
+            path.write_text(json.dumps({"uncertainty_calibration": [0.5, [0.25, 1.0, 2.0]], "pearson_r": 0.5}))
+            a, b = parse_calibration(str(path), 3)
+            self.assertEqual(a, 0.5)
+            torch.testing.assert_close(b, torch.tensor([0.25, 1.0, 2.0]))
+            with self.assertRaises(FileNotFoundError):
+                parse_calibration(str(Path(tmp) / "missing.json"))
+            path.write_text(json.dumps({"a": 1}))
+            with self.assertRaisesRegex(ValueError, "calibration.json: not a calibration.json"):
+                parse_calibration(path)
 
     def test_pooled_over_evaluation_folders(self):
         """calibration_from_evaluations pools the images of several predictions.csv files before fitting."""

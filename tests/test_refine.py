@@ -6,7 +6,7 @@ import unittest
 import torch
 
 from bundle.heatmaps import heatmap_to_landmarks, render_gaussian_heatmaps
-from bundle.refine import LandmarkCropNet, LandmarkCropsd, RefineLandmarksd, ResampleToSpacingd, extract_crops
+from bundle.refine import LandmarkCropNet, LandmarkCropsd, RefineLandmarksd, ResampleToSpacingd, context_factors, extract_crops, refinement_unet
 from bundle.transforms import original_from_resized
 
 # (y, x) original pixels, far enough apart that each crop shows one blob
@@ -102,24 +102,48 @@ class TestContextChannel(unittest.TestCase):
             self.assertLess(float((peak(c["image"][1:]) - (mid + (p - mid) / 2)).norm()), 0.5, f"landmark {k}")
 
     def test_inference_cuts_the_crops_training_cut(self):
-        """The refinement pass feeds the network exactly what LandmarkCropsd made in training for the same centre."""
+        """The refinement pass feeds the network exactly what LandmarkCropsd made in training for the same centre,
+        with one context channel or several."""
         points = torch.round(POINTS)
         image = blob_image(points)
-        train = LandmarkCropsd(crop_size=(40, 40), offset_sd=0.0, max_offset=16.0, random=False, context_factor=3)
-        expected = torch.stack([c["image"] for c in train({"image": image, "landmarks": points, "image_name": "a",
-                                                           "spacing": torch.tensor([0.1, 0.1])})])
+        for factor, channels in ((3, 2), ([3, 6], 3)):
+            train = LandmarkCropsd(crop_size=(40, 40), offset_sd=0.0, max_offset=16.0, random=False, context_factor=factor)
+            expected = torch.stack([c["image"] for c in train({"image": image, "landmarks": points, "image_name": "a",
+                                                               "spacing": torch.tensor([0.1, 0.1])})])
 
-        class Recorder(torch.nn.Module):
-            def forward(self, x):
-                self.seen = x.clone()
-                return torch.zeros(len(x), len(points), *x.shape[-2:])
+            class Recorder(torch.nn.Module):
+                def forward(self, x):
+                    self.seen = x.clone()
+                    return torch.zeros(len(x), len(points), *x.shape[-2:])
 
-        rec = Recorder()
-        data = {"image_fine": image, "image_fine_scale": torch.ones(2), "spacing": torch.tensor([0.1, 0.1]),
-                "scale": torch.ones(2), "pred_landmarks": points.clone(), "error": ""}
-        RefineLandmarksd(LandmarkCropNet(rec), crop_size=(40, 40), context_factor=3)(data)
-        self.assertEqual(tuple(rec.seen.shape), (len(points), 2, 40, 40))
-        torch.testing.assert_close(rec.seen, expected, atol=1e-5, rtol=0)
+            rec = Recorder()
+            data = {"image_fine": image, "image_fine_scale": torch.ones(2), "spacing": torch.tensor([0.1, 0.1]),
+                    "scale": torch.ones(2), "pred_landmarks": points.clone(), "error": ""}
+            RefineLandmarksd(LandmarkCropNet(rec), crop_size=(40, 40), context_factor=factor)(data)
+            self.assertEqual(tuple(rec.seen.shape), (len(points), channels, 40, 40))
+            torch.testing.assert_close(rec.seen, expected, atol=1e-5, rtol=0)
+
+    def test_several_context_factors(self):
+        """A list of factors gives one context channel per factor, in order (the landmark at p appears at
+        mid + (p - mid) / f in channel f's crop), and the network's input channels follow; factors up to 1 are
+        refused in a list and mean 'off' as a single number."""
+        t = LandmarkCropsd(crop_size=(48, 48), offset_sd=6.0, max_offset=16.0, random=False, context_factor=[2, 4])
+        mid = torch.tensor([23.5, 23.5])
+        for k in range(len(POINTS)):  # one blob per image: the x4 view would show the others too
+            data = {"image": blob_image(POINTS[k:k + 1], sigma=6.0), "landmarks": POINTS[k:k + 1].clone(),
+                    "spacing": torch.tensor([0.1, 0.1]), "scale": torch.ones(2), "image_name": f"{k}.png"}
+            c = t(data)[0]
+            self.assertEqual(tuple(c["image"].shape), (3, 48, 48))
+            p = c["landmarks"][0]
+            for ch, f in ((1, 2), (2, 4)):
+                self.assertLess(float((peak(c["image"][ch:ch + 1]) - (mid + (p - mid) / f)).norm()), 0.5, f"landmark {k}, x{f}")
+        self.assertEqual(context_factors([4, 16]), [4.0, 16.0])
+        self.assertEqual(context_factors(4), [4.0])
+        self.assertEqual(context_factors(0), [])
+        self.assertEqual(context_factors(None), [])
+        with self.assertRaises(ValueError):
+            context_factors([4, 1])
+        self.assertEqual(refinement_unet(3, context_factor=[4, 16], channels=(8, 16), strides=(2,)).model[0].conv.unit0.conv.in_channels, 3)
 
 
 class BlobNet(torch.nn.Module):

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from bundle.heatmaps import render_gaussian_heatmaps
-from bundle.shape import fit_shape_model, load_shape_model, shape_z_scores, similarity_transform
+from bundle.shape import default_shape_model, fit_shape_model, load_shape_model, shape_z_scores, similarity_transform
 from bundle.transforms import HeatmapToLandmarksd
 
 BASE = np.array([[10.0, 10.0], [10.0, 50.0], [40.0, 60.0], [70.0, 40.0], [60.0, 10.0], [35.0, 30.0]])
@@ -59,6 +59,26 @@ class TestShapeModel(unittest.TestCase):
                 load_shape_model(str(Path(tmp) / "missing.json"))
             with self.assertRaises(ValueError):
                 load_shape_model({"mean": BASE.tolist(), "sd_mm": [1.0]})
+
+    def test_landmarks_must_match_the_run(self):
+        """A shape model names its landmarks: one for other landmarks is refused when named explicitly, and the
+        bundled default quietly steps aside (None, with a warning) so that other landmark sets still run."""
+        names = [f"P{i}" for i in range(len(BASE))]
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "shape.json"
+            path.write_text(json.dumps({"mean": BASE.tolist(), "sd_mm": [1.0] * len(BASE), "landmark_names": names}))
+            self.assertIsNotNone(load_shape_model(path, names))
+            with self.assertRaisesRegex(ValueError, "shape.json: the shape model has 6 landmarks, this run 4"):
+                load_shape_model(path, names[:4])
+            with self.assertRaisesRegex(ValueError, "are not this run's"):
+                load_shape_model(path, names[::-1])
+            self.assertEqual(default_shape_model(path, names), str(path))
+            with self.assertLogs("bundle.shape", "WARNING") as logs:
+                self.assertIsNone(default_shape_model(path, names[:4]))
+            self.assertIn("shape check off", logs.output[0])
+            self.assertIsNone(default_shape_model(Path(tmp) / "missing.json", names))
+            path.write_text(json.dumps({"mean": BASE.tolist(), "sd_mm": [1.0] * len(BASE)}))  # no names: by count
+            self.assertEqual(default_shape_model(path, names[::-1]), str(path))
 
 
 class TestFitShapeModelScript(unittest.TestCase):
