@@ -195,5 +195,49 @@ class TestCompareEvals(unittest.TestCase):
         self.assertFalse(result["b_better"])
 
 
+class TestBlendScript(unittest.TestCase):
+    def test_leave_one_fold_out_blend(self):
+        """scripts/cv_blend.py: where the global position is the better one the fitted weight goes to 0, where the
+        refined one is it stays 1, and the held-out folds gain."""
+        import csv
+        import importlib.util
+        import io
+        import json
+        import tempfile
+        from contextlib import redirect_stdout
+
+        spec = importlib.util.spec_from_file_location("cv_blend", Path(__file__).resolve().parents[1] / "scripts" / "cv_blend.py")
+        cv_blend = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(cv_blend)
+        rng = torch.Generator().manual_seed(0)
+        with tempfile.TemporaryDirectory() as tmp:
+            refined, coarse = [], []
+            for k in range(3):
+                true = torch.rand(6, 2, 2, generator=rng) * 1000 + 100
+                noise = torch.randn(2, 6, 2, 2, generator=rng)
+                # landmark 1: refined within 1 px, global 20 px off; landmark 2 the other way round
+                ref = true + torch.stack([noise[0, :, 0], 20 * noise[0, :, 1]], 1)
+                glob = true + torch.stack([20 * noise[1, :, 0], noise[1, :, 1]], 1)
+                for name, pred, dirs in (("r", ref, refined), ("g", glob, coarse)):
+                    d = Path(tmp) / f"{name}{k}"
+                    d.mkdir()
+                    with open(d / "predictions.csv", "w", newline="") as f:
+                        w = csv.writer(f)
+                        w.writerow(["image", "landmark", "name", "x_pred", "y_pred", "x_true", "y_true", "error_mm", "spread_mm"])
+                        for i in range(6):
+                            for l in range(2):
+                                err = float((pred[i, l] - true[i, l]).norm()) * 0.1
+                                w.writerow([f"{k}_{i}.png", l + 1, f"L{l + 1}", f"{pred[i, l, 0]:.2f}", f"{pred[i, l, 1]:.2f}",
+                                            f"{true[i, l, 0]:.2f}", f"{true[i, l, 1]:.2f}", f"{err:.4f}", "1.0"])
+                    dirs.append(str(d))
+            out = io.StringIO()
+            with redirect_stdout(out):
+                self.assertEqual(cv_blend.main(["--refined", *refined, "--global", *coarse]), 0)
+            result = json.loads(out.getvalue())
+        self.assertEqual(result["n_images"], 18)
+        self.assertEqual(result["weights_all_folds"], [1.0, 0.0])
+        self.assertLess(result["blend_minus_refined_per_image"]["mean_mm"], -0.3)
+
+
 if __name__ == "__main__":
     unittest.main()

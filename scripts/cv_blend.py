@@ -1,0 +1,86 @@
+"""Would a per-landmark blend of the global and the refined position beat the refined one? Leave-one-fold-out over
+cross-validation folds: for each fold, per-landmark weights ``w`` (final = ``w * refined + (1 - w) * global``, on a
+0.1 grid) are fitted on the other folds' predictions and applied to it; prints the pooled paired difference as JSON.
+
+    python scripts/cv_blend.py --refined runs/s6/cv{0,1,2,3,4}_shape --global runs/s7/cv{0,1,2,3,4}_globshape
+
+Each ``--refined`` folder is an evaluation with ``--refine true``, its ``--global`` partner the same fold evaluated
+with ``--refine False`` (same global model and shape model), both written by ``configs/evaluate.yaml``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+GRID = np.round(np.arange(0.0, 1.01, 0.1), 1)
+
+
+def read_predictions(folder: str | Path) -> tuple[np.ndarray, np.ndarray, list[str], float]:
+    """Predicted and true ``(images, landmarks, 2)`` positions in pixels (x, y) of an evaluation, its image names,
+    and its mm per pixel (one spacing per file, as for ISBI)."""
+    rows = list(csv.DictReader(open(Path(folder) / "predictions.csv")))
+    images = sorted({r["image"] for r in rows})
+    n = max(int(r["landmark"]) for r in rows)
+    pred, true = np.full((len(images), n, 2), np.nan), np.full((len(images), n, 2), np.nan)
+    index = {name: i for i, name in enumerate(images)}
+    # mm per pixel: the file's error_mm over its pixel distance, the median over clearly measurable errors
+    px = np.array([np.hypot(float(r["x_pred"]) - float(r["x_true"]), float(r["y_pred"]) - float(r["y_true"])) for r in rows])
+    mm = np.array([float(r["error_mm"]) for r in rows])
+    spacing = float(np.median(mm[px > 5] / px[px > 5])) if (px > 5).any() else 0.1
+    for r in rows:
+        i, k = index[r["image"]], int(r["landmark"]) - 1
+        pred[i, k] = (float(r["x_pred"]), float(r["y_pred"]))
+        true[i, k] = (float(r["x_true"]), float(r["y_true"]))
+    return pred, true, images, spacing
+
+
+def fit_weights(refined: np.ndarray, coarse: np.ndarray, true: np.ndarray) -> np.ndarray:
+    """Per landmark, the grid weight of the refined position with the lowest mean radial error."""
+    errors = [np.linalg.norm(w * refined + (1 - w) * coarse - true, axis=-1).mean(0) for w in GRID]  # (grid, N)
+    return GRID[np.argmin(np.stack(errors), axis=0)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--refined", nargs="+", required=True, help="one evaluation folder per fold, both passes")
+    ap.add_argument("--global", dest="coarse", nargs="+", required=True, help="the same folds, global pass only")
+    args = ap.parse_args(argv)
+    if len(args.refined) != len(args.coarse) or len(args.refined) < 2:
+        ap.error("give the same number (at least 2) of --refined and --global folders, fold by fold")
+    folds = []
+    for r_dir, g_dir in zip(args.refined, args.coarse):
+        r, t, names, spacing = read_predictions(r_dir)
+        g, t2, names2, _ = read_predictions(g_dir)
+        if names != names2 or not np.allclose(t, t2, atol=1e-2):
+            ap.error(f"{r_dir} and {g_dir} are not the same images and annotations")
+        folds.append((r * spacing, g * spacing, t * spacing))
+    diffs, per_fold = [], []
+    for k, (r, g, t) in enumerate(folds):
+        rest = [folds[i] for i in range(len(folds)) if i != k]
+        w = fit_weights(*(np.concatenate([f[j] for f in rest]) for j in range(3)))
+        before = np.linalg.norm(r - t, axis=-1).mean(1)
+        after = np.linalg.norm(w[None, :, None] * r + (1 - w[None, :, None]) * g - t, axis=-1).mean(1)
+        diffs.append(after - before)
+        per_fold.append({"fold": args.refined[k], "weights": w.tolist(), "refined_mre": round(float(before.mean()), 4),
+                         "blend_mre": round(float(after.mean()), 4)})
+    d = np.concatenate(diffs)
+    result = {
+        "n_images": int(len(d)),
+        "refined_mre": round(float(np.mean([f["refined_mre"] for f in per_fold])), 4),
+        "blend_minus_refined_per_image": {"mean_mm": round(float(d.mean()), 4),
+                                          "se_mm": round(float(d.std(ddof=1) / np.sqrt(len(d))), 4)},
+        "weights_all_folds": fit_weights(*(np.concatenate([f[j] for f in folds]) for j in range(3))).tolist(),
+        "folds": per_fold,
+    }
+    print(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
