@@ -110,16 +110,25 @@ class LandmarkEvaluationSaver:
     """Ignite handler: collects each evaluated image's predictions and radial errors and, when the run completes,
     writes ``metrics.json`` (:func:`summarize_errors`), ``per_image_errors.csv`` (one row per image: the radial
     error of every landmark and their mean, in mm) and ``predictions.csv`` (predicted and true landmarks, original
-    pixels, x/y order). Files are written to a temporary name first and renamed, so none is ever half-written.
+    pixels, x/y order), and with ``pictures`` two kinds of picture to look at: ``errors_by_landmark.png`` (per
+    landmark MRE, SD and SDR@2mm) and ``worst_cases/RANK_IMAGE.png``, the ``worst_cases`` images with the largest
+    mean error drawn with their predictions (red crosses, numbered), the ground truth (green circles) and the
+    error of each landmark (yellow lines). Files are written to a temporary name first and renamed, so none is
+    ever half-written.
 
     Args:
-        output_dir: folder for the three files.
+        output_dir: folder for the files.
         names: landmark names for the per-landmark table.
+        pictures: write the pictures.
+        worst_cases: how many of the worst images to draw.
     """
 
-    def __init__(self, output_dir: str, names: Sequence[str] | None = None):
+    def __init__(self, output_dir: str, names: Sequence[str] | None = None, pictures: bool | str = False, worst_cases: int = 5):
         self.output_dir = Path(output_dir)
         self.names = list(names) if names else None
+        self.pictures = str(pictures).lower() in ("true", "1")  # the command line may give the string 'false'
+        self.worst_cases = max(0, int(worst_cases))
+        self._paths: list[str] = []
         self._rows: list[tuple[str, torch.Tensor, torch.Tensor, torch.Tensor]] = []
         self._spreads: list[torch.Tensor] = []
         self.summary: dict | None = None
@@ -134,6 +143,7 @@ class LandmarkEvaluationSaver:
     def _reset(self, engine) -> None:
         self._rows.clear()
         self._spreads.clear()
+        self._paths.clear()
 
     def _collect(self, engine) -> None:
         outputs = engine.state.output if isinstance(engine.state.output, list) else [engine.state.output]
@@ -143,6 +153,7 @@ class LandmarkEvaluationSaver:
                 continue
             self._rows.append((str(batch.get("image_name", out.get("image_name", "?"))), out["pred_mm"], out["true_mm"],
                                torch.as_tensor(batch["spacing"])))
+            self._paths.append(str(batch.get("image_path", "")))
             if "spread_mm" in out:
                 self._spreads.append(torch.as_tensor(out["spread_mm"]).float().cpu())
 
@@ -171,11 +182,53 @@ class LandmarkEvaluationSaver:
         if len(self._spreads) == len(self._rows):
             cal = fit_uncertainty_calibration(torch.stack(self._spreads), errors)
             atomic_write_text(self.output_dir / "calibration.json", json.dumps(cal, indent=2))
+        if self.pictures:
+            self._draw(errors)
         s = self.summary
         engine.logger.info(
             "landmarks: %d images, MRE %.3f ± %.3f mm, SDR %s -> %s",
             s["n_images"], s["mre_mm"], s["sd_mm"], ", ".join(f"{k} mm {v:.1f}%" for k, v in s["sdr"].items()), self.output_dir,
         )
+
+
+    def _draw(self, errors: torch.Tensor) -> None:
+        """``errors_by_landmark.png`` and the worst images (a picture that cannot be made is logged, not fatal)."""
+        import logging
+
+        from .io import read_image
+        from .outputs import landmark_error_chart, overlay_picture, save_picture
+
+        log = logging.getLogger(__name__)
+        save_picture(landmark_error_chart(self.summary), self.output_dir / "errors_by_landmark.png")
+        folder = self.output_dir / "worst_cases"
+        if folder.is_dir():
+            for old in folder.glob("*.png"):  # an earlier evaluation's pictures
+                old.unlink()
+        if not self.worst_cases:
+            return
+        folder.mkdir(exist_ok=True)
+        means = errors.mean(1)
+        for rank, i in enumerate(torch.argsort(means, descending=True)[: self.worst_cases].tolist(), start=1):
+            name, pred, true, spacing = self._rows[i]
+            try:
+                image, _ = read_image(self._paths[i])
+            except Exception as e:  # noqa: BLE001 - a missing picture must not lose the metrics
+                log.warning(f"no worst-case picture of {name}: {e}")
+                continue
+            sp = spacing.float().cpu()
+            pic = overlay_picture(image, (pred.float().cpu() / sp).flip(-1).numpy(), truth_xy=(true.float().cpu() / sp).flip(-1).numpy())
+            from PIL import ImageDraw, ImageFont
+
+            worst = int(torch.argmax(errors[i]))
+            label = self.names[worst] if self.names else f"L{worst + 1}"
+            size = max(12, pic.width // 60)
+            draw = ImageDraw.Draw(pic)
+            draw.rectangle([0, 0, pic.width, 2 * size + 12], fill=(0, 0, 0))
+            draw.text((8, 4), f"{name}: MRE {float(means[i]):.2f} mm; worst {worst + 1} {label} {float(errors[i, worst]):.1f} mm",
+                      fill=(255, 255, 0), font=ImageFont.load_default(size=size))
+            draw.text((8, size + 8), "red +: prediction (numbered), green o: ground truth, yellow: the error",
+                      fill=(220, 220, 220), font=ImageFont.load_default(size=max(10, size * 3 // 4)))
+            save_picture(pic, folder / f"{rank:02d}_{Path(name).stem}.png")
 
 
 def fit_uncertainty_calibration(spread_mm: torch.Tensor, errors_mm: torch.Tensor) -> dict:

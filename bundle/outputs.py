@@ -1,4 +1,5 @@
-"""Inference outputs: ``landmarks.csv``, a 3D Slicer point list and an overlay PNG per image, ``errors.csv``.
+"""Inference outputs: ``landmarks.csv``, a 3D Slicer point list and an overlay PNG per image, ``errors.csv``; and the
+evaluation's pictures (the per-landmark error chart and the worst images).
 
 Files take ``(x, y)`` in pixels of the original image (x right, y down, first pixel centre at 0, 0); the bundle's
 ``(y, x)`` arrays are converted here, at the edge.
@@ -21,6 +22,8 @@ __all__ = [
     "slicer_markups",
     "overlay_picture",
     "draw_overlay",
+    "landmark_error_chart",
+    "save_picture",
     "OverlayImageLogger",
     "LandmarkOutputWriter",
 ]
@@ -119,10 +122,57 @@ def draw_overlay(image: np.ndarray, points_xy: np.ndarray, names: Sequence[str],
                  uncertainty_px: np.ndarray | None = None, truth_xy: np.ndarray | None = None, max_side: int = 1200) -> None:
     """Save :func:`overlay_picture` as a PNG at ``path`` (written to a temporary name, then renamed).
     ``names`` are numbered in the picture in their order (1 = ``names[0]``)."""
-    pic = overlay_picture(image, points_xy, uncertainty_px, truth_xy, max_side)
+    save_picture(overlay_picture(image, points_xy, uncertainty_px, truth_xy, max_side), path)
+
+
+def save_picture(pic, path: str | Path) -> None:
+    """Save a PIL picture as PNG at ``path`` (written to a temporary name, then renamed)."""
     tmp = Path(str(path) + ".tmp.png")
     pic.save(tmp)
     os.replace(tmp, path)
+
+
+def landmark_error_chart(summary: dict, threshold_mm: float = 2.0, width: int = 900):
+    """A PIL bar chart of an evaluation summary (:func:`bundle.metrics.summarize_errors`): per landmark its MRE (bar),
+    MRE + SD (thin line) and SDR at ``threshold_mm`` (text), with the ``threshold_mm`` line and the overall MRE."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    rows = summary["per_landmark"]
+    key = f"{threshold_mm:g}"
+    font = ImageFont.load_default(size=13)
+    row_h, top, left, right = 22, 46, 190, 150
+    height = top + row_h * len(rows) + 34
+    pic = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(pic)
+    top_mm = max([r["mre_mm"] + r["sd_mm"] for r in rows] + [threshold_mm * 1.5])
+    scale = (width - left - right) / top_mm
+
+    def x_of(mm: float) -> float:
+        return left + mm * scale
+
+    title = (f"{summary['n_images']} images: MRE {summary['mre_mm']:.2f} ± {summary['sd_mm']:.2f} mm, "
+             f"SDR@{key} mm {summary['sdr'].get(key, float('nan')):.1f}%")
+    draw.text((10, 10), title, fill="black", font=ImageFont.load_default(size=16))
+    for i, r in enumerate(rows):
+        y = top + i * row_h
+        colour = (46, 139, 87) if r["mre_mm"] <= threshold_mm else (205, 92, 60)
+        draw.text((10, y + 3), f"{r['index']:>2} {r['name'][:24]}", fill="black", font=font)
+        draw.rectangle([x_of(0), y + 4, x_of(r["mre_mm"]), y + row_h - 4], fill=colour)
+        draw.line([(x_of(r["mre_mm"]), y + row_h / 2), (x_of(r["mre_mm"] + r["sd_mm"]), y + row_h / 2)], fill="black", width=1)
+        sdr = r["sdr"].get(key)
+        draw.text((width - right + 8, y + 3), f"{r['mre_mm']:.2f} mm  {sdr:.0f}%" if sdr is not None else f"{r['mre_mm']:.2f} mm",
+                  fill="black", font=font)
+    bottom = top + row_h * len(rows)
+    draw.line([(x_of(threshold_mm), top - 4), (x_of(threshold_mm), bottom)], fill=(90, 90, 90), width=1)
+    draw.line([(x_of(0), bottom), (x_of(top_mm), bottom)], fill="black", width=1)
+    step = 1 if top_mm <= 8 else 2 if top_mm <= 16 else 5
+    for t in range(0, int(top_mm) + 1, step):
+        draw.line([(x_of(t), bottom), (x_of(t), bottom + 4)], fill="black")
+        draw.text((x_of(t) - 3, bottom + 6), str(t), fill="black", font=font)
+    draw.text((x_of(top_mm) + 8, bottom + 6), "mm", fill="black", font=font)
+    draw.text((width - right + 8, top - 20), f"MRE  SDR@{key}", fill="black", font=font)
+    draw.text((left, top - 20), f"bar: MRE (red above {key} mm), line: + 1 SD", fill=(90, 90, 90), font=font)
+    return pic
 
 
 class OverlayImageLogger:

@@ -86,6 +86,14 @@ class TestBundleWorkflow(unittest.TestCase):
         self.assertEqual(len(rows), 3)
         mean_of_rows = sum(float(r["mean_mm"]) for r in rows) / 3
         self.assertAlmostEqual(mean_of_rows, metrics["mre_mm"], places=3)
+        # pictures to look at: the per-landmark chart, and the worst images (all 3 here) ranked by their mean error
+        from PIL import Image
+
+        with Image.open(out / "errors_by_landmark.png") as chart:
+            self.assertGreater(chart.height, 19 * 20)
+        worst = sorted(p.name for p in (out / "worst_cases").glob("*.png"))
+        ranked = [r["image"].split(".")[0] for r in sorted(rows, key=lambda r: -float(r["mean_mm"]))]
+        self.assertEqual(worst, [f"{i:02d}_{stem}.png" for i, stem in enumerate(ranked, start=1)])
 
     def test_3_inference_contract(self):
         inp = self.tmp / "in"
