@@ -192,6 +192,10 @@ class LandmarkCropsd(Randomizable, MapTransform):
         max_offset: largest displacement per axis, in pixels.
         rotate_range: largest rotation in radians (training only).
         scale_range: largest relative magnification change (training only).
+        far_fraction: share of the crops whose centre is instead drawn uniformly from the disk of radius
+            ``far_offset`` pixels around the landmark (the global pass's rarer far misses, which a Gaussian of
+            ``offset_sd`` almost never shows); 0: off.
+        far_offset: radius of that disk, in pixels.
         landmarks_per_image: crops per image, from a random choice of landmarks; None: one per landmark.
         random: draw new offsets each call (training) or fixed ones per image (validation).
         context_factor: above 1, each crop gets a second channel: the same crop size, centre, rotation and
@@ -211,11 +215,18 @@ class LandmarkCropsd(Randomizable, MapTransform):
         landmarks_per_image: int | None = None,
         random: bool = True,
         context_factor: float | Sequence[float] = 0.0,
+        far_fraction: float = 0.0,
+        far_offset: float = 0.0,
     ):
         MapTransform.__init__(self, keys)
         self.crop_size = (int(crop_size[0]), int(crop_size[1]))
         if max_offset >= min(self.crop_size) / 2:
             raise ValueError(f"max_offset {max_offset} would put landmarks outside the {self.crop_size} crop.")
+        if not 0.0 <= far_fraction <= 1.0:
+            raise ValueError(f"far_fraction should be in [0, 1], got {far_fraction}.")
+        if far_fraction and not 0 < far_offset < min(self.crop_size) / 2:
+            raise ValueError(f"far_offset {far_offset} should be positive and keep landmarks inside the {self.crop_size} crop.")
+        self.far_fraction, self.far_offset = float(far_fraction), float(far_offset)
         self.offset_sd, self.max_offset = float(offset_sd), float(max_offset)
         self.rotate_range, self.scale_range = float(rotate_range), float(scale_range)
         self.landmarks_per_image, self.random = landmarks_per_image, random
@@ -241,6 +252,9 @@ class LandmarkCropsd(Randomizable, MapTransform):
         out = []
         for k in chosen:
             offset = np.clip(rng.normal(0.0, self.offset_sd, 2), -self.max_offset, self.max_offset)
+            if self.far_fraction > 0 and rng.uniform() < self.far_fraction:  # uniform over the disk
+                r, a = self.far_offset * np.sqrt(rng.uniform()), rng.uniform(0.0, 2 * np.pi)
+                offset = np.array([r * np.sin(a), r * np.cos(a)])
             angle = rng.uniform(-self.rotate_range, self.rotate_range) if self.random and self.rotate_range else 0.0
             mag = rng.uniform(1 - self.scale_range, 1 + self.scale_range) if self.random and self.scale_range else 1.0
             centre = lms[k] + torch.as_tensor(offset, dtype=torch.float32)

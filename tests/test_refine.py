@@ -87,6 +87,27 @@ class TestCrops(unittest.TestCase):
         self.assertFalse(all(torch.equal(ca["landmarks"], co["landmarks"]) for ca, co in zip(a, other)))
 
 
+class TestFarOffsets(unittest.TestCase):
+    def test_far_share_is_uniform_over_the_disk(self):
+        """far_fraction 1: every crop centre lies uniformly in the disk of radius far_offset (mean distance 2/3 of
+        it); off by default, where the offsets stay the Gaussian's."""
+        t = LandmarkCropsd(crop_size=(48, 48), offset_sd=1.0, max_offset=4.0, far_fraction=1.0, far_offset=20.0,
+                           rotate_range=0.0, scale_range=0.0)
+        t.set_random_state(0)
+        mid = torch.tensor([23.5, 23.5])
+        data = {"image": blob_image(), "landmarks": POINTS.clone(), "spacing": torch.tensor([0.1, 0.1]),
+                "scale": torch.ones(2), "image_name": "a.png"}
+        d = torch.cat([torch.stack([(c["landmarks"][0] - mid).norm() for c in t(data)]) for _ in range(150)])
+        self.assertLessEqual(float(d.max()), 20.0 + 1e-3)
+        self.assertAlmostEqual(float(d.mean()), 2 / 3 * 20.0, delta=0.6)
+        self.assertGreater(float((d > 10).float().mean()), 0.6)  # 1 - (10/20)^2 = 0.75 of the disk lies beyond 10
+        plain = LandmarkCropsd(crop_size=(48, 48), offset_sd=1.0, max_offset=4.0, rotate_range=0.0, scale_range=0.0)
+        plain.set_random_state(0)
+        self.assertLessEqual(max(float((c["landmarks"][0] - mid).abs().max()) for c in plain(data)), 4.0 + 1e-3)
+        with self.assertRaises(ValueError):
+            LandmarkCropsd(crop_size=(48, 48), far_fraction=0.5, far_offset=30.0)  # beyond the crop
+
+
 class TestContextChannel(unittest.TestCase):
     def test_context_channel_shows_more_of_the_image_at_lower_resolution(self):
         """With context_factor f the second channel is the crop of the image shrunk f times about the same centre: the
@@ -250,3 +271,36 @@ class TestRefineLandmarks(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class TestCaptureRangeScript(unittest.TestCase):
+    def test_reports_the_error_left_per_displacement(self):
+        """scripts/capture_range.py on a synthetic ISBI-layout set: one entry per displacement with a per-landmark
+        table; an untrained network leaves displacements roughly where they were, so the error grows with them."""
+        import contextlib
+        import io
+        import json
+        import sys
+        import tempfile
+        from pathlib import Path
+
+        from bundle.synthetic import generate_synthetic_dataset
+
+        root = Path(__file__).resolve().parents[1]
+        sys.path.insert(0, str(root / "scripts"))
+        import capture_range
+
+        with tempfile.TemporaryDirectory() as tmp:
+            data = generate_synthetic_dataset(Path(tmp) / "synthetic", n_train=5, n_test=0)
+            torch.manual_seed(0)
+            ckpt = Path(tmp) / "refine.pt"
+            torch.save({"model": LandmarkCropNet(refinement_unet(19, context_factor=4)).state_dict()}, ckpt)
+            out = io.StringIO()
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
+                self.assertEqual(capture_range.main(["--dataset_dir", str(data), "--refine_ckpt_path", str(ckpt),
+                                                     "--distances_mm", "0", "20", "--limit", "1"]), 0)
+            result = json.loads(out.getvalue())
+        self.assertEqual(result["n_images"], 1)
+        self.assertEqual(list(result["by_distance"]), ["0", "20"])
+        self.assertEqual(len(result["by_distance"]["20"]["per_landmark"]), 19)
+        self.assertGreater(result["by_distance"]["20"]["mre_mm"], result["by_distance"]["0"]["mre_mm"])
