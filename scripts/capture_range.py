@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         "refine_ckpt_path": args.refine_ckpt_path, "val_fold": args.val_fold, "n_images": len(items),
         "ground_truth": args.ground_truth,
         "by_distance": {f"{m:g}": {"mre_mm": round(float(np.mean(errors[m])), 3),
-                                   "per_landmark": dict(zip(ISBI_LANDMARK_NAMES, np.round(np.mean(errors[m], 0), 2).tolist()))}
+                                   "per_landmark": {n: round(float(v), 2) for n, v in zip(ISBI_LANDMARK_NAMES, np.mean(errors[m], 0))}}
                         for m in args.distances_mm},
     }
     print(json.dumps(result, indent=1))

@@ -1,6 +1,7 @@
 """Would a per-landmark blend of the global and the refined position beat the refined one? Leave-one-fold-out over
 cross-validation folds: for each fold, per-landmark weights ``w`` (final = ``w * refined + (1 - w) * global``, on a
-0.1 grid) are fitted on the other folds' predictions and applied to it; prints the pooled paired difference as JSON.
+0.1 grid) are fitted on the other folds' predictions and applied to it; prints the pooled paired difference as JSON,
+with the refined error tabulated by how far off the global estimate was (where the pipeline's error comes from).
 
     python scripts/cv_blend.py --refined runs/s6/cv{0,1,2,3,4}_shape --global runs/s7/cv{0,1,2,3,4}_globshape
 
@@ -19,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 GRID = np.round(np.arange(0.0, 1.01, 0.1), 1)
+BINS_MM = (0.0, 1.0, 2.0, 3.0, 4.0, 6.0, 10.0, np.inf)  # the global estimate's radial error, for the table of the tail
 
 
 def read_predictions(folder: str | Path) -> tuple[np.ndarray, np.ndarray, list[str], float]:
@@ -70,6 +72,15 @@ def main(argv: list[str] | None = None) -> int:
         per_fold.append({"fold": args.refined[k], "weights": w.tolist(), "refined_mre": round(float(before.mean()), 4),
                          "blend_mre": round(float(after.mean()), 4)})
     d = np.concatenate(diffs)
+    r_all, g_all, t_all = (np.concatenate([f[j] for f in folds]) for j in range(3))
+    final, coarse = np.linalg.norm(r_all - t_all, axis=-1), np.linalg.norm(g_all - t_all, axis=-1)
+    by_global = []
+    for lo, hi in zip(BINS_MM[:-1], BINS_MM[1:]):
+        m = (coarse >= lo) & (coarse < hi)
+        if m.any():
+            by_global.append({"global_error_mm": [lo, hi if np.isfinite(hi) else None], "share_pct": round(100 * float(m.mean()), 1),
+                              "final_mre_mm": round(float(final[m].mean()), 2),
+                              "adds_to_mre_mm": round(float(final[m].sum() / final.size), 3)})
     result = {
         "n_images": int(len(d)),
         "refined_mre": round(float(np.mean([f["refined_mre"] for f in per_fold])), 4),
@@ -77,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
                                           "se_mm": round(float(d.std(ddof=1) / np.sqrt(len(d))), 4)},
         "weights_all_folds": fit_weights(*(np.concatenate([f[j] for f in folds]) for j in range(3))).tolist(),
         "folds": per_fold,
+        "refined_error_by_global_error": by_global,
     }
     print(json.dumps(result, indent=1))
     return 0

@@ -237,6 +237,9 @@ class TestBlendScript(unittest.TestCase):
         self.assertEqual(result["n_images"], 18)
         self.assertEqual(result["weights_all_folds"], [1.0, 0.0])
         self.assertLess(result["blend_minus_refined_per_image"]["mean_mm"], -0.3)
+        table = result["refined_error_by_global_error"]  # every landmark in one bin of the global error
+        self.assertAlmostEqual(sum(b["share_pct"] for b in table), 100.0, delta=0.3)
+        self.assertTrue(any(b["global_error_mm"][0] >= 1.0 for b in table))
 
 
 if __name__ == "__main__":
