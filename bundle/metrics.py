@@ -13,6 +13,7 @@ import math
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import torch
 from monai.metrics import CumulativeIterationMetric
 
@@ -26,6 +27,7 @@ __all__ = [
     "LandmarkEvaluationSaver",
     "SDR_THRESHOLDS_MM",
     "read_prediction_errors",
+    "read_prediction_positions",
     "calibration_from_evaluations",
     "mean_and_se",
 ]
@@ -283,6 +285,26 @@ def read_prediction_errors(eval_dir: str | Path, columns: str | Sequence[str] = 
             raise ValueError(f"{path}: no column(s) {sorted(missing)}")
         rows = {(r["image"], int(r["landmark"])): tuple(float(r[c]) for c in names) for r in reader}
     return {k: v[0] for k, v in rows.items()} if isinstance(columns, str) else rows
+
+
+def read_prediction_positions(eval_dir: str | Path) -> dict:
+    """The positions in an evaluation's ``predictions.csv`` as arrays: ``{"images": [...], "names": [...],
+    "pred_xy": (images, N, 2), "true_xy": (images, N, 2)`` (original pixels, x / y), ``"spacing_mm"}``. The file has
+    no spacing column; its mm per pixel is the median of ``error_mm`` over the pixel distance, taken over the errors
+    of more than 5 pixels (one spacing per file, as ISBI's 0.1 mm)."""
+    values = read_prediction_errors(eval_dir, ("x_pred", "y_pred", "x_true", "y_true", "error_mm"))
+    images = sorted({i for i, _ in values})
+    n = max(k for _, k in values)
+    if len(values) != len(images) * n:
+        raise ValueError(f"{eval_dir}: predictions.csv does not have all {n} landmarks of every image")
+    table = np.array([[values[(i, k)] for k in range(1, n + 1)] for i in images])  # (images, N, 5)
+    with open(Path(eval_dir) / "predictions.csv", newline="") as f:
+        first = [r for r in csv.DictReader(f) if r["image"] == images[0]]
+    names = [r.get("name", f"L{r['landmark']}") for r in sorted(first, key=lambda r: int(r["landmark"]))]
+    px = np.hypot(table[..., 0] - table[..., 2], table[..., 1] - table[..., 3])
+    big = px > 5
+    spacing = float(np.median(table[..., 4][big] / px[big])) if big.any() else 0.1
+    return {"images": images, "names": names, "pred_xy": table[..., :2], "true_xy": table[..., 2:4], "spacing_mm": spacing}
 
 
 def calibration_from_evaluations(eval_dirs: Sequence[str | Path]) -> dict:

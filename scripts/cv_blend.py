@@ -12,34 +12,17 @@ with ``--refine False`` (same global model and shape model), both written by ``c
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
 from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bundle.metrics import read_prediction_positions  # noqa: E402
+
 GRID = np.round(np.arange(0.0, 1.01, 0.1), 1)
 BINS_MM = (0.0, 1.0, 2.0, 3.0, 4.0, 6.0, 10.0, np.inf)  # the global estimate's radial error, for the table of the tail
-
-
-def read_predictions(folder: str | Path) -> tuple[np.ndarray, np.ndarray, list[str], float]:
-    """Predicted and true ``(images, landmarks, 2)`` positions in pixels (x, y) of an evaluation, its image names,
-    and its mm per pixel (one spacing per file, as for ISBI)."""
-    rows = list(csv.DictReader(open(Path(folder) / "predictions.csv")))
-    images = sorted({r["image"] for r in rows})
-    n = max(int(r["landmark"]) for r in rows)
-    pred, true = np.full((len(images), n, 2), np.nan), np.full((len(images), n, 2), np.nan)
-    index = {name: i for i, name in enumerate(images)}
-    # mm per pixel: the file's error_mm over its pixel distance, the median over clearly measurable errors
-    px = np.array([np.hypot(float(r["x_pred"]) - float(r["x_true"]), float(r["y_pred"]) - float(r["y_true"])) for r in rows])
-    mm = np.array([float(r["error_mm"]) for r in rows])
-    spacing = float(np.median(mm[px > 5] / px[px > 5])) if (px > 5).any() else 0.1
-    for r in rows:
-        i, k = index[r["image"]], int(r["landmark"]) - 1
-        pred[i, k] = (float(r["x_pred"]), float(r["y_pred"]))
-        true[i, k] = (float(r["x_true"]), float(r["y_true"]))
-    return pred, true, images, spacing
 
 
 def fit_weights(refined: np.ndarray, coarse: np.ndarray, true: np.ndarray) -> np.ndarray:
@@ -57,11 +40,11 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("give the same number (at least 2) of --refined and --global folders, fold by fold")
     folds = []
     for r_dir, g_dir in zip(args.refined, args.coarse):
-        r, t, names, spacing = read_predictions(r_dir)
-        g, t2, names2, _ = read_predictions(g_dir)
-        if names != names2 or not np.allclose(t, t2, atol=1e-2):
+        r, g = read_prediction_positions(r_dir), read_prediction_positions(g_dir)
+        if r["images"] != g["images"] or not np.allclose(r["true_xy"], g["true_xy"], atol=1e-2):
             ap.error(f"{r_dir} and {g_dir} are not the same images and annotations")
-        folds.append((r * spacing, g * spacing, t * spacing))
+        s = r["spacing_mm"]
+        folds.append((r["pred_xy"] * s, g["pred_xy"] * s, r["true_xy"] * s))
     diffs, per_fold = [], []
     for k, (r, g, t) in enumerate(folds):
         rest = [folds[i] for i in range(len(folds)) if i != k]

@@ -1,0 +1,107 @@
+"""Per-landmark bias correction of the final positions.
+
+Where the annotation to be matched (ISBI: the senior doctor's) places a landmark consistently to one side of where
+the networks put it, the mean residual (prediction minus annotation, in mm, image axes) over held-out predictions
+estimates that offset, and subtracting it removes the systematic part of the error. The shipped correction
+(``models/bias_correction.json``, ``scripts/fit_bias_correction.py``) is the mean residual of the 150 ISBI Train
+images over the whole-pipeline cross-validation, one for the refined positions and one for the global pass alone; it
+belongs to the shipped weights and pipeline.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Hashable, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from monai.transforms import Transform
+
+__all__ = ["fit_bias", "load_bias_correction", "default_bias_correction", "CorrectBiasd"]
+
+logger = logging.getLogger(__name__)
+ENTRIES = ("refined", "global")
+
+
+def fit_bias(pred_xy_mm: np.ndarray, true_xy_mm: np.ndarray) -> np.ndarray:
+    """The mean residual ``(N, 2)`` (x, y mm) of ``(images, N, 2)`` predictions against their annotations."""
+    pred, true = np.asarray(pred_xy_mm, float), np.asarray(true_xy_mm, float)
+    if pred.shape != true.shape or pred.ndim != 3 or pred.shape[-1] != 2 or len(pred) < 1:
+        raise ValueError(f"fit_bias needs two (images, N, 2) arrays of one shape, got {pred.shape} and {true.shape}.")
+    return (pred - true).mean(0)
+
+
+def load_bias_correction(correction: str | Path | dict | None, landmark_names: Sequence[str] | None = None) -> dict | None:
+    """A bias correction from a JSON file written by ``scripts/fit_bias_correction.py`` (or the dict); None: none.
+    With ``landmark_names`` one made for other landmarks is refused (by count, and by name where it records them)."""
+    if correction is None or correction == "" or (isinstance(correction, str) and correction.lower() in ("none", "null")):
+        return None
+    source = "the bias correction"
+    if not isinstance(correction, dict):
+        path = Path(correction)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: bias correction not found (scripts/fit_bias_correction.py writes one).")
+        source = str(path)
+        correction = json.loads(path.read_text())
+    entries = [e for e in ENTRIES if e in correction]
+    if not entries:
+        raise ValueError(f"{source}: a bias correction needs 'refined' and/or 'global', each N x 2 offsets in mm.")
+    n = {len(correction[e]) for e in entries}
+    if len(n) != 1 or any(np.asarray(correction[e], float).shape[-1:] != (2,) for e in entries):
+        raise ValueError(f"{source}: its entries should each be N x 2 offsets (x, y mm) of the same N.")
+    if landmark_names is not None:
+        names, own = [str(x) for x in landmark_names], correction.get("landmark_names")
+        fix = "fit one for these landmarks (scripts/fit_bias_correction.py) or switch it off (--bias_correction null)"
+        if n.pop() != len(names):
+            raise ValueError(f"{source}: the bias correction has {len(correction[entries[0]])} landmarks, this run {len(names)}: {fix}.")
+        if own and [str(x) for x in own] != names:
+            raise ValueError(f"{source}: the bias correction's landmarks {list(own)} are not this run's {names}: {fix}.")
+    return correction
+
+
+def default_bias_correction(path: str | Path, landmark_names: Sequence[str]) -> str | None:
+    """``path`` when the correction there is for ``landmark_names``, else None with a warning (the default of
+    ``bias_correction`` in ``inference.yaml``: other landmark sets run without it instead of failing)."""
+    try:
+        load_bias_correction(path, landmark_names)
+    except (OSError, ValueError) as e:
+        logger.warning(f"bias correction off: {e}")
+        return None
+    return str(path)
+
+
+class CorrectBiasd(Transform):
+    """Post-processing: subtract the per-landmark bias from ``pred_mm`` and ``pred_landmarks`` (original pixels);
+    the uncorrected points go to ``uncorrected_landmarks``. Without a correction (``None``) it changes nothing.
+
+    Args:
+        correction: a bias correction (:func:`load_bias_correction`; a JSON path or dict) or None.
+        entry: ``"refined"`` (after the refinement pass) or ``"global"`` (the global pass alone).
+        landmark_names: the run's landmarks: a correction for others is refused when the transform is built.
+    """
+
+    def __init__(self, correction=None, entry: str = "refined", landmark_names: Sequence[str] | None = None):
+        self.correction = load_bias_correction(correction, landmark_names)
+        if entry not in ENTRIES:
+            raise ValueError(f"entry should be one of {ENTRIES}, got {entry!r}.")
+        self.entry = entry
+        self.bias_yx = None
+        if self.correction is not None:
+            if entry not in self.correction:
+                raise ValueError(f"the bias correction has no {entry!r} entry (it has {[e for e in ENTRIES if e in self.correction]}).")
+            self.bias_yx = torch.as_tensor(self.correction[entry], dtype=torch.float32).flip(-1)  # (x, y) -> (y, x)
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        d = dict(data)
+        if self.bias_yx is None or d.get("error") or "pred_mm" not in d:
+            return d
+        spacing = torch.as_tensor(d["spacing"]).float().cpu()
+        pred_mm = torch.as_tensor(d["pred_mm"]).float().cpu()
+        if pred_mm.shape != self.bias_yx.shape:
+            raise ValueError(f"the bias correction has {len(self.bias_yx)} landmarks, the prediction {len(pred_mm)}.")
+        d["uncorrected_landmarks"] = torch.as_tensor(d["pred_landmarks"]).float().cpu()
+        d["pred_mm"] = pred_mm - self.bias_yx
+        d["pred_landmarks"] = d["pred_mm"] / spacing
+        return d

@@ -1,0 +1,91 @@
+"""Fit the per-landmark bias correction (bundle/bias.py) from held-out evaluations and write it as JSON; report its
+leave-one-fold-out effect.
+
+    python scripts/fit_bias_correction.py --refined runs/s6/cv{0,1,2,3,4}_shape \\
+        --global runs/s7/cv{0,1,2,3,4}_globshape --out models/bias_correction.json
+
+Each ``--refined`` folder is one cross-validation fold evaluated with both passes (``configs/evaluate.yaml``, its
+``predictions.csv``), each ``--global`` folder the same fold with ``--refine False``; either list may be left out.
+The correction of an entry is the mean residual (prediction minus annotation, x / y mm) over all folds' images
+pooled; ``nested_cv`` says what it does to images it was not fitted on: per fold, the correction of the other folds
+subtracted from that fold's predictions, the per-image change of the mean radial error pooled (mean and SE).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bundle.bias import fit_bias  # noqa: E402
+from bundle.metrics import read_prediction_positions  # noqa: E402
+
+
+def folds_mm(dirs: list[str]) -> tuple[list[tuple[np.ndarray, np.ndarray]], list[str]]:
+    """Each folder's predicted and annotated positions in mm (x, y), and the landmark names (the same in all)."""
+    out, names = [], None
+    for d in dirs:
+        p = read_prediction_positions(d)
+        if names is not None and p["names"] != names:
+            raise ValueError(f"{d}: other landmarks than {dirs[0]}")
+        names = p["names"]
+        out.append((p["pred_xy"] * p["spacing_mm"], p["true_xy"] * p["spacing_mm"]))
+    return out, names
+
+
+def nested_cv(folds: list[tuple[np.ndarray, np.ndarray]]) -> dict:
+    """Leave-one-fold-out: each fold corrected with the bias of the others; the per-image change of the MRE."""
+    diffs, before_all, after_all = [], [], []
+    for k, (pred, true) in enumerate(folds):
+        rest = [f for i, f in enumerate(folds) if i != k]
+        bias = fit_bias(np.concatenate([f[0] for f in rest]), np.concatenate([f[1] for f in rest]))
+        before = np.linalg.norm(pred - true, axis=-1).mean(1)
+        after = np.linalg.norm(pred - bias - true, axis=-1).mean(1)
+        diffs.append(after - before)
+        before_all.append(before)
+        after_all.append(after)
+    d = np.concatenate(diffs)
+    return {"n_images": int(len(d)), "mre_mm": round(float(np.concatenate(before_all).mean()), 4),
+            "corrected_mre_mm": round(float(np.concatenate(after_all).mean()), 4),
+            "corrected_minus_uncorrected_per_image": {"mean_mm": round(float(d.mean()), 4),
+                                                      "se_mm": round(float(d.std(ddof=1) / np.sqrt(len(d))), 4)}}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--refined", nargs="*", default=[], help="evaluation folders, both passes, one per fold")
+    ap.add_argument("--global", dest="coarse", nargs="*", default=[], help="evaluation folders, global pass alone")
+    ap.add_argument("--out", default=None, help="the JSON file to write (default: print only)")
+    args = ap.parse_args(argv)
+    if len(args.refined) < 2 and len(args.coarse) < 2:
+        ap.error("give at least two folds' evaluation folders (--refined and/or --global)")
+    result: dict = {"frame": "(x, y) mm, image axes; subtracted from the predictions", "nested_cv": {}, "fitted_on": {}}
+    names = None
+    for entry, dirs in (("refined", args.refined), ("global", args.coarse)):
+        if not dirs:
+            continue
+        if len(dirs) < 2:
+            ap.error(f"--{entry}: at least two folds")
+        folds, entry_names = folds_mm(dirs)
+        if names is not None and entry_names != names:
+            ap.error("the --refined and --global evaluations have different landmarks")
+        names = entry_names
+        bias = fit_bias(np.concatenate([f[0] for f in folds]), np.concatenate([f[1] for f in folds]))
+        result[entry] = np.round(bias, 4).tolist()
+        result["nested_cv"][entry] = nested_cv(folds)
+        result["fitted_on"][entry] = list(dirs)
+    result["landmark_names"] = names
+    result["n_images"] = int(sum(len(f[0]) for f in folds))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    print(json.dumps({k: v for k, v in result.items() if k in ("nested_cv", "n_images")}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,102 @@
+"""bundle/bias.py and scripts/fit_bias_correction.py: the per-landmark bias correction of the final positions."""
+
+import contextlib
+import csv
+import io
+import json
+import sys
+import tempfile
+import unittest
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bundle.bias import CorrectBiasd, default_bias_correction, fit_bias, load_bias_correction
+
+ROOT = Path(__file__).resolve().parents[1]
+NAMES = ["A", "B", "C"]
+BIAS = {"refined": [[1.0, -2.0], [0.0, 0.5], [-0.25, 0.0]], "global": [[2.0, 0.0], [0.0, 0.0], [0.0, 1.0]],
+        "landmark_names": NAMES}
+
+
+class TestCorrectBias(unittest.TestCase):
+    def test_subtracts_the_bias_in_mm_and_keeps_pixels_consistent(self):
+        spacing = torch.tensor([0.1, 0.2])  # (row, col) mm per pixel
+        pred_px = torch.tensor([[100.0, 200.0], [50.0, 60.0], [10.0, 20.0]])  # (y, x)
+        d = {"pred_landmarks": pred_px.clone(), "pred_mm": pred_px * spacing, "spacing": spacing, "error": ""}
+        out = CorrectBiasd(BIAS, "refined", NAMES)(d)
+        bias_yx = torch.tensor(BIAS["refined"]).flip(-1)
+        torch.testing.assert_close(out["pred_mm"], pred_px * spacing - bias_yx)
+        torch.testing.assert_close(out["pred_landmarks"] * spacing, out["pred_mm"])
+        torch.testing.assert_close(out["uncorrected_landmarks"], pred_px)
+        out = CorrectBiasd(BIAS, "global", NAMES)(d)
+        torch.testing.assert_close(out["pred_mm"][0], pred_px[0] * spacing - torch.tensor([0.0, 2.0]))
+        self.assertIs(CorrectBiasd(None)(d)["pred_mm"], d["pred_mm"])  # no correction: nothing changes
+        unreadable = {"error": "cannot read image", "spacing": spacing}
+        self.assertEqual(CorrectBiasd(BIAS, "refined")(unreadable), unreadable)
+
+    def test_refuses_other_landmarks_and_the_default_steps_aside(self):
+        with self.assertRaisesRegex(ValueError, "has 3 landmarks, this run 2"):
+            CorrectBiasd(BIAS, "refined", NAMES[:2])
+        with self.assertRaisesRegex(ValueError, "are not this run's"):
+            load_bias_correction(BIAS, NAMES[::-1])
+        with self.assertRaisesRegex(ValueError, "no 'global' entry"):
+            CorrectBiasd({"refined": BIAS["refined"]}, "global")
+        with self.assertRaises(ValueError):
+            load_bias_correction({"refined": [[1.0], [2.0]]})
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "bias.json"
+            path.write_text(json.dumps(BIAS))
+            self.assertEqual(default_bias_correction(path, NAMES), str(path))
+            with self.assertLogs("bundle.bias", "WARNING"):
+                self.assertIsNone(default_bias_correction(path, NAMES[:2]))
+            self.assertIsNone(default_bias_correction(Path(tmp) / "missing.json", NAMES))
+            with self.assertRaises(FileNotFoundError):
+                load_bias_correction(Path(tmp) / "missing.json")
+
+    def test_the_shipped_correction_is_for_the_isbi_landmarks(self):
+        from bundle import ISBI_LANDMARK_NAMES
+
+        model = load_bias_correction(ROOT / "models" / "bias_correction.json", ISBI_LANDMARK_NAMES)
+        self.assertEqual(np.asarray(model["refined"]).shape, (19, 2))
+        self.assertEqual(np.asarray(model["global"]).shape, (19, 2))
+        self.assertLess(model["nested_cv"]["refined"]["corrected_minus_uncorrected_per_image"]["mean_mm"], 0)
+
+
+class TestFitScript(unittest.TestCase):
+    def test_recovers_a_constant_offset_and_reports_the_nested_gain(self):
+        sys.path.insert(0, str(ROOT / "scripts"))
+        import fit_bias_correction
+
+        rng = np.random.default_rng(0)
+        offset_px = np.array([[10.0, -5.0], [0.0, 8.0], [-4.0, 0.0]])  # (x, y) pixels at 0.1 mm
+        with tempfile.TemporaryDirectory() as tmp:
+            dirs = []
+            for k in range(3):
+                d = Path(tmp) / f"fold{k}"
+                d.mkdir()
+                with open(d / "predictions.csv", "w", newline="") as f:
+                    w = csv.writer(f)
+                    w.writerow(["image", "landmark", "name", "x_pred", "y_pred", "x_true", "y_true", "error_mm", "spread_mm"])
+                    for i in range(8):
+                        true = rng.uniform(200, 1800, (3, 2))
+                        pred = true + offset_px + rng.normal(0, 3, (3, 2))
+                        for l in range(3):
+                            err = float(np.linalg.norm(pred[l] - true[l])) * 0.1
+                            w.writerow([f"{k}_{i}.bmp", l + 1, NAMES[l], *[f"{v:.2f}" for v in (*pred[l], *true[l])], f"{err:.4f}", "1.0"])
+                dirs.append(str(d))
+            out = Path(tmp) / "bias.json"
+            with contextlib.redirect_stdout(io.StringIO()):
+                self.assertEqual(fit_bias_correction.main(["--refined", *dirs, "--out", str(out)]), 0)
+            model = json.loads(out.read_text())
+        self.assertEqual(model["landmark_names"], NAMES)
+        np.testing.assert_allclose(model["refined"], offset_px * 0.1, atol=0.2)  # noise SD 0.3 mm, 24 images
+        self.assertNotIn("global", model)
+        gain = model["nested_cv"]["refined"]["corrected_minus_uncorrected_per_image"]
+        self.assertLess(gain["mean_mm"], -0.3)
+        np.testing.assert_allclose(fit_bias(np.ones((2, 3, 2)), np.zeros((2, 3, 2))), np.ones((3, 2)))
+
+
+if __name__ == "__main__":
+    unittest.main()
