@@ -11,7 +11,6 @@ belongs to the shipped weights and pipeline.
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
 
@@ -19,9 +18,8 @@ import numpy as np
 import torch
 from monai.transforms import Transform
 
-__all__ = ["fit_bias", "load_bias_correction", "default_bias_correction", "CorrectBiasd"]
+__all__ = ["fit_bias", "load_bias_correction", "CorrectBiasd"]
 
-logger = logging.getLogger(__name__)
 ENTRIES = ("refined", "global")
 
 
@@ -59,17 +57,6 @@ def load_bias_correction(correction: str | Path | dict | None, landmark_names: S
         if own and [str(x) for x in own] != names:
             raise ValueError(f"{source}: the bias correction's landmarks {list(own)} are not this run's {names}: {fix}.")
     return correction
-
-
-def default_bias_correction(path: str | Path, landmark_names: Sequence[str]) -> str | None:
-    """``path`` when the correction there is for ``landmark_names``, else None with a warning (the default of
-    ``bias_correction`` in ``inference.yaml``: other landmark sets run without it instead of failing)."""
-    try:
-        load_bias_correction(path, landmark_names)
-    except (OSError, ValueError) as e:
-        logger.warning(f"bias correction off: {e}")
-        return None
-    return str(path)
 
 
 class CorrectBiasd(Transform):

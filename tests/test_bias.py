@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bundle.bias import CorrectBiasd, default_bias_correction, fit_bias, load_bias_correction
+from bundle.bias import CorrectBiasd, fit_bias, load_bias_correction
 
 ROOT = Path(__file__).resolve().parents[1]
 NAMES = ["A", "B", "C"]
@@ -36,7 +36,7 @@ class TestCorrectBias(unittest.TestCase):
         unreadable = {"error": "cannot read image", "spacing": spacing}
         self.assertEqual(CorrectBiasd(BIAS, "refined")(unreadable), unreadable)
 
-    def test_refuses_other_landmarks_and_the_default_steps_aside(self):
+    def test_refuses_other_landmarks(self):
         with self.assertRaisesRegex(ValueError, "has 3 landmarks, this run 2"):
             CorrectBiasd(BIAS, "refined", NAMES[:2])
         with self.assertRaisesRegex(ValueError, "are not this run's"):
@@ -48,12 +48,12 @@ class TestCorrectBias(unittest.TestCase):
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "bias.json"
             path.write_text(json.dumps(BIAS))
-            self.assertEqual(default_bias_correction(path, NAMES), str(path))
-            with self.assertLogs("bundle.bias", "WARNING"):
-                self.assertIsNone(default_bias_correction(path, NAMES[:2]))
-            self.assertIsNone(default_bias_correction(Path(tmp) / "missing.json", NAMES))
+            self.assertEqual(load_bias_correction(str(path), NAMES)["refined"], BIAS["refined"])
+            with self.assertRaisesRegex(ValueError, "bias.json: the bias correction has 3 landmarks"):
+                load_bias_correction(str(path), NAMES[:2])
             with self.assertRaises(FileNotFoundError):
                 load_bias_correction(Path(tmp) / "missing.json")
+        self.assertIsNone(load_bias_correction("null"))
 
     def test_the_shipped_correction_is_for_the_isbi_landmarks(self):
         from bundle import ISBI_LANDMARK_NAMES

@@ -76,6 +76,7 @@ class TestBundleWorkflow(unittest.TestCase):
         wf.run()
         wf.finalize()
         out = self.runs / "eval_test"
+        spacing_mm = json.loads((self.data / "dataset.json").read_text())["pixel_spacing_mm"]
         metrics = json.loads((out / "metrics.json").read_text())
         self.assertEqual(metrics["n_images"], 3)
         self.assertEqual(len(metrics["per_landmark"]), 19)
@@ -86,6 +87,23 @@ class TestBundleWorkflow(unittest.TestCase):
         self.assertEqual(len(rows), 3)
         mean_of_rows = sum(float(r["mean_mm"]) for r in rows) / 3
         self.assertAlmostEqual(mean_of_rows, metrics["mre_mm"], places=3)
+        # the optional bias correction moves every prediction by its landmark's offset ("global": no refinement here)
+        biased = self.tmp / "eval_biased"
+        wf = ConfigWorkflow(
+            workflow_type="eval", config_file=[str(CONFIGS / "train.yaml"), str(CONFIGS / "evaluate.yaml")],
+            logging_file=False, meta_file=str(CONFIGS / "metadata.json"), **self.common, eval_dir=str(biased),
+            eval_pictures=False, bias_correction=str(ROOT / "models" / "bias_correction.json"),
+        )
+        wf.initialize()
+        wf.run()
+        wf.finalize()
+        bias = json.loads((ROOT / "models" / "bias_correction.json").read_text())["global"]
+        with open(out / "predictions.csv") as f, open(biased / "predictions.csv") as g:
+            for a, b in zip(csv.DictReader(f), csv.DictReader(g)):
+                dx_mm, dy_mm = bias[int(a["landmark"]) - 1]
+                self.assertAlmostEqual((float(a["x_pred"]) - float(b["x_pred"])) * spacing_mm, dx_mm, places=1)
+                self.assertAlmostEqual((float(a["y_pred"]) - float(b["y_pred"])) * spacing_mm, dy_mm, places=1)
+        self.assertFalse((biased / "errors_by_landmark.png").exists())
         # pictures to look at: the per-landmark chart, and the worst images (all 3 here) ranked by their mean error
         from PIL import Image
 
