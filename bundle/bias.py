@@ -1,16 +1,21 @@
-"""Per-landmark bias correction of the final positions.
+"""Per-landmark bias correction.
 
 Where the annotation to be matched (ISBI: the senior doctor's) places a landmark consistently to one side of where
 the networks put it, the mean residual (prediction minus annotation, in mm, image axes) over held-out predictions
-estimates that offset, and subtracting it removes the systematic part of the error. The shipped correction
-(``models/bias_correction.json``, ``scripts/fit_bias_correction.py``) is the mean residual of the 150 ISBI Train
-images over the whole-pipeline cross-validation, one for the refined positions and one for the global pass alone; it
-belongs to the shipped weights and pipeline.
+estimates that offset. ``models/bias_correction.json`` (``scripts/fit_bias_correction.py``) holds it for the 150 ISBI
+Train images over the whole-pipeline cross-validation: ``global`` for the global pass alone (whose training target,
+the mean of both doctors, sits off the senior's placement), ``refined`` for the final positions.
+
+Two uses (:class:`CorrectBiasd`): the ``global`` offsets move each refinement crop's centre before the refinement
+(``refine_centre_correction``, the default of ``inference.yaml``: the refinement, trained on the senior annotation,
+still places the landmark), and either entry can be subtracted from the final positions (``bias_correction``, an
+option only: on Test1 the ``refined`` offsets did not carry over, see docs/README.md).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
 
@@ -18,7 +23,9 @@ import numpy as np
 import torch
 from monai.transforms import Transform
 
-__all__ = ["fit_bias", "load_bias_correction", "CorrectBiasd"]
+__all__ = ["fit_bias", "load_bias_correction", "default_bias_correction", "CorrectBiasd"]
+
+logger = logging.getLogger(__name__)
 
 ENTRIES = ("refined", "global")
 
@@ -57,6 +64,18 @@ def load_bias_correction(correction: str | Path | dict | None, landmark_names: S
         if own and [str(x) for x in own] != names:
             raise ValueError(f"{source}: the bias correction's landmarks {list(own)} are not this run's {names}: {fix}.")
     return correction
+
+
+def default_bias_correction(path: str | Path, landmark_names: Sequence[str]) -> str | None:
+    """``path`` when the correction there is for ``landmark_names``, else None with a warning: the default of
+    ``refine_centre_correction`` in ``inference.yaml``, so that other landmark sets run without it instead of failing
+    (a correction named explicitly is checked strictly by :func:`load_bias_correction`)."""
+    try:
+        load_bias_correction(path, landmark_names)
+    except (OSError, ValueError) as e:
+        logger.warning(f"bias correction off: {e}")
+        return None
+    return str(path)
 
 
 class CorrectBiasd(Transform):

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bundle.bias import CorrectBiasd, fit_bias, load_bias_correction
+from bundle.bias import CorrectBiasd, default_bias_correction, fit_bias, load_bias_correction
 
 ROOT = Path(__file__).resolve().parents[1]
 NAMES = ["A", "B", "C"]
@@ -53,6 +53,11 @@ class TestCorrectBias(unittest.TestCase):
                 load_bias_correction(str(path), NAMES[:2])
             with self.assertRaises(FileNotFoundError):
                 load_bias_correction(Path(tmp) / "missing.json")
+            # the default of inference.yaml steps aside for other landmarks instead of failing
+            self.assertEqual(default_bias_correction(path, NAMES), str(path))
+            with self.assertLogs("bundle.bias", "WARNING"):
+                self.assertIsNone(default_bias_correction(path, NAMES[:2]))
+            self.assertIsNone(default_bias_correction(Path(tmp) / "missing.json", NAMES))
         self.assertIsNone(load_bias_correction("null"))
 
     def test_the_shipped_correction_is_for_the_isbi_landmarks(self):
@@ -100,3 +105,25 @@ class TestFitScript(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class TestConfigWiring(unittest.TestCase):
+    def test_centre_correction_comes_before_the_refinement(self):
+        """evaluate.yaml and inference.yaml: decode, move the crop centres by the global bias, refine, then the
+        optional correction of the final positions (none by default)."""
+        from monai.bundle import ConfigParser
+
+        from bundle.refine import RefineLandmarksd
+        from bundle.transforms import HeatmapToLandmarksd
+
+        for files, post in (([ROOT / "configs" / "train.yaml", ROOT / "configs" / "evaluate.yaml"], "validate#postprocessing"),
+                            ([ROOT / "configs" / "inference.yaml"], "postprocessing")):
+            parser = ConfigParser()
+            parser.read_config([str(f) for f in files])
+            parser.update({"bundle_root": str(ROOT), "refine": True, "device": "cpu",
+                           "refine_centre_correction": str(ROOT / "models" / "bias_correction.json")})
+            chain = parser.get_parsed_content(post).transforms
+            self.assertEqual([type(t) for t in chain], [HeatmapToLandmarksd, CorrectBiasd, RefineLandmarksd, CorrectBiasd])
+            self.assertEqual(chain[1].entry, "global")
+            self.assertIsNotNone(chain[1].bias_yx)
+            self.assertIsNone(chain[3].bias_yx)  # the final correction is off by default
