@@ -1,0 +1,35 @@
+"""evaluate.yaml and inference.yaml state the two-pass pipeline each (evaluate.yaml layers on train.yaml, inference.yaml
+stands alone): the settings they share must not drift apart, or Test1 numbers would describe another pipeline than
+the one users run."""
+
+import unittest
+from pathlib import Path
+
+import yaml
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+SAME = ["refine_spacing_mm", "refine_context_factor", "crop_size", "refine_coarse_weight", "refine_shifts", "shape_model",
+        "shape_z_max", "bias_correction", "refine_ckpt_path", "refine_network_def", "refine_network", "fine_transforms",
+        "centre_correction", "correct_bias", "use_refine", "tta", "ensemble", "refine_ensemble"]
+# intended differences: evaluation fits calibrations (inference applies them), evaluation can iterate the refinement
+# for experiments, and only inference moves the crop centres by default (evaluate.yaml evaluates any checkpoint)
+ONLY_INFERENCE = {"calibration"}
+ONLY_EVALUATION = {"iterations"}
+
+
+class TestPipelineSettingsAgree(unittest.TestCase):
+    def test_shared_settings_are_identical(self):
+        ev = yaml.safe_load((CONFIGS / "evaluate.yaml").read_text())
+        inf = yaml.safe_load((CONFIGS / "inference.yaml").read_text())
+        for key in SAME:
+            self.assertEqual(ev[key], inf[key], key)
+        for key in ("decode", "refine_landmarks"):
+            e = {k: v for k, v in ev[key].items() if k not in ONLY_EVALUATION}
+            i = {k: v for k, v in inf[key].items() if k not in ONLY_INFERENCE}
+            self.assertEqual(e, i, key)
+        self.assertIsNone(ev["refine_centre_correction"])
+        self.assertIn("models/bias_correction.json", inf["refine_centre_correction"])
+
+
+if __name__ == "__main__":
+    unittest.main()
