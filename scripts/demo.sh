@@ -12,5 +12,6 @@ import json, sys
 m = json.load(open(sys.argv[1]))
 sdr = ", ".join(f"{k} mm {v:.1f}%" for k, v in m["sdr"].items())
 print(f"\nSynthetic test set ({m['n_images']} images, 0.5 mm pixels): MRE {m['mre_mm']:.2f} ± {m['sd_mm']:.2f} mm; SDR {sdr}")
-print(f"Details: {sys.argv[1]} and {sys.argv[1].rsplit('/', 1)[0]}/per_image_errors.csv")
+d = sys.argv[1].rsplit('/', 1)[0]
+print(f"Details: {sys.argv[1]} and {d}/per_image_errors.csv; pictures: {d}/errors_by_landmark.png, {d}/worst_cases/")
 PY
