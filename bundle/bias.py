@@ -58,7 +58,8 @@ def load_bias_correction(correction: str | Path | dict | None, landmark_names: S
         raise ValueError(f"{source}: its entries should each be N x 2 offsets (x, y mm) of the same N.")
     if landmark_names is not None:
         names, own = [str(x) for x in landmark_names], correction.get("landmark_names")
-        fix = "fit one for these landmarks (scripts/fit_bias_correction.py) or switch it off (--bias_correction null)"
+        fix = ("fit one for these landmarks (scripts/fit_bias_correction.py) or switch it off "
+               "(--refine_centre_correction null, --bias_correction null)")
         if n.pop() != len(names):
             raise ValueError(f"{source}: the bias correction has {len(correction[entries[0]])} landmarks, this run {len(names)}: {fix}.")
         if own and [str(x) for x in own] != names:
@@ -81,6 +82,8 @@ def default_bias_correction(path: str | Path, landmark_names: Sequence[str]) -> 
 class CorrectBiasd(Transform):
     """Post-processing: subtract the per-landmark bias from ``pred_mm`` and ``pred_landmarks`` (original pixels);
     the uncorrected points go to ``uncorrected_landmarks``. Without a correction (``None``) it changes nothing.
+    Placed between the global decoding and :class:`~bundle.refine.RefineLandmarksd` with ``entry="global"`` it moves
+    the refinement's crop centres (``refine_centre_correction``); placed last, the final positions (``bias_correction``).
 
     Args:
         correction: a bias correction (:func:`load_bias_correction`; a JSON path or dict) or None.

@@ -16,6 +16,7 @@ mapped back to the original image. Data dictionaries carry (all tensors, MONAI a
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from pathlib import Path
@@ -362,8 +363,6 @@ def parse_calibration(calibration: Sequence | str | Path, n_landmarks: int | Non
     ``calibration`` is ``[a, b]`` or the path of a ``calibration.json`` that an evaluation wrote. With
     ``n_landmarks``, per-landmark intercepts for another number of landmarks are refused."""
     if isinstance(calibration, (str, Path)):
-        import json
-
         path = Path(calibration)
         if not path.is_file():
             raise FileNotFoundError(f"{path}: calibration file not found (an evaluation writes calibration.json).")
