@@ -116,14 +116,22 @@ class TestConfigWiring(unittest.TestCase):
         from bundle.refine import RefineLandmarksd
         from bundle.transforms import HeatmapToLandmarksd
 
-        for files, post in (([ROOT / "configs" / "train.yaml", ROOT / "configs" / "evaluate.yaml"], "validate#postprocessing"),
-                            ([ROOT / "configs" / "inference.yaml"], "postprocessing")):
+        shipped = str(ROOT / "models" / "bias_correction.json")
+        for files, post, extra in (
+            ([ROOT / "configs" / "train.yaml", ROOT / "configs" / "evaluate.yaml"], "validate#postprocessing",
+             {"refine_centre_correction": shipped}),  # evaluate.yaml: only when asked
+            ([ROOT / "configs" / "inference.yaml"], "postprocessing", {}),  # inference.yaml: by default
+        ):
             parser = ConfigParser()
             parser.read_config([str(f) for f in files])
-            parser.update({"bundle_root": str(ROOT), "refine": True, "device": "cpu",
-                           "refine_centre_correction": str(ROOT / "models" / "bias_correction.json")})
+            parser.update({"bundle_root": str(ROOT), "refine": True, "device": "cpu", **extra})
             chain = parser.get_parsed_content(post).transforms
             self.assertEqual([type(t) for t in chain], [HeatmapToLandmarksd, CorrectBiasd, RefineLandmarksd, CorrectBiasd])
             self.assertEqual(chain[1].entry, "global")
             self.assertIsNotNone(chain[1].bias_yx)
             self.assertIsNone(chain[3].bias_yx)  # the final correction is off by default
+        # the U-Net baseline's inference leaves its crops at its own estimates
+        parser = ConfigParser()
+        parser.read_config([str(ROOT / "configs" / "inference.yaml"), str(ROOT / "configs" / "inference_unet.yaml")])
+        parser.update({"bundle_root": str(ROOT), "refine": True, "device": "cpu"})
+        self.assertIsNone(parser.get_parsed_content("postprocessing").transforms[1].bias_yx)

@@ -15,7 +15,6 @@ CONFIGS = ROOT / "configs"
 # inference.yaml defaults to the shipped MAHT-Net; the tiny run here trains train.yaml's U-Net baseline
 UNET_INFERENCE = [str(CONFIGS / "inference.yaml"), str(CONFIGS / "inference_unet.yaml")]
 UNET_AS_TRAINED = {"network_def#channels": [16, 32, 64, 128, 256]}
-SHIPPED_BIAS = str(ROOT / "models" / "bias_correction.json")  # inference.yaml's default refine_centre_correction
 
 
 class TestBundleWorkflow(unittest.TestCase):
@@ -206,7 +205,7 @@ class TestBundleWorkflow(unittest.TestCase):
         ev = ConfigWorkflow(
             workflow_type="eval", config_file=[str(CONFIGS / "train.yaml"), str(CONFIGS / "evaluate.yaml")],
             logging_file=False, meta_file=str(CONFIGS / "metadata.json"), refine=True, refine_ckpt_path=refine_ckpt,
-            eval_dir=str(self.tmp / "eval_refined"), **self.common, **crops, refine_centre_correction=SHIPPED_BIAS,
+            eval_dir=str(self.tmp / "eval_refined"), **self.common, **crops,
         )
         ev.initialize()
         ev.run()
@@ -219,7 +218,7 @@ class TestBundleWorkflow(unittest.TestCase):
             workflow_type="eval", config_file=[str(CONFIGS / "train.yaml"), str(CONFIGS / "evaluate.yaml")],
             logging_file=False, meta_file=str(CONFIGS / "metadata.json"), refine=True,
             refine_ckpt_path=str(self.tmp / "missing.pt"), refine_ensemble=[refine_ckpt, refine_ckpt],
-            eval_dir=str(self.tmp / "eval_refined_ens"), **self.common, **crops, refine_centre_correction=SHIPPED_BIAS,
+            eval_dir=str(self.tmp / "eval_refined_ens"), **self.common, **crops,
         )
         ev.initialize()
         ev.run()
@@ -249,7 +248,7 @@ class TestBundleWorkflow(unittest.TestCase):
         self.assertEqual(len(rows), 3 * 19)
         with open(self.tmp / "eval_refined" / "predictions.csv") as f:
             evaluated = {(r["image"], r["landmark"]): (float(r["x_pred"]), float(r["y_pred"])) for r in csv.DictReader(f)}
-        for r in rows:  # inference (by default) and evaluation (told so) run the same two passes, crop centres moved
+        for r in rows:  # inference and evaluation run the same two passes (the U-Net's crops at its own estimates)
             x, y = evaluated[(r["image"], r["landmark"])]
             self.assertAlmostEqual(float(r["x"]), x, delta=0.05)
             self.assertAlmostEqual(float(r["y"]), y, delta=0.05)
