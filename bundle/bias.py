@@ -14,7 +14,6 @@ option only: on Test1 the ``refined`` offsets did not carry over, see docs/READM
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
@@ -22,6 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from monai.transforms import Transform
+
+from .io import check_model_landmarks, if_for_landmarks, read_model_json
 
 __all__ = ["fit_bias", "load_bias_correction", "default_bias_correction", "CorrectBiasd"]
 
@@ -41,15 +42,9 @@ def fit_bias(pred_xy_mm: np.ndarray, true_xy_mm: np.ndarray) -> np.ndarray:
 def load_bias_correction(correction: str | Path | dict | None, landmark_names: Sequence[str] | None = None) -> dict | None:
     """A bias correction from a JSON file written by ``scripts/fit_bias_correction.py`` (or the dict); None: none.
     With ``landmark_names`` one made for other landmarks is refused (by count, and by name where it records them)."""
-    if correction is None or correction == "" or (isinstance(correction, str) and correction.lower() in ("none", "null")):
+    correction, source = read_model_json(correction, "bias correction", "scripts/fit_bias_correction.py")
+    if correction is None:
         return None
-    source = "the bias correction"
-    if not isinstance(correction, dict):
-        path = Path(correction)
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: bias correction not found (scripts/fit_bias_correction.py writes one).")
-        source = str(path)
-        correction = json.loads(path.read_text())
     entries = [e for e in ENTRIES if e in correction]
     if not entries:
         raise ValueError(f"{source}: a bias correction needs 'refined' and/or 'global', each N x 2 offsets in mm.")
@@ -57,13 +52,9 @@ def load_bias_correction(correction: str | Path | dict | None, landmark_names: S
     if len(n) != 1 or any(np.asarray(correction[e], float).shape[-1:] != (2,) for e in entries):
         raise ValueError(f"{source}: its entries should each be N x 2 offsets (x, y mm) of the same N.")
     if landmark_names is not None:
-        names, own = [str(x) for x in landmark_names], correction.get("landmark_names")
         fix = ("fit one for these landmarks (scripts/fit_bias_correction.py) or switch it off "
                "(--refine_centre_correction null, --bias_correction null)")
-        if n.pop() != len(names):
-            raise ValueError(f"{source}: the bias correction has {len(correction[entries[0]])} landmarks, this run {len(names)}: {fix}.")
-        if own and [str(x) for x in own] != names:
-            raise ValueError(f"{source}: the bias correction's landmarks {list(own)} are not this run's {names}: {fix}.")
+        check_model_landmarks(source, "bias correction", n.pop(), correction.get("landmark_names"), landmark_names, fix)
     return correction
 
 
@@ -71,12 +62,7 @@ def default_bias_correction(path: str | Path, landmark_names: Sequence[str]) -> 
     """``path`` when the correction there is for ``landmark_names``, else None with a warning: the default of
     ``refine_centre_correction`` in ``inference.yaml``, so that other landmark sets run without it instead of failing
     (a correction named explicitly is checked strictly by :func:`load_bias_correction`)."""
-    try:
-        load_bias_correction(path, landmark_names)
-    except (OSError, ValueError) as e:
-        logger.warning(f"bias correction off: {e}")
-        return None
-    return str(path)
+    return if_for_landmarks(load_bias_correction, path, landmark_names, "bias correction off", logger)
 
 
 class CorrectBiasd(Transform):

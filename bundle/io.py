@@ -10,9 +10,12 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import os
 import random
+from collections.abc import Sequence
 from pathlib import Path
+
 import numpy as np
 
 __all__ = [
@@ -29,6 +32,9 @@ __all__ = [
     "n_cv_folds",
     "folder_datalist",
     "landmark_datalist",
+    "read_model_json",
+    "check_model_landmarks",
+    "if_for_landmarks",
     "dataset_spacing",
     "atomic_write_text",
     "atomic_write_csv",
@@ -353,8 +359,6 @@ def folder_datalist(input_dir: str | Path, landmark_suffix: str | None = None) -
     return items
 
 
-
-
 def landmark_datalist(
     data_root: str | Path,
     split: str = "train",
@@ -383,3 +387,39 @@ def landmark_datalist(
     if split in ("train", "val"):
         items = split_datalist(items, split, val_fraction, seed, fold)
     return items[:limit] if limit else items
+
+
+def read_model_json(model: str | Path | dict | None, what: str, writer: str) -> tuple[dict | None, str]:
+    """The fitted model (shape model, bias correction, ...) that a config names: ``(None, ...)`` for ``None`` / ``""`` /
+    ``"none"`` / ``"null"`` (switched off), a dict as it is, or the JSON file at a path (``FileNotFoundError`` naming
+    it and the ``writer`` script that makes one); with the source to name in later errors."""
+    if model is None or model == "" or (isinstance(model, str) and model.lower() in ("none", "null")):
+        return None, f"the {what}"
+    if isinstance(model, dict):
+        return model, f"the {what}"
+    path = Path(model)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: {what} not found ({writer} writes one).")
+    return json.loads(path.read_text()), str(path)
+
+
+def check_model_landmarks(source: str, what: str, n: int, own_names, landmark_names: Sequence[str], fix: str) -> None:
+    """Refuse a model of ``n`` landmarks (named ``own_names``, when it records them) for a run whose landmarks are
+    ``landmark_names``, saying what to do (``fix``)."""
+    names = [str(x) for x in landmark_names]
+    if n != len(names):
+        raise ValueError(f"{source}: the {what} has {n} landmarks, this run {len(names)}: {fix}.")
+    if own_names and [str(x) for x in own_names] != names:
+        raise ValueError(f"{source}: the {what}'s landmarks {list(own_names)} are not this run's {names}: {fix}.")
+
+
+def if_for_landmarks(load, path: str | Path, landmark_names: Sequence[str], off: str, log: logging.Logger) -> str | None:
+    """``path`` when ``load(path, landmark_names)`` accepts the model there, else None with a warning starting with
+    ``off``: the configs' default for a bundled model, so that other landmark sets run without it instead of failing
+    (a model named explicitly is checked strictly by ``load``)."""
+    try:
+        load(path, landmark_names)
+    except (OSError, ValueError) as e:
+        log.warning(f"{off}: {e}")
+        return None
+    return str(path)

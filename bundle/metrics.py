@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 from pathlib import Path
 from typing import Sequence
@@ -28,11 +29,13 @@ __all__ = [
     "SDR_THRESHOLDS_MM",
     "read_prediction_errors",
     "read_prediction_positions",
+    "prediction_table",
     "calibration_from_evaluations",
     "mean_and_se",
 ]
 
 SDR_THRESHOLDS_MM = (2.0, 2.5, 3.0, 4.0)
+logger = logging.getLogger(__name__)
 
 
 def radial_errors_mm(pred_mm: torch.Tensor, true_mm: torch.Tensor) -> torch.Tensor:
@@ -192,15 +195,11 @@ class LandmarkEvaluationSaver:
             s["n_images"], s["mre_mm"], s["sd_mm"], ", ".join(f"{k} mm {v:.1f}%" for k, v in s["sdr"].items()), self.output_dir,
         )
 
-
     def _draw(self, errors: torch.Tensor) -> None:
         """``errors_by_landmark.png`` and the worst images (a picture that cannot be made is logged, not fatal)."""
-        import logging
-
         from .io import read_image
         from .outputs import landmark_error_chart, overlay_picture, save_picture
 
-        log = logging.getLogger(__name__)
         save_picture(landmark_error_chart(self.summary), self.output_dir / "errors_by_landmark.png")
         folder = self.output_dir / "worst_cases"
         if folder.is_dir():
@@ -215,21 +214,15 @@ class LandmarkEvaluationSaver:
             try:
                 image, _ = read_image(self._paths[i])
             except Exception as e:  # noqa: BLE001 - a missing picture must not lose the metrics
-                log.warning(f"no worst-case picture of {name}: {e}")
+                logger.warning(f"no worst-case picture of {name}: {e}")
                 continue
             sp = spacing.float().cpu()
-            pic = overlay_picture(image, (pred.float().cpu() / sp).flip(-1).numpy(), truth_xy=(true.float().cpu() / sp).flip(-1).numpy())
-            from PIL import ImageDraw, ImageFont
-
             worst = int(torch.argmax(errors[i]))
             label = self.names[worst] if self.names else f"L{worst + 1}"
-            size = max(12, pic.width // 60)
-            draw = ImageDraw.Draw(pic)
-            draw.rectangle([0, 0, pic.width, 2 * size + 12], fill=(0, 0, 0))
-            draw.text((8, 4), f"{name}: MRE {float(means[i]):.2f} mm; worst {worst + 1} {label} {float(errors[i, worst]):.1f} mm",
-                      fill=(255, 255, 0), font=ImageFont.load_default(size=size))
-            draw.text((8, size + 8), "red +: prediction (numbered), green o: ground truth, yellow: the error",
-                      fill=(220, 220, 220), font=ImageFont.load_default(size=max(10, size * 3 // 4)))
+            caption = (f"{name}: MRE {float(means[i]):.2f} mm; worst {worst + 1} {label} {float(errors[i, worst]):.1f} mm",
+                       "red +: prediction (numbered), green o: ground truth, yellow: the error")
+            pic = overlay_picture(image, (pred.float().cpu() / sp).flip(-1).numpy(),
+                                  truth_xy=(true.float().cpu() / sp).flip(-1).numpy(), caption=caption)
             save_picture(pic, folder / f"{rank:02d}_{Path(name).stem}.png")
 
 
@@ -270,21 +263,45 @@ def fit_uncertainty_calibration(spread_mm: torch.Tensor, errors_mm: torch.Tensor
     }
 
 
-def read_prediction_errors(eval_dir: str | Path, columns: str | Sequence[str] = "error_mm") -> dict:
-    """``{(image, landmark): error_mm}`` from the ``predictions.csv`` that :class:`LandmarkEvaluationSaver` wrote in
-    ``eval_dir``; with several ``columns`` (e.g. ``("error_mm", "spread_mm")``) the values are tuples in that order.
-    A missing file or column raises ``FileNotFoundError`` / ``ValueError`` naming it."""
-    names = [columns] if isinstance(columns, str) else list(columns)
+def _read_predictions(eval_dir: str | Path, columns: Sequence[str]) -> list[dict]:
+    """The rows of the ``predictions.csv`` that :class:`LandmarkEvaluationSaver` wrote in ``eval_dir``, checked to hold
+    ``image``, ``landmark`` and ``columns``; a missing file or column raises ``FileNotFoundError`` / ``ValueError``."""
     path = Path(eval_dir) / "predictions.csv"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: not found (an evaluation directory written by configs/evaluate.yaml?)")
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
-        missing = {"image", "landmark", *names} - set(reader.fieldnames or [])
+        missing = {"image", "landmark", *columns} - set(reader.fieldnames or [])
         if missing:
             raise ValueError(f"{path}: no column(s) {sorted(missing)}")
-        rows = {(r["image"], int(r["landmark"])): tuple(float(r[c]) for c in names) for r in reader}
+        return list(reader)
+
+
+def read_prediction_errors(eval_dir: str | Path, columns: str | Sequence[str] = "error_mm") -> dict:
+    """``{(image, landmark): error_mm}`` from the ``predictions.csv`` that :class:`LandmarkEvaluationSaver` wrote in
+    ``eval_dir``; with several ``columns`` (e.g. ``("error_mm", "spread_mm")``) the values are tuples in that order.
+    A missing file or column raises ``FileNotFoundError`` / ``ValueError`` naming it."""
+    names = [columns] if isinstance(columns, str) else list(columns)
+    rows = {(r["image"], int(r["landmark"])): tuple(float(r[c]) for c in names) for r in _read_predictions(eval_dir, names)}
     return {k: v[0] for k, v in rows.items()} if isinstance(columns, str) else rows
+
+
+def prediction_table(eval_dir: str | Path, columns: Sequence[str]) -> tuple[list[str], list[str], np.ndarray]:
+    """An evaluation's ``predictions.csv`` as ``(images, landmark names, values)``, ``values`` ``(images, N,
+    len(columns))`` in image and landmark order; every image must have every landmark."""
+    rows = _read_predictions(eval_dir, columns)
+    images = sorted({r["image"] for r in rows})
+    landmarks = sorted({int(r["landmark"]) for r in rows})
+    if len(rows) != len(images) * len(landmarks):
+        raise ValueError(f"{eval_dir}: predictions.csv does not hold every landmark of every image")
+    index = {name: i for i, name in enumerate(images)}
+    values = np.zeros((len(images), len(landmarks), len(columns)))
+    names = [f"L{k}" for k in landmarks]
+    for r in rows:
+        k = landmarks.index(int(r["landmark"]))
+        values[index[r["image"]], k] = [float(r[c]) for c in columns]
+        names[k] = r.get("name") or names[k]
+    return images, names, values
 
 
 def read_prediction_positions(eval_dir: str | Path) -> dict:
@@ -292,15 +309,7 @@ def read_prediction_positions(eval_dir: str | Path) -> dict:
     "pred_xy": (images, N, 2), "true_xy": (images, N, 2)`` (original pixels, x / y), ``"spacing_mm"}``. The file has
     no spacing column; its mm per pixel is the median of ``error_mm`` over the pixel distance, taken over the errors
     of more than 5 pixels (one spacing per file, as ISBI's 0.1 mm)."""
-    values = read_prediction_errors(eval_dir, ("x_pred", "y_pred", "x_true", "y_true", "error_mm"))
-    images = sorted({i for i, _ in values})
-    n = max(k for _, k in values)
-    if len(values) != len(images) * n:
-        raise ValueError(f"{eval_dir}: predictions.csv does not have all {n} landmarks of every image")
-    table = np.array([[values[(i, k)] for k in range(1, n + 1)] for i in images])  # (images, N, 5)
-    with open(Path(eval_dir) / "predictions.csv", newline="") as f:
-        first = [r for r in csv.DictReader(f) if r["image"] == images[0]]
-    names = [r.get("name", f"L{r['landmark']}") for r in sorted(first, key=lambda r: int(r["landmark"]))]
+    images, names, table = prediction_table(eval_dir, ("x_pred", "y_pred", "x_true", "y_true", "error_mm"))
     px = np.hypot(table[..., 0] - table[..., 2], table[..., 1] - table[..., 3])
     big = px > 5
     spacing = float(np.median(table[..., 4][big] / px[big])) if big.any() else 0.1
@@ -311,18 +320,11 @@ def calibration_from_evaluations(eval_dirs: Sequence[str | Path]) -> dict:
     """:func:`fit_uncertainty_calibration` over the images of several evaluation directories pooled (e.g. the
     validation folds of a cross-validation, each evaluated by the models that never trained on it), so a model
     refitted on every training image can still be given a calibration fitted on held-out errors."""
-    spreads, errors = [], []
-    for d in eval_dirs:
-        rows = read_prediction_errors(d, ("error_mm", "spread_mm"))
-        images, landmarks = sorted({i for i, _ in rows}), sorted({k for _, k in rows})
-        if len(rows) != len(images) * len(landmarks):
-            raise ValueError(f"{d}: predictions.csv does not hold every landmark of every image")
-        table = torch.tensor([[rows[i, k] for k in landmarks] for i in images])  # (images, landmarks, 2)
-        errors.append(table[..., 0])
-        spreads.append(table[..., 1])
-    if len({e.shape[1] for e in errors}) != 1:
-        raise ValueError(f"the evaluations have different numbers of landmarks: {[e.shape[1] for e in errors]}")
-    return fit_uncertainty_calibration(torch.cat(spreads), torch.cat(errors))
+    tables = [torch.as_tensor(prediction_table(d, ("error_mm", "spread_mm"))[2], dtype=torch.float32) for d in eval_dirs]
+    if len({t.shape[1] for t in tables}) != 1:
+        raise ValueError(f"the evaluations have different numbers of landmarks: {[t.shape[1] for t in tables]}")
+    table = torch.cat(tables)
+    return fit_uncertainty_calibration(table[..., 1], table[..., 0])
 
 
 def mean_and_se(values: Sequence[float]) -> dict:

@@ -81,10 +81,11 @@ def slicer_markups(points_xy: np.ndarray, names: Sequence[str], mm_per_px: Seque
 
 
 def overlay_picture(image: np.ndarray, points_xy: np.ndarray, uncertainty_px: np.ndarray | None = None,
-                    truth_xy: np.ndarray | None = None, max_side: int = 1200):
+                    truth_xy: np.ndarray | None = None, max_side: int = 1200, caption: Sequence[str] = ()):
     """A PIL picture of the radiograph with the landmarks drawn on it: a numbered red cross per landmark, an orange
     circle of the expected error when ``uncertainty_px`` is given, and the ground truth as a green circle with a
-    yellow line to the prediction when ``truth_xy`` is given. Shrunk to at most ``max_side`` pixels.
+    yellow line to the prediction when ``truth_xy`` is given. Shrunk to at most ``max_side`` pixels. ``caption``
+    lines are written on a black band at the top (the first in yellow, the others smaller, in grey).
 
     Args:
         image: ``(H, W)`` grey image, any range.
@@ -115,6 +116,12 @@ def overlay_picture(image: np.ndarray, points_xy: np.ndarray, uncertainty_px: np
         draw.line([(x - r, y), (x + r, y)], fill=(255, 0, 0), width=2)
         draw.line([(x, y - r), (x, y + r)], fill=(255, 0, 0), width=2)
         draw.text((x + r + 1, y - 2 * r), str(i + 1), fill=(255, 60, 60), font=font)
+    if caption:
+        size, small = max(12, pic.width // 60), max(10, pic.width // 80)
+        draw.rectangle([0, 0, pic.width, size + (small + 4) * (len(caption) - 1) + 12], fill=(0, 0, 0))
+        draw.text((8, 4), caption[0], fill=(255, 255, 0), font=ImageFont.load_default(size=size))
+        for k, line in enumerate(caption[1:]):
+            draw.text((8, size + 8 + k * (small + 4)), line, fill=(220, 220, 220), font=ImageFont.load_default(size=small))
     return pic
 
 

@@ -34,7 +34,7 @@ from .transforms import (
     similarity_matrix,
 )
 
-__all__ = ["LandmarkCropNet", "refinement_unet", "ResampleToSpacingd", "LandmarkCropsd", "RefineLandmarksd", "crop_pixels", "extract_crops", "context_image", "has_context", "context_factors"]
+__all__ = ["LandmarkCropNet", "refinement_unet", "ResampleToSpacingd", "LandmarkCropsd", "RefineLandmarksd", "crop_pixels", "extract_crops", "context_image", "context_factors"]
 
 
 def refinement_unet(
@@ -156,11 +156,6 @@ def context_factors(factor: float | Sequence[float] | None) -> list[float]:
     if any(f <= 1 for f in factors):
         raise ValueError(f"context factors must each be above 1 (a list), got {factors}.")
     return factors
-
-
-def has_context(factor: float | Sequence[float] | None) -> bool:
-    """Whether ``context_factor`` gives the crops at least one context channel (:func:`context_factors`)."""
-    return bool(context_factors(factor))
 
 
 def context_image(image: torch.Tensor, factor: float) -> tuple[torch.Tensor, torch.Tensor]:

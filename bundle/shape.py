@@ -10,12 +10,13 @@ mean onto the decoded landmarks, fitted again without the landmarks it cannot ex
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+
+from .io import check_model_landmarks, if_for_landmarks, read_model_json
 
 __all__ = ["similarity_transform", "fit_shape_model", "load_shape_model", "default_shape_model", "shape_z_scores"]
 
@@ -74,24 +75,14 @@ def load_shape_model(model: str | Path | dict | None, landmark_names: Sequence[s
 
     With ``landmark_names`` (the run's landmarks, in order) a model for other landmarks is refused here, before any
     image is read: by count, and by name where the model records its ``landmark_names``."""
-    if model is None or model == "" or (isinstance(model, str) and model.lower() in ("none", "null")):
+    model, source = read_model_json(model, "shape model", "scripts/fit_shape_model.py")
+    if model is None:
         return None
-    source = "the shape model"
-    if not isinstance(model, dict):
-        path = Path(model)
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: shape model not found (scripts/fit_shape_model.py writes one).")
-        source = str(path)
-        model = json.loads(path.read_text())
     if "mean" not in model or "sd_mm" not in model or len(model["mean"]) != len(model["sd_mm"]):
         raise ValueError(f"{source}: a shape model needs 'mean' (N x 2) and 'sd_mm' (N) of the same N.")
     if landmark_names is not None:
-        names, own = [str(n) for n in landmark_names], model.get("landmark_names")
         fix = "fit one for these landmarks (scripts/fit_shape_model.py) or switch the shape check off (--shape_model null)"
-        if len(model["mean"]) != len(names):
-            raise ValueError(f"{source}: the shape model has {len(model['mean'])} landmarks, this run {len(names)}: {fix}.")
-        if own and [str(n) for n in own] != names:
-            raise ValueError(f"{source}: the shape model's landmarks {list(own)} are not this run's {names}: {fix}.")
+        check_model_landmarks(source, "shape model", len(model["mean"]), model.get("landmark_names"), landmark_names, fix)
     return model
 
 
@@ -99,12 +90,7 @@ def default_shape_model(path: str | Path, landmark_names: Sequence[str]) -> str 
     """``path`` (the bundled shape model) when it is for ``landmark_names``, else None with a warning: the default
     of ``shape_model`` in the configs, so that other landmark sets run with the shape check off instead of failing
     (a shape model named explicitly is checked strictly by :func:`load_shape_model`)."""
-    try:
-        load_shape_model(path, landmark_names)
-    except (OSError, ValueError) as e:
-        logger.warning(f"shape check off: {e}")
-        return None
-    return str(path)
+    return if_for_landmarks(load_shape_model, path, landmark_names, "shape check off", logger)
 
 
 def shape_z_scores(points_mm: np.ndarray, model: dict, z_inlier: float = 3.0, iterations: int = 3):

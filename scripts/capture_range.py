@@ -1,10 +1,12 @@
 """The refinement network's capture range: how much of a known displacement of the crop centre it corrects.
 
 For each validation image, each landmark's crop is centred at a fixed distance from the ground truth in a random
-direction (no global model involved), refined as evaluation does (with the shifted crops), and the remaining
-radial error averaged, per distance and per landmark. Prints JSON.
+direction (no global model involved) and refined exactly as the evaluation's second pass does (the transforms and
+the refinement step of ``configs/evaluate.yaml``, shifted crops included, with the ISBI GPU recipe's precision); the
+remaining radial error is averaged per distance and per landmark. Prints JSON.
 
     python scripts/capture_range.py --refine_ckpt_path runs/cv/refine/fold_0/model.pt --val_fold 0
+    python scripts/capture_range.py ... -- --refine_context_factor "[4,16]"   # config overrides after --
 """
 
 from __future__ import annotations
@@ -17,42 +19,48 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from monai.transforms import ScaleIntensityRangePercentilesd  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from monai.bundle import ConfigParser  # noqa: E402
 
-from bundle import ISBI_LANDMARK_NAMES  # noqa: E402
-from bundle.io import isbi_datalist  # noqa: E402
-from bundle.refine import LandmarkCropNet, RefineLandmarksd, ResampleToSpacingd, refinement_unet  # noqa: E402
-from bundle.transforms import LoadCephalogramd  # noqa: E402
+CONFIGS = ["train.yaml", "isbi_gpu.yaml", "maht_net.yaml", "evaluate.yaml"]
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    overrides: dict = {}
+    if "--" in argv:  # --key value pairs for the configs, parsed as the bundle's command line would
+        i = argv.index("--")
+        argv, extra = argv[:i], argv[i + 1 :]
+        overrides = {k.lstrip("-"): json.loads(v) if v[:1] in "[{" else v for k, v in zip(extra[::2], extra[1::2])}
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--dataset_dir", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "isbi2015"))
+    ap.add_argument("--dataset_dir", default=str(ROOT.parent / "shared" / "data" / "isbi2015"))
     ap.add_argument("--refine_ckpt_path", required=True)
     ap.add_argument("--val_fold", type=int, default=None, help="cross-validation fold whose validation images to use")
     ap.add_argument("--split_seed", type=int, default=0)
     ap.add_argument("--ground_truth", default="senior")
     ap.add_argument("--distances_mm", type=float, nargs="+", default=[0, 1, 2, 3, 4, 5, 6, 8])
-    ap.add_argument("--context_factor", type=float, default=4.0)
-    ap.add_argument("--spacing_mm", type=float, default=0.2, help="the refinement grid")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--limit", type=int, default=None)
     args = ap.parse_args(argv)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    net = LandmarkCropNet(refinement_unet(19, context_factor=args.context_factor))
+    parser = ConfigParser()
+    parser.read_config([str(ROOT / "configs" / c) for c in CONFIGS])
+    parser.update({"bundle_root": str(ROOT), "dataset_dir": args.dataset_dir, "refine": True, "eval_split": "val",
+                   "val_fold": args.val_fold, "split_seed": args.split_seed, "eval_ground_truth": args.ground_truth,
+                   **overrides})
+    load = parser.get_parsed_content("train#deterministic_transforms")[0]  # LoadCephalogramd
+    fine = parser.get_parsed_content("fine_transforms")
+    refine = parser.get_parsed_content("refine_landmarks")
     state = torch.load(args.refine_ckpt_path, map_location="cpu", weights_only=True)
-    net.load_state_dict({k: v.float() for k, v in state.get("model", state).items()})
-    items = isbi_datalist(args.dataset_dir, "val", args.ground_truth, 0.2, args.split_seed, args.limit, args.val_fold)
-    load = LoadCephalogramd(keys="image", n_landmarks=19, spacing_mm=0.1)
-    fine = ResampleToSpacingd(keys="image", spacing_mm=args.spacing_mm, output_key="image_fine")
-    norm = ScaleIntensityRangePercentilesd(keys="image_fine", lower=0.5, upper=99.5, b_min=0.0, b_max=1.0, clip=True)
-    refine = RefineLandmarksd(net, crop_size=(128, 128), context_factor=args.context_factor, precision="auto",
-                              shifts=[[6, 6], [-6, 6], [6, -6], [-6, -6]])
+    refine.network.load_state_dict({k: v.float() for k, v in state.get("model", state).items()})
+    items = parser.get_parsed_content("validate#datalist")[: args.limit]
+    names = parser.get_parsed_content("landmark_names")
     rng = np.random.default_rng(args.seed)
     errors = {m: [] for m in args.distances_mm}
     for item in items:
-        d = norm(fine(load(item)))
+        d = load(item)
+        for t in fine:
+            d = t(d)
         truth, px_mm = d["landmarks"].clone(), float(d["spacing"].mean())
         for m in args.distances_mm:
             angle = rng.uniform(0, 2 * np.pi, len(truth))
@@ -64,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         "refine_ckpt_path": args.refine_ckpt_path, "val_fold": args.val_fold, "n_images": len(items),
         "ground_truth": args.ground_truth,
         "by_distance": {f"{m:g}": {"mre_mm": round(float(np.mean(errors[m])), 3),
-                                   "per_landmark": {n: round(float(v), 2) for n, v in zip(ISBI_LANDMARK_NAMES, np.mean(errors[m], 0))}}
+                                   "per_landmark": {n: round(float(v), 2) for n, v in zip(names, np.mean(errors[m], 0))}}
                         for m in args.distances_mm},
     }
     print(json.dumps(result, indent=1))

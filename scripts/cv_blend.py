@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bundle.metrics import read_prediction_positions  # noqa: E402
+from bundle.metrics import mean_and_se, read_prediction_positions  # noqa: E402
 
 GRID = np.round(np.arange(0.0, 1.01, 0.1), 1)
 BINS_MM = (0.0, 1.0, 2.0, 3.0, 4.0, 6.0, 10.0, np.inf)  # the global estimate's radial error, for the table of the tail
@@ -64,12 +64,12 @@ def main(argv: list[str] | None = None) -> int:
             by_global.append({"global_error_mm": [lo, hi if np.isfinite(hi) else None], "share_pct": round(100 * float(m.mean()), 1),
                               "final_mre_mm": round(float(final[m].mean()), 2),
                               "adds_to_mre_mm": round(float(final[m].sum() / final.size), 3)})
+    s = mean_and_se(d.tolist())
     result = {
         "n_images": int(len(d)),
         "refined_mre": round(float(np.mean([f["refined_mre"] for f in per_fold])), 4),
-        "blend_minus_refined_per_image": {"mean_mm": round(float(d.mean()), 4),
-                                          "se_mm": round(float(d.std(ddof=1) / np.sqrt(len(d))), 4)},
-        "weights_all_folds": fit_weights(*(np.concatenate([f[j] for f in folds]) for j in range(3))).tolist(),
+        "blend_minus_refined_per_image": {"mean_mm": s["mean"], "se_mm": s["se"]},
+        "weights_all_folds": fit_weights(r_all, g_all, t_all).tolist(),
         "folds": per_fold,
         "refined_error_by_global_error": by_global,
     }

@@ -22,7 +22,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bundle.bias import fit_bias  # noqa: E402
-from bundle.metrics import read_prediction_positions  # noqa: E402
+from bundle.metrics import mean_and_se, read_prediction_positions  # noqa: E402
 
 
 def folds_mm(dirs: list[str]) -> tuple[list[tuple[np.ndarray, np.ndarray]], list[str]]:
@@ -48,11 +48,10 @@ def nested_cv(folds: list[tuple[np.ndarray, np.ndarray]]) -> dict:
         diffs.append(after - before)
         before_all.append(before)
         after_all.append(after)
-    d = np.concatenate(diffs)
-    return {"n_images": int(len(d)), "mre_mm": round(float(np.concatenate(before_all).mean()), 4),
+    s = mean_and_se(np.concatenate(diffs).tolist())
+    return {"n_images": s["n"], "mre_mm": round(float(np.concatenate(before_all).mean()), 4),
             "corrected_mre_mm": round(float(np.concatenate(after_all).mean()), 4),
-            "corrected_minus_uncorrected_per_image": {"mean_mm": round(float(d.mean()), 4),
-                                                      "se_mm": round(float(d.std(ddof=1) / np.sqrt(len(d))), 4)}}
+            "corrected_minus_uncorrected_per_image": {"mean_mm": s["mean"], "se_mm": s["se"]}}
 
 
 def main(argv: list[str] | None = None) -> int:
