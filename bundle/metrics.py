@@ -31,6 +31,7 @@ __all__ = [
     "read_prediction_positions",
     "prediction_table",
     "calibration_from_evaluations",
+    "check_calibration",
     "mean_and_se",
 ]
 
@@ -325,6 +326,29 @@ def calibration_from_evaluations(eval_dirs: Sequence[str | Path]) -> dict:
         raise ValueError(f"the evaluations have different numbers of landmarks: {[t.shape[1] for t in tables]}")
     table = torch.cat(tables)
     return fit_uncertainty_calibration(table[..., 1], table[..., 0])
+
+
+def check_calibration(calibration, eval_dirs: Sequence[str | Path], floor_mm: float = 0.0, groups: int = 4) -> dict:
+    """How well a calibration (``[a, b]`` or a ``calibration.json``) predicts the errors of evaluations it was not
+    fitted on: the Pearson r of expected against actual error (and of the raw spread), and, with the landmarks
+    grouped into ``groups`` equal parts by expected error, each group's mean expected and mean actual error. The
+    expected error is floored at ``floor_mm``, as inference floors it at one pixel of the decoding grid."""
+    from .transforms import parse_calibration
+
+    tables = [prediction_table(d, ("error_mm", "spread_mm"))[2] for d in eval_dirs]
+    table = np.concatenate(tables)
+    a, b = parse_calibration(calibration, table.shape[1])
+    errors, spread = table[..., 0].ravel(), table[..., 1]
+    expected = np.maximum(a * spread + np.broadcast_to(b.numpy(), spread.shape[1:]), floor_mm).ravel()
+    group = np.digitize(expected, np.quantile(expected, np.arange(1, groups) / groups))
+    return {
+        "n": int(errors.size),
+        "pearson_r": round(float(np.corrcoef(expected, errors)[0, 1]), 3),
+        "pearson_r_spread_only": round(float(np.corrcoef(spread.ravel(), errors)[0, 1]), 3),
+        "at_floor": int((expected <= floor_mm).sum()),
+        "groups_expected_mm": [round(float(expected[group == g].mean()), 2) for g in range(groups)],
+        "groups_actual_mm": [round(float(errors[group == g].mean()), 2) for g in range(groups)],
+    }
 
 
 def mean_and_se(values: Sequence[float]) -> dict:

@@ -124,6 +124,16 @@ class TestCalibration(unittest.TestCase):
                 self.assertEqual(script.main([str(d) for d in dirs] + ["--json", str(out)]), 0)
             self.assertEqual(json.loads(out.read_text())["uncertainty_calibration"],
                              fit_uncertainty_calibration(spread, errors)["uncertainty_calibration"])
+            # --check tests a calibration on evaluations: here its own data, nearly a straight line
+            checked = Path(tmp) / "check.json"
+            with unittest.mock.patch("builtins.print"):
+                self.assertEqual(script.main([str(d) for d in dirs] + ["--check", str(out), "--floor_mm", "0.1",
+                                                                        "--json", str(checked)]), 0)
+            check = json.loads(checked.read_text())
+            self.assertEqual(check["n"], 8)
+            self.assertGreater(check["pearson_r"], 0.95)
+            self.assertEqual(len(check["groups_expected_mm"]), 4)
+            self.assertLess(check["groups_expected_mm"][0], check["groups_expected_mm"][3])
             with self.assertRaises(SystemExit):
                 script.main([str(Path(tmp) / "missing")])
             with open(dirs[1] / "predictions.csv", "a", newline="") as f:
