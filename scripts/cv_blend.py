@@ -62,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         m = (coarse >= lo) & (coarse < hi)
         if m.any():
             by_global.append({"global_error_mm": [lo, hi if np.isfinite(hi) else None], "share_pct": round(100 * float(m.mean()), 1),
+                              "global_mre_mm": round(float(coarse[m].mean()), 2),
                               "final_mre_mm": round(float(final[m].mean()), 2),
                               "adds_to_mre_mm": round(float(final[m].sum() / final.size), 3)})
     s = mean_and_se(d.tolist())
