@@ -10,6 +10,11 @@ Two uses (:class:`CorrectBiasd`): the ``global`` offsets move each refinement cr
 (``refine_centre_correction``, the default of ``inference.yaml``: the refinement, trained on the senior annotation,
 still places the landmark), and either entry can be subtracted from the final positions (``bias_correction``, an
 option only: on Test1 the ``refined`` offsets did not carry over, see docs/README.md).
+
+The global pass's offset is mostly a property of the annotations, not of the network: it matches the mean offset of
+its training target (ISBI: the mean of both doctors) from the ground truth (the senior doctor) over its training
+images (:func:`annotation_bias`, ``fit_bias_correction.py --annotations``), which needs no cross-validation of the
+model and so serves any model trained on that target (the CPU recipe's).
 """
 
 from __future__ import annotations
@@ -22,9 +27,9 @@ import numpy as np
 import torch
 from monai.transforms import Transform
 
-from .io import check_model_landmarks, if_for_landmarks, read_model_json
+from .io import check_model_landmarks, if_for_landmarks, landmark_datalist, read_landmarks, read_model_json
 
-__all__ = ["fit_bias", "load_bias_correction", "default_bias_correction", "CorrectBiasd"]
+__all__ = ["fit_bias", "annotation_bias", "load_bias_correction", "default_bias_correction", "CorrectBiasd"]
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +42,33 @@ def fit_bias(pred_xy_mm: np.ndarray, true_xy_mm: np.ndarray) -> np.ndarray:
     if pred.shape != true.shape or pred.ndim != 3 or pred.shape[-1] != 2 or len(pred) < 1:
         raise ValueError(f"fit_bias needs two (images, N, 2) arrays of one shape, got {pred.shape} and {true.shape}.")
     return (pred - true).mean(0)
+
+
+def annotation_bias(
+    data_root: str | Path,
+    train_ground_truth: str = "mean",
+    ground_truth: str = "senior",
+    split: str = "trainval",
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    fold: int | None = None,
+    n_landmarks: int | None = 19,
+) -> tuple[np.ndarray, int]:
+    """The mean offset ``(N, 2)`` (x, y mm) of a training target from the ground truth over the training images, and
+    how many images: where a network trained on ``train_ground_truth`` lands, on average, relative to
+    ``ground_truth``. ``split`` / ``val_fraction`` / ``seed`` / ``fold`` select the images as the training config
+    did (ISBI layout, :func:`bundle.io.landmark_datalist`): ``"trainval"`` for a model trained on all of Train,
+    ``"train"`` (with ``fold``) for one that held out a validation part. Zero when the two are the same annotation."""
+    target = landmark_datalist(data_root, split, train_ground_truth, val_fraction, seed, None, fold)
+    truth = landmark_datalist(data_root, split, ground_truth, val_fraction, seed, None, fold)
+    if not target:
+        raise ValueError(f"{data_root}: no {split} images to fit an annotation offset on.")
+
+    def mean_of(files):  # the loader averages several annotation files; (y, x) px -> (x, y)
+        return np.mean([read_landmarks(f, n_landmarks) for f in files], axis=0)[:, ::-1]
+
+    diffs = [(mean_of(a["label_files"]) - mean_of(b["label_files"])) * float(a["spacing_mm"]) for a, b in zip(target, truth)]
+    return np.mean(np.asarray(diffs, dtype=np.float64), axis=0), len(diffs)
 
 
 def load_bias_correction(correction: str | Path | dict | None, landmark_names: Sequence[str] | None = None) -> dict | None:

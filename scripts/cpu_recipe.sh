@@ -12,8 +12,11 @@
 # REFIT=1 trains the refinement networks on all 150 Train images (configs/refit.yaml: no validation, the last epoch
 # is kept); the global model keeps its validation split, since at 400 x 320 it overfits and its best checkpoint
 # (chosen on validation) beats its last. The released CPU recipe: REFIT=1 bash scripts/cpu_recipe.sh OUT 35 0
-# Writes OUT/global/, OUT/refine/, OUT/refine_s1/ ... (weights, logs, learning curves), OUT/eval_coarse/ (global
-# pass alone), OUT/eval_refined/ (with the refinement ensemble), OUT/eval_refined_1/ (the first member alone, when
+# The refined evaluations centre each crop on the global estimate moved by the global model's training target's
+# offset from the senior annotation (OUT/centre_correction.json, from the annotations of the global model's
+# training images: scripts/fit_bias_correction.py --annotations; bundle/bias.py).
+# Writes OUT/global/, OUT/refine/, OUT/refine_s1/ ... (weights, logs, learning curves), OUT/centre_correction.json,
+# OUT/eval_coarse/ (global pass alone), OUT/eval_refined/ (with the refinement ensemble), OUT/eval_refined_1/ (the first member alone, when
 # there are several) and OUT/result.json (minutes per stage and the Test1 numbers, senior ground truth).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -55,9 +58,13 @@ evaluate() {  # eval dir name, extra overrides...: Test1, senior ground truth, u
     --dataset_dir "$data" --output_dir "$out" --ckpt_path "$out/global/model.pt" --eval_dir "$out/$name" "$@" \
     > "$out/$name.log" 2>&1 || { tail -30 "$out/$name.log"; exit 1; }
 }
+# the global model trains on the mean of both doctors over its training split (configs/isbi_cpu.yaml keeps a
+# validation part: val_fraction 0.2, split seed 0); its offset from the senior annotation moves the crop centres
+python scripts/fit_bias_correction.py --annotations "$data" --split train --out "$out/centre_correction.json" > /dev/null
+centre=(--refine_centre_correction "$out/centre_correction.json")
 evaluate eval_coarse --refine False
-evaluate eval_refined --refine True --refine_ensemble "$ensemble"
-if [ "$members" -gt 1 ]; then evaluate eval_refined_1 --refine True --refine_ckpt_path "$out/refine/model.pt"; fi
+evaluate eval_refined --refine True --refine_ensemble "$ensemble" "${centre[@]}"
+if [ "$members" -gt 1 ]; then evaluate eval_refined_1 --refine True --refine_ckpt_path "$out/refine/model.pt" "${centre[@]}"; fi
 python - "$out" <<'PY'
 import json, sys
 from pathlib import Path

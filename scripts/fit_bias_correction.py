@@ -9,6 +9,17 @@ Each ``--refined`` folder is one cross-validation fold evaluated with both passe
 The correction of an entry is the mean residual (prediction minus annotation, x / y mm) over all folds' images
 pooled; ``nested_cv`` says what it does to images it was not fitted on: per fold, the correction of the other folds
 subtracted from that fold's predictions, the per-image change of the mean radial error pooled (mean and SE).
+
+Without any model (ISBI layout): the ``global`` entry from the annotations alone, the mean offset of the training
+target from the ground truth over the model's training images (``bundle.bias.annotation_bias``), e.g. for a global
+model trained on all of Train with the mean of both doctors and evaluated against the senior doctor:
+
+    python scripts/fit_bias_correction.py --annotations ../shared/data/isbi2015 --out runs/mine/centre_correction.json
+
+(``--split train`` with ``--val_fold`` / ``--val_fraction`` / ``--split_seed`` for a model that held out a
+validation part, as the CPU recipe's global model does.) It is what ``--refine_centre_correction`` needs: over the
+whole-pipeline cross-validation it does what the correction fitted from the model's own predictions does (see
+docs/README.md).
 """
 
 from __future__ import annotations
@@ -21,7 +32,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bundle.bias import fit_bias  # noqa: E402
+from bundle.bias import annotation_bias, fit_bias  # noqa: E402
+from bundle import ISBI_LANDMARK_NAMES  # noqa: E402
 from bundle.metrics import mean_and_se, read_prediction_positions  # noqa: E402
 
 
@@ -59,9 +71,37 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--refined", nargs="*", default=[], help="evaluation folders, both passes, one per fold")
     ap.add_argument("--global", dest="coarse", nargs="*", default=[], help="evaluation folders, global pass alone")
     ap.add_argument("--out", default=None, help="the JSON file to write (default: print only)")
+    ap.add_argument("--annotations", metavar="DATASET_DIR", default=None,
+                    help="an ISBI 2015-layout folder: the 'global' entry from its annotations, no evaluations needed")
+    ap.add_argument("--train_ground_truth", default="mean", choices=["mean", "senior", "junior"],
+                    help="with --annotations: what the global model was trained on (train.yaml's ground_truth)")
+    ap.add_argument("--ground_truth", default="senior", choices=["mean", "senior", "junior"],
+                    help="with --annotations: what it is judged against (evaluate.yaml's eval_ground_truth)")
+    ap.add_argument("--split", default="trainval", choices=["trainval", "train", "test"],
+                    help="with --annotations: the model's training images, all of Train or its training part (test: "
+                    "Test1's offsets, to compare with Train's; never a correction to evaluate Test1 with)")
+    ap.add_argument("--val_fold", type=int, default=None, help="with --split train: the fold held out")
+    ap.add_argument("--val_fraction", type=float, default=0.2)
+    ap.add_argument("--split_seed", type=int, default=0)
     args = ap.parse_args(argv)
+    if args.annotations:
+        if args.refined or args.coarse:
+            ap.error("--annotations fits from the annotations alone; leave out --refined / --global")
+        bias, n = annotation_bias(args.annotations, args.train_ground_truth, args.ground_truth, args.split,
+                                  args.val_fraction, args.split_seed, args.val_fold)
+        result = {"frame": "(x, y) mm, image axes; subtracted from the predictions",
+                  "global": np.round(bias, 4).tolist(), "landmark_names": list(ISBI_LANDMARK_NAMES), "n_images": n,
+                  "fitted_on": {"global": {"annotations": str(args.annotations), "train_ground_truth": args.train_ground_truth,
+                                           "ground_truth": args.ground_truth, "split": args.split, "val_fold": args.val_fold,
+                                           "val_fraction": args.val_fraction, "split_seed": args.split_seed}}}
+        if args.out:
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+        size = float(np.linalg.norm(bias, axis=-1).mean())
+        print(json.dumps({"n_images": n, "mean_offset_mm": round(size, 4), "out": args.out}))
+        return 0
     if len(args.refined) < 2 and len(args.coarse) < 2:
-        ap.error("give at least two folds' evaluation folders (--refined and/or --global)")
+        ap.error("give at least two folds' evaluation folders (--refined and/or --global), or --annotations")
     result: dict = {"frame": "(x, y) mm, image axes; subtracted from the predictions", "nested_cv": {}, "fitted_on": {}}
     names = None
     for entry, dirs in (("refined", args.refined), ("global", args.coarse)):

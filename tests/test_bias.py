@@ -103,6 +103,48 @@ class TestFitScript(unittest.TestCase):
         np.testing.assert_allclose(fit_bias(np.ones((2, 3, 2)), np.zeros((2, 3, 2))), np.ones((3, 2)))
 
 
+class TestAnnotationBias(unittest.TestCase):
+    """bundle.bias.annotation_bias / fit_bias_correction.py --annotations: the offset of a training target (the
+    mean of both doctors) from the ground truth (the senior doctor) over the training images, with no model."""
+
+    def _isbi(self, root: Path, n: int = 10) -> np.ndarray:
+        rng = np.random.default_rng(1)
+        (root / "RawImage" / "TrainingData").mkdir(parents=True)
+        offset_px = np.zeros((19, 2))
+        offset_px[2] = [12.0, -6.0]  # the junior doctor places landmark 3 12 px right of and 6 px above the senior
+        for i in range(1, n + 1):
+            (root / "RawImage" / "TrainingData" / f"{i:03d}.bmp").write_bytes(b"")  # only listed, never read
+            senior = rng.uniform(100, 1800, (19, 2))
+            junior = senior + offset_px + rng.normal(0, 1, (19, 2))
+            for doctor, xy in (("400_senior", senior), ("400_junior", junior)):
+                folder = root / "AnnotationsByMD" / doctor
+                folder.mkdir(parents=True, exist_ok=True)
+                (folder / f"{i:03d}.txt").write_text("".join(f"{x:.2f},{y:.2f}\n" for x, y in xy))
+        return offset_px
+
+    def test_mean_minus_senior_in_mm_over_the_training_images(self):
+        from bundle.bias import annotation_bias
+
+        sys.path.insert(0, str(ROOT / "scripts"))
+        import fit_bias_correction
+
+        with tempfile.TemporaryDirectory() as tmp:
+            offset_px = self._isbi(Path(tmp))
+            bias, n = annotation_bias(tmp)  # all 10 images, (mean - senior) at ISBI's 0.1 mm
+            self.assertEqual(n, 10)
+            np.testing.assert_allclose(bias, offset_px / 2 * 0.1, atol=0.05)
+            self.assertEqual(annotation_bias(tmp, split="train", fold=1)[1], 8)  # fold 1's training part
+            np.testing.assert_allclose(annotation_bias(tmp, "senior", "senior")[0], 0.0)
+            out = Path(tmp) / "centre.json"
+            with contextlib.redirect_stdout(io.StringIO()):
+                self.assertEqual(fit_bias_correction.main(["--annotations", tmp, "--out", str(out)]), 0)
+            correction = load_bias_correction(out, fit_bias_correction.ISBI_LANDMARK_NAMES)  # loads for the 19
+            np.testing.assert_allclose(correction["global"], bias, atol=1e-4)
+            self.assertNotIn("refined", correction)
+            with self.assertRaises(SystemExit), contextlib.redirect_stderr(io.StringIO()):
+                fit_bias_correction.main(["--annotations", tmp, "--global", "a", "b"])  # one source or the other
+
+
 if __name__ == "__main__":
     unittest.main()
 
