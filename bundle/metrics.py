@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from monai.metrics import CumulativeIterationMetric
 
+from .analysis import has_analysis_landmarks, measurement_agreement
 from .io import atomic_write_csv, atomic_write_text
 
 __all__ = [
@@ -116,7 +117,10 @@ class LandmarkEvaluationSaver:
     """Ignite handler: collects each evaluated image's predictions and radial errors and, when the run completes,
     writes ``metrics.json`` (:func:`summarize_errors`), ``per_image_errors.csv`` (one row per image: the radial
     error of every landmark and their mean, in mm) and ``predictions.csv`` (predicted and true landmarks, original
-    pixels, x/y order), and with ``pictures`` two kinds of picture to look at: ``errors_by_landmark.png`` (per
+    pixels, x/y order, with the radial error, the heatmap spread where there is one and the image's pixel spacing
+    ``spacing_x_mm`` / ``spacing_y_mm``, so that the positions convert to mm without the images), with the 19 ISBI
+    landmarks ``measurements.json`` (how well the cephalometric analysis of the predictions agrees with the ground
+    truth's: :func:`bundle.analysis.measurement_agreement`), and with ``pictures`` two kinds of picture to look at: ``errors_by_landmark.png`` (per
     landmark MRE, SD and SDR@2mm) and ``worst_cases/RANK_IMAGE.png``, the ``worst_cases`` images with the largest
     mean error drawn with their predictions (red crosses, numbered), the ground truth (green circles) and the
     error of each landmark (yellow lines). Files are written to a temporary name first and renamed, so none is
@@ -177,17 +181,28 @@ class LandmarkEvaluationSaver:
         ]
         atomic_write_csv(self.output_dir / "per_image_errors.csv", lines)
         spreads = self._spreads if len(self._spreads) == len(self._rows) else [None] * len(self._rows)
-        pred_rows = [["image", "landmark", "name", "x_pred", "y_pred", "x_true", "y_true", "error_mm", "spread_mm"]]
+        pred_rows = [["image", "landmark", "name", "x_pred", "y_pred", "x_true", "y_true", "error_mm", "spread_mm",
+                      "spacing_x_mm", "spacing_y_mm"]]
         for (name, p, t, sp), err, spread in zip(self._rows, errors, spreads):
+            sp_yx = torch.as_tensor(sp).float().cpu().reshape(-1).expand(2)  # (y, x) mm; one number: both
             for i in range(n):
                 pp, tt = p[i] / sp, t[i] / sp
                 pred_rows.append([name, i + 1, self.names[i] if self.names else f"L{i + 1}", f"{float(pp[1]):.2f}",
                                   f"{float(pp[0]):.2f}", f"{float(tt[1]):.2f}", f"{float(tt[0]):.2f}",
-                                  f"{float(err[i]):.4f}", "" if spread is None else f"{float(spread[i]):.4f}"])
+                                  f"{float(err[i]):.4f}", "" if spread is None else f"{float(spread[i]):.4f}",
+                                  f"{float(sp_yx[1]):.6g}", f"{float(sp_yx[0]):.6g}"])
         atomic_write_csv(self.output_dir / "predictions.csv", pred_rows)
         if len(self._spreads) == len(self._rows):
             cal = fit_uncertainty_calibration(torch.stack(self._spreads), errors)
             atomic_write_text(self.output_dir / "calibration.json", json.dumps(cal, indent=2))
+        if self.names and has_analysis_landmarks(self.names):
+            pred = torch.stack([torch.as_tensor(p).float().cpu() for _, p, _, _ in self._rows]).flip(-1).numpy()
+            true = torch.stack([torch.as_tensor(t).float().cpu() for _, _, t, _ in self._rows]).flip(-1).numpy()
+            agreement = measurement_agreement(pred, true)
+            atomic_write_text(self.output_dir / "measurements.json", json.dumps(agreement, indent=2))
+            engine.logger.info("cephalometric analysis: the measurements' types agree with the ground truth's in %.1f%% "
+                               "(mean of the eight; %s)", agreement["mean_type_agreement_pct"],
+                               ", ".join(f"{k} {v['type_agreement_pct']:.0f}%" for k, v in agreement["measurements"].items()))
         if self.pictures:
             self._draw(errors)
         s = self.summary
@@ -307,10 +322,20 @@ def prediction_table(eval_dir: str | Path, columns: Sequence[str]) -> tuple[list
 
 def read_prediction_positions(eval_dir: str | Path) -> dict:
     """The positions in an evaluation's ``predictions.csv`` as arrays: ``{"images": [...], "names": [...],
-    "pred_xy": (images, N, 2), "true_xy": (images, N, 2)`` (original pixels, x / y), ``"spacing_mm"}``. The file has
-    no spacing column; its mm per pixel is the median of ``error_mm`` over the pixel distance, taken over the errors
-    of more than 5 pixels (one spacing per file, as ISBI's 0.1 mm)."""
-    images, names, table = prediction_table(eval_dir, ("x_pred", "y_pred", "x_true", "y_true", "error_mm"))
+    "pred_xy": (images, N, 2), "true_xy": (images, N, 2)`` (original pixels, x / y), ``"spacing_mm"}``: the pixel
+    spacing, ``(images, N, 2)`` (x / y mm) from the file's ``spacing_x_mm`` / ``spacing_y_mm`` columns, so that
+    ``pred_xy * spacing_mm`` is in mm. Files written before those columns (0.5.1 and earlier) get one spacing for the
+    whole file instead, inferred as the median of ``error_mm`` over the pixel distance, taken over the errors of more
+    than 5 pixels."""
+    columns = ("x_pred", "y_pred", "x_true", "y_true", "error_mm")
+    try:
+        images, names, table = prediction_table(eval_dir, columns + ("spacing_x_mm", "spacing_y_mm"))
+        return {"images": images, "names": names, "pred_xy": table[..., :2], "true_xy": table[..., 2:4],
+                "spacing_mm": table[..., 5:7]}
+    except ValueError as e:
+        if "spacing_" not in str(e):
+            raise
+    images, names, table = prediction_table(eval_dir, columns)
     px = np.hypot(table[..., 0] - table[..., 2], table[..., 1] - table[..., 3])
     big = px > 5
     spacing = float(np.median(table[..., 4][big] / px[big])) if big.any() else 0.1

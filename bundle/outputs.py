@@ -1,4 +1,5 @@
-"""Inference outputs: ``landmarks.csv``, a 3D Slicer point list and an overlay PNG per image, ``errors.csv``; and the
+"""Inference outputs: ``landmarks.csv``, a 3D Slicer point list and an overlay PNG per image, ``errors.csv``,
+``measurements.csv`` (the cephalometric analysis of :mod:`bundle.analysis`, for the 19 ISBI landmarks); and the
 evaluation's pictures (the per-landmark error chart and the worst images).
 
 Files take ``(x, y)`` in pixels of the original image (x right, y down, first pixel centre at 0, 0); the bundle's
@@ -19,6 +20,7 @@ import torch
 
 __all__ = [
     "LANDMARKS_CSV_HEADER",
+    "MEASUREMENTS_CSV_HEADER",
     "slicer_markups",
     "overlay_picture",
     "draw_overlay",
@@ -31,6 +33,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 LANDMARKS_CSV_HEADER = ["image", "landmark", "name", "x", "y", "x_mm", "y_mm", "uncertainty_mm"]
+MEASUREMENTS_CSV_HEADER = ["image", "measurement", "value", "unit", "type", "meaning"]
 _SLICER_SCHEMA = "https://raw.githubusercontent.com/slicer/slicer/master/Modules/Loadable/Markups/Resources/Schema/markups-schema-v1.0.3.json#"
 
 
@@ -85,7 +88,7 @@ def overlay_picture(image: np.ndarray, points_xy: np.ndarray, uncertainty_px: np
     """A PIL picture of the radiograph with the landmarks drawn on it: a numbered red cross per landmark, an orange
     circle of the expected error when ``uncertainty_px`` is given, and the ground truth as a green circle with a
     yellow line to the prediction when ``truth_xy`` is given. Shrunk to at most ``max_side`` pixels. ``caption``
-    lines are written on a black band at the top (the first in yellow, the others smaller, in grey).
+    lines are written on a black band added above the picture (the first in yellow, the others smaller, in grey).
 
     Args:
         image: ``(H, W)`` grey image, any range.
@@ -116,9 +119,12 @@ def overlay_picture(image: np.ndarray, points_xy: np.ndarray, uncertainty_px: np
         draw.line([(x - r, y), (x + r, y)], fill=(255, 0, 0), width=2)
         draw.line([(x, y - r), (x, y + r)], fill=(255, 0, 0), width=2)
         draw.text((x + r + 1, y - 2 * r), str(i + 1), fill=(255, 60, 60), font=font)
-    if caption:
+    if caption:  # a black band added above the picture, so that it hides nothing
         size, small = max(12, pic.width // 60), max(10, pic.width // 80)
-        draw.rectangle([0, 0, pic.width, size + (small + 4) * (len(caption) - 1) + 12], fill=(0, 0, 0))
+        band = size + (small + 4) * (len(caption) - 1) + 12
+        framed = Image.new("RGB", (pic.width, pic.height + band), (0, 0, 0))
+        framed.paste(pic, (0, band))
+        pic, draw = framed, ImageDraw.Draw(framed)
         draw.text((8, 4), caption[0], fill=(255, 255, 0), font=ImageFont.load_default(size=size))
         for k, line in enumerate(caption[1:]):
             draw.text((8, size + 8 + k * (small + 4)), line, fill=(220, 220, 220), font=ImageFont.load_default(size=small))
@@ -126,10 +132,23 @@ def overlay_picture(image: np.ndarray, points_xy: np.ndarray, uncertainty_px: np
 
 
 def draw_overlay(image: np.ndarray, points_xy: np.ndarray, names: Sequence[str], path: str | Path,
-                 uncertainty_px: np.ndarray | None = None, truth_xy: np.ndarray | None = None, max_side: int = 1200) -> None:
+                 uncertainty_px: np.ndarray | None = None, truth_xy: np.ndarray | None = None, max_side: int = 1200,
+                 caption: Sequence[str] = ()) -> None:
     """Save :func:`overlay_picture` as a PNG at ``path`` (written to a temporary name, then renamed).
     ``names`` are numbered in the picture in their order (1 = ``names[0]``)."""
-    save_picture(overlay_picture(image, points_xy, uncertainty_px, truth_xy, max_side), path)
+    save_picture(overlay_picture(image, points_xy, uncertainty_px, truth_xy, max_side, caption), path)
+
+
+def analysis_caption(rows: Sequence[dict]) -> list[str]:
+    """Overlay caption lines for one image's analysis (:func:`bundle.analysis.analyse`): a title, then each
+    measurement's value and the type it indicates, two to a line."""
+    def cell(r: dict) -> str:
+        value = f"{r['value']:.2f}" if r["unit"] == "ratio" else f"{r['value']:.1f}{'°' if r['unit'] == 'deg' else ' mm'}"
+        return f"{r['measurement']} {value}: {r['meaning']}"
+
+    cells = [cell(r) for r in rows]
+    return ["Cephalometric analysis (ISBI 2015 types; not a diagnosis)",
+            *("      ".join(cells[k:k + 2]) for k in range(0, len(cells), 2))]
 
 
 def save_picture(pic, path: str | Path) -> None:
@@ -235,17 +254,25 @@ class LandmarkOutputWriter:
     """Ignite handler for the inference evaluator: for each image it appends its rows to ``landmarks.csv``
     (flushed at once, so a crash loses nothing already written), writes ``<stem>.mrk.json`` and
     ``<stem>_overlay.png``; an image that could not be read gets a row in ``errors.csv`` and the batch goes on.
+    With the 19 ISBI landmarks it also appends the image's cephalometric analysis (:mod:`bundle.analysis`: ANB,
+    SNB, SNA, ODI, APDI, FHI, FMA, MW with the anatomical type each indicates) to ``measurements.csv`` and writes
+    the values on the overlay; other landmark sets get no analysis (logged once).
 
     Args:
         output_dir: the output folder (created if missing).
         names: landmark names.
         overlay: write the overlay PNGs.
+        analysis: write the cephalometric analysis (where the landmarks allow it).
     """
 
-    def __init__(self, output_dir: str, names: Sequence[str], overlay: bool = True):
+    def __init__(self, output_dir: str, names: Sequence[str], overlay: bool = True, analysis: bool = True):
+        from .analysis import has_analysis_landmarks
+
         self.output_dir = Path(output_dir)
         self.names = list(names)
         self.overlay = overlay
+        self.analysis = str(analysis).lower() in ("true", "1") and has_analysis_landmarks(self.names)
+        self.analysis_asked = str(analysis).lower() in ("true", "1")
         self.n_ok = 0
         self.n_failed = 0
 
@@ -262,6 +289,12 @@ class LandmarkOutputWriter:
             csv.writer(f).writerow(LANDMARKS_CSV_HEADER)
         with open(self.output_dir / "errors.csv", "w", newline="") as f:
             csv.writer(f).writerow(["image", "error"])
+        if self.analysis:
+            with open(self.output_dir / "measurements.csv", "w", newline="") as f:
+                csv.writer(f).writerow(MEASUREMENTS_CSV_HEADER)
+        elif self.analysis_asked:
+            logger.info("no cephalometric analysis: it needs the 19 ISBI landmarks in their order, this run has %d",
+                        len(self.names))
         self.n_ok = self.n_failed = 0
 
     def _write(self, engine) -> None:
@@ -298,6 +331,16 @@ class LandmarkOutputWriter:
         with open(self.output_dir / "landmarks.csv", "a", newline="") as f:
             csv.writer(f).writerows(rows)
             f.flush()
+        caption: list[str] = []
+        if self.analysis:
+            from .analysis import analyse
+
+            analysis = analyse(pred_mm[:, ::-1])  # (y, x) -> (x, y) mm
+            with open(self.output_dir / "measurements.csv", "a", newline="") as f:
+                csv.writer(f).writerows([[name, r["measurement"], f"{r['value']:.4f}", r["unit"], r["type"], r["meaning"]]
+                                         for r in analysis])
+                f.flush()
+            caption = analysis_caption(analysis)
         stem = name.split(".")[0]
         mm_per_px = torch.as_tensor(item.get("slicer_mm_per_px", torch.ones(2))).float().numpy()[::-1]  # (x, y)
         markups = slicer_markups(xy, self.names, mm_per_px, [f"uncertainty {u:.2f} mm" for u in unc])
@@ -314,7 +357,8 @@ class LandmarkOutputWriter:
             else:
                 image, _ = read_image(path)
                 points, px_per_mm = xy, float(1 / spacing.mean())
-            draw_overlay(image, points, self.names, self.output_dir / f"{stem}_overlay.png", uncertainty_px=unc * px_per_mm)
+            draw_overlay(image, points, self.names, self.output_dir / f"{stem}_overlay.png", uncertainty_px=unc * px_per_mm,
+                         caption=caption)
         self.n_ok += 1
 
     def _finish(self, engine) -> None:

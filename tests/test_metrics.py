@@ -252,5 +252,55 @@ class TestBlendScript(unittest.TestCase):
         self.assertTrue(any(b["global_error_mm"][0] >= 1.0 for b in table))
 
 
+class TestPredictionsFile(unittest.TestCase):
+    """LandmarkEvaluationSaver's predictions.csv carries each image's pixel spacing, and read_prediction_positions
+    turns its positions into mm with it (older files without the columns: one spacing inferred from error_mm)."""
+
+    def _evaluate(self, out, images):
+        import logging
+        from types import SimpleNamespace
+
+        from bundle.metrics import LandmarkEvaluationSaver
+
+        saver = LandmarkEvaluationSaver(str(out), names=["A", "B"])
+        engine = SimpleNamespace(state=SimpleNamespace(), logger=logging.getLogger("test"))
+        saver._reset(engine)
+        for name, pred_px, true_px, spacing in images:  # (y, x) pixels, (y, x) mm per pixel
+            sp = torch.tensor(spacing)
+            engine.state.output = {"pred_mm": torch.tensor(pred_px) * sp, "true_mm": torch.tensor(true_px) * sp}
+            engine.state.batch = {"image_name": name, "spacing": sp}
+            saver._collect(engine)
+        saver._write(engine)
+
+    def test_spacing_columns_give_positions_in_mm(self):
+        import csv
+        import tempfile
+
+        import numpy as np
+
+        from bundle.metrics import read_prediction_positions
+
+        images = [("a.png", [[10.0, 20.0], [30.0, 40.0]], [[12.0, 20.0], [30.0, 45.0]], [0.2, 0.1]),
+                  ("b.png", [[5.0, 5.0], [6.0, 6.0]], [[5.0, 8.0], [6.0, 6.0]], [0.3, 0.3])]
+        with tempfile.TemporaryDirectory() as tmp:
+            self._evaluate(tmp, images)
+            with open(Path(tmp) / "predictions.csv", newline="") as f:
+                rows = list(csv.DictReader(f))
+            self.assertEqual([(r["spacing_x_mm"], r["spacing_y_mm"]) for r in rows],
+                             [("0.1", "0.2"), ("0.1", "0.2"), ("0.3", "0.3"), ("0.3", "0.3")])
+            p = read_prediction_positions(tmp)
+            self.assertEqual(p["images"], ["a.png", "b.png"])
+            for k, (_, pred, true, sp) in enumerate(images):  # back to (x, y) mm exactly as given
+                np.testing.assert_allclose(p["pred_xy"][k] * p["spacing_mm"][k], (np.array(pred) * sp)[:, ::-1], atol=1e-3)
+                np.testing.assert_allclose(p["true_xy"][k] * p["spacing_mm"][k], (np.array(true) * sp)[:, ::-1], atol=1e-3)
+            # a file of 0.5.1 or earlier, without the columns: one spacing, inferred from the errors
+            with open(Path(tmp) / "predictions.csv", "w", newline="") as f:
+                w = csv.writer(f)
+                w.writerow(["image", "landmark", "name", "x_pred", "y_pred", "x_true", "y_true", "error_mm", "spread_mm"])
+                w.writerow(["a.png", 1, "A", 0, 0, 30, 40, 12.5, ""])  # 50 px, 12.5 mm
+                w.writerow(["a.png", 2, "B", 0, 0, 0, 0, 0.0, ""])
+            self.assertAlmostEqual(float(read_prediction_positions(tmp)["spacing_mm"]), 0.25)
+
+
 if __name__ == "__main__":
     unittest.main()

@@ -7,6 +7,7 @@ import tempfile
 import unittest
 from pathlib import Path
 
+import numpy as np
 import torch
 from monai.bundle import ConfigWorkflow, ckpt_export, verify_metadata
 
@@ -146,6 +147,21 @@ class TestBundleWorkflow(unittest.TestCase):
             errors = list(csv.DictReader(f))
         self.assertEqual([e["image"] for e in errors], ["corrupt.jpg"])
         self.assertIn("cannot read image", errors[0]["error"])
+        with open(out / "measurements.csv") as f:  # the cephalometric analysis of each image read
+            reader = csv.DictReader(f)
+            self.assertEqual(reader.fieldnames, ["image", "measurement", "value", "unit", "type", "meaning"])
+            measured = list(reader)
+        self.assertEqual([r["measurement"] for r in measured[:8]], ["ANB", "SNB", "SNA", "ODI", "APDI", "FHI", "FMA", "MW"])
+        self.assertEqual(sorted({r["image"] for r in measured}), sorted(p.name for p in inp.iterdir() if p.name != "corrupt.jpg"))
+        self.assertEqual(len(measured), 2 * 8)
+        from bundle.analysis import classify, measure
+
+        first = [r for r in rows if r["image"] == measured[0]["image"]]
+        values = measure(np.array([[float(r["x_mm"]), float(r["y_mm"])] for r in first]))  # from landmarks.csv
+        for r in measured[:8]:  # landmarks.csv rounds to 1 um; an untrained model's landmarks may sit close together
+            expected = float(values[r["measurement"]])
+            self.assertAlmostEqual(float(r["value"]), expected, delta=0.01 * max(1.0, abs(expected)))
+            self.assertEqual(int(r["type"]), classify(r["measurement"], float(r["value"]))[0])
 
     def test_5_resume_continues_the_run(self):
         ckpt = torch.load(self.runs / "checkpoint_last.pt", map_location="cpu", weights_only=True)
