@@ -1,6 +1,6 @@
 """Inference outputs: ``landmarks.csv``, a 3D Slicer point list and an overlay PNG per image, ``errors.csv``,
-``measurements.csv`` (the cephalometric analysis of :mod:`bundle.analysis`, for the 19 ISBI landmarks); and the
-evaluation's pictures (the per-landmark error chart and the worst images).
+``measurements.csv`` (the cephalometric analysis of :mod:`bundle.analysis`, for the 19 ISBI landmarks),
+``report.html`` (one page to review the batch); and the evaluation's pictures (the per-landmark error chart and the worst images).
 
 Files take ``(x, y)`` in pixels of the original image (x right, y down, first pixel centre at 0, 0); the bundle's
 ``(y, x)`` arrays are converted here, at the edge.
@@ -28,6 +28,7 @@ __all__ = [
     "save_picture",
     "OverlayImageLogger",
     "LandmarkOutputWriter",
+    "batch_report_html",
 ]
 
 logger = logging.getLogger(__name__)
@@ -250,13 +251,58 @@ class OverlayImageLogger:
         self.writer.add_image(self.tag, np.asarray(pic), step, dataformats="HWC")
 
 
+def batch_report_html(entries: Sequence[dict], errors: Sequence[tuple[str, str]], title: str) -> str:
+    """``report.html``: one page to review a batch. Per image (``entries``: ``{"image", "overlay" (file name or
+    None), "landmarks": [(number, name, x, y, uncertainty_mm)], "analysis": [row of bundle.analysis.analyse]}``)
+    its overlay (click for full size), its cephalometric analysis with the types outside the normal range in bold,
+    and its landmarks (folded); then the files that could not be read (``errors``: ``(image, message)``)."""
+    from html import escape
+
+    out = ["<!DOCTYPE html><html><head><meta charset='utf-8'><title>" + escape(title) + "</title><style>"
+           "body{font-family:sans-serif;margin:1.5em;max-width:1100px}table{border-collapse:collapse;margin:.4em 0}"
+           "td,th{border:1px solid #bbb;padding:2px 8px;text-align:left}.img{display:flex;gap:1.5em;margin:1.2em 0;"
+           "border-top:1px solid #888;padding-top:1em}.img img{max-width:420px}</style></head><body>",
+           f"<h1>{escape(title)}</h1>",
+           f"<p>{len(entries)} image(s) read, {len(errors)} could not be read. Positions are pixels of the original "
+           "image (x right, y down); <i>expected error</i> is the calibrated uncertainty. Types are the ISBI 2015 "
+           "challenge's ranges (1: normal), not a diagnosis; a clinician reviews every landmark.</p>"]
+    for e in entries:
+        name = escape(str(e["image"]))
+        out.append(f"<div class='img' id='{name}'><div>")
+        if e.get("overlay"):
+            ov = escape(str(e["overlay"]))
+            out.append(f"<a href='{ov}'><img src='{ov}' alt='{name}'></a>")
+        out.append(f"</div><div><h2>{name}</h2>")
+        if e.get("analysis"):
+            out.append("<table><tr><th>measurement</th><th>value</th><th>type</th></tr>")
+            for r in e["analysis"]:
+                unit = {"deg": "°", "mm": " mm"}.get(r["unit"], "")
+                kind = f"{r['type']}: {escape(r['meaning'])}"
+                out.append(f"<tr><td>{r['measurement']}</td><td>{r['value']:.2f}{unit}</td>"
+                           f"<td>{kind if r['type'] == 1 else '<b>' + kind + '</b>'}</td></tr>")
+            out.append("</table>")
+        out.append("<details><summary>landmarks</summary><table><tr><th>#</th><th>name</th><th>x</th><th>y</th>"
+                   "<th>expected error (mm)</th></tr>")
+        for number, lname, x, y, unc in e["landmarks"]:
+            out.append(f"<tr><td>{number}</td><td>{escape(str(lname))}</td><td>{x:.1f}</td><td>{y:.1f}</td>"
+                       f"<td>{unc:.2f}</td></tr>")
+        out.append("</table></details></div></div>")
+    if errors:
+        out.append("<h2>Not read</h2><table><tr><th>image</th><th>error</th></tr>")
+        out.extend(f"<tr><td>{escape(str(n))}</td><td>{escape(str(m))}</td></tr>" for n, m in errors)
+        out.append("</table>")
+    out.append("</body></html>")
+    return "\n".join(out) + "\n"
+
+
 class LandmarkOutputWriter:
     """Ignite handler for the inference evaluator: for each image it appends its rows to ``landmarks.csv``
     (flushed at once, so a crash loses nothing already written), writes ``<stem>.mrk.json`` and
     ``<stem>_overlay.png``; an image that could not be read gets a row in ``errors.csv`` and the batch goes on.
     With the 19 ISBI landmarks it also appends the image's cephalometric analysis (:mod:`bundle.analysis`: ANB,
     SNB, SNA, ODI, APDI, FHI, FMA, MW with the anatomical type each indicates) to ``measurements.csv`` and writes
-    the values on the overlay; other landmark sets get no analysis (logged once).
+    the values on the overlay; other landmark sets get no analysis (logged once). ``report.html`` (rewritten after
+    every image, so it always covers what has been written) shows the batch on one page.
 
     Args:
         output_dir: the output folder (created if missing).
@@ -273,6 +319,8 @@ class LandmarkOutputWriter:
         self.overlay = overlay
         self.analysis = str(analysis).lower() in ("true", "1") and has_analysis_landmarks(self.names)
         self.analysis_asked = str(analysis).lower() in ("true", "1")
+        self._entries: list[dict] = []
+        self._errors: list[tuple[str, str]] = []
         self.n_ok = 0
         self.n_failed = 0
 
@@ -296,6 +344,8 @@ class LandmarkOutputWriter:
             logger.info("no cephalometric analysis: it needs the 19 ISBI landmarks in their order, this run has %d",
                         len(self.names))
         self.n_ok = self.n_failed = 0
+        self._entries, self._errors = [], []
+        self._report()
 
     def _write(self, engine) -> None:
         outputs = engine.state.output if isinstance(engine.state.output, list) else [engine.state.output]
@@ -315,6 +365,18 @@ class LandmarkOutputWriter:
         self.n_failed += 1
         with open(self.output_dir / "errors.csv", "a", newline="") as f:
             csv.writer(f).writerow([name, message])
+        self._errors.append((name, message))
+        self._report()
+
+    def _report(self) -> None:
+        """Rewrite ``report.html`` (atomically) with every image so far; a failure here never stops the batch."""
+        from .io import atomic_write_text
+
+        try:
+            atomic_write_text(self.output_dir / "report.html",
+                              batch_report_html(self._entries, self._errors, f"Landmarks of {self.output_dir.name}"))
+        except Exception:  # noqa: BLE001 - the report is a convenience; the CSV files hold the results
+            logger.exception("writing report.html failed")
 
     def _write_one(self, name: str, path: str, out: dict, item: dict) -> None:
         from .io import atomic_write_text, read_image
@@ -332,6 +394,7 @@ class LandmarkOutputWriter:
             csv.writer(f).writerows(rows)
             f.flush()
         caption: list[str] = []
+        analysis = None
         if self.analysis:
             from .analysis import analyse
 
@@ -360,9 +423,12 @@ class LandmarkOutputWriter:
             draw_overlay(image, points, self.names, self.output_dir / f"{stem}_overlay.png", uncertainty_px=unc * px_per_mm,
                          caption=caption)
         self.n_ok += 1
+        self._entries.append({"image": name, "overlay": f"{stem}_overlay.png" if self.overlay else None, "analysis": analysis,
+                              "landmarks": [(int(r[1]), r[2], float(r[3]), float(r[4]), float(r[7])) for r in rows]})
+        self._report()
 
     def _finish(self, engine) -> None:
         engine.logger.info(
-            "wrote landmarks of %d image(s) to %s; %d could not be read (see errors.csv)",
-            self.n_ok, self.output_dir / "landmarks.csv", self.n_failed,
+            "wrote landmarks of %d image(s) to %s; %d could not be read (see errors.csv); to review them: %s",
+            self.n_ok, self.output_dir / "landmarks.csv", self.n_failed, self.output_dir / "report.html",
         )

@@ -162,6 +162,10 @@ class TestBundleWorkflow(unittest.TestCase):
             expected = float(values[r["measurement"]])
             self.assertAlmostEqual(float(r["value"]), expected, delta=0.01 * max(1.0, abs(expected)))
             self.assertEqual(int(r["type"]), classify(r["measurement"], float(r["value"]))[0])
+        report = (out / "report.html").read_text()  # one page to review the batch
+        for name in sorted(p.name for p in inp.iterdir() if p.name != "corrupt.jpg"):
+            self.assertIn(f"<a href='{name.split('.')[0]}_overlay.png'>", report)
+        self.assertIn("<td>corrupt.jpg</td>", report)
 
     def test_5_resume_continues_the_run(self):
         ckpt = torch.load(self.runs / "checkpoint_last.pt", map_location="cpu", weights_only=True)
