@@ -19,6 +19,7 @@ from .io import atomic_write_text
 __all__ = [
     "AutocastInferer",
     "TrainingProgressBar",
+    "ImageProgressBar",
     "WarmStart",
     "TimeBudget",
     "LearningCurveWriter",
@@ -104,6 +105,21 @@ class TrainingProgressBar:
         if not self.enabled:  # e.g. logs to a file, where a bar is noise
             return
         self.bar.attach(engine, output_transform=lambda out: {"loss": from_engine(["loss"], first=True)(out)})
+
+
+class ImageProgressBar:
+    """tqdm progress bar over the images of an evaluation or inference run (ignite's ``ProgressBar`` on the
+    evaluator: images done, total, rate and time left); ``enabled=False`` attaches nothing (logs to a file)."""
+
+    def __init__(self, enabled: bool = True, desc: str = "images"):
+        self.enabled = str(enabled).lower() in ("true", "1")  # the command line may give the string 'false'
+        self.desc = desc
+
+    def attach(self, engine) -> None:
+        from ignite.handlers import ProgressBar
+
+        if self.enabled:
+            ProgressBar(persist=True, desc=self.desc).attach(engine)
 
 
 class WarmStart:

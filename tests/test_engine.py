@@ -48,5 +48,31 @@ class TestNativeBf16(unittest.TestCase):
         self.assertIsInstance(cpu_has_native_bf16(), bool)
 
 
+
+class TestImageProgressBar(unittest.TestCase):
+    def test_counts_the_images_of_an_evaluator_and_can_be_off(self):
+        """Inference and evaluation show a bar over the images; 'false' from the command line attaches nothing."""
+        import contextlib
+        import io
+
+        from ignite.engine import Engine, Events
+
+        from bundle.engine import ImageProgressBar
+
+        for enabled, expected in ((True, "images: [4/4]"), ("false", None)):
+            engine = Engine(lambda e, batch: batch)
+            n_before = len(engine._event_handlers[Events.ITERATION_COMPLETED])
+            ImageProgressBar(enabled).attach(engine)
+            err = io.StringIO()
+            with contextlib.redirect_stderr(err):
+                engine.run(range(4), max_epochs=1)
+            if expected:
+                self.assertGreater(len(engine._event_handlers[Events.ITERATION_COMPLETED]), n_before)
+                self.assertIn(expected, err.getvalue())
+            else:
+                self.assertEqual(len(engine._event_handlers[Events.ITERATION_COMPLETED]), n_before)
+                self.assertEqual(err.getvalue(), "")
+
+
 if __name__ == "__main__":
     unittest.main()
