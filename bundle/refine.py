@@ -165,6 +165,23 @@ def context_image(image: torch.Tensor, factor: float) -> tuple[torch.Tensor, tor
     return resize_image(image, size)
 
 
+def load_real_offsets(offsets: str | Mapping | None) -> dict:
+    """``{image_name: (N, 2) (dy, dx) mm}`` from a dict or the JSON file ``scripts/real_crop_offsets.py`` writes
+    (its ``offsets_mm`` entry); None / "" / "null": empty."""
+    import json
+    from pathlib import Path
+
+    if offsets is None or (isinstance(offsets, str) and offsets.lower() in ("", "none", "null")):
+        return {}
+    if not isinstance(offsets, Mapping):
+        path = Path(offsets)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: real crop offsets not found (scripts/real_crop_offsets.py writes them).")
+        offsets = json.loads(path.read_text())
+    offsets = offsets.get("offsets_mm", offsets)
+    return {str(name): np.asarray(v, dtype=np.float64).reshape(-1, 2) for name, v in offsets.items()}
+
+
 class LandmarkCropsd(Randomizable, MapTransform):
     """One crop per landmark, centred near it, as a list of data dictionaries (MONAI flattens such lists into
     the batch).
@@ -191,6 +208,12 @@ class LandmarkCropsd(Randomizable, MapTransform):
             ``far_offset`` pixels around the landmark (the global pass's rarer far misses, which a Gaussian of
             ``offset_sd`` almost never shows); 0: off.
         far_offset: radius of that disk, in pixels.
+        real_offsets: the global pass's real misses, ``{image_name: [[dy, dx] mm, ...] per landmark}`` (a dict or a
+            JSON file; ``scripts/real_crop_offsets.py`` writes one from cross-validation evaluations): where the
+            pipeline would centre each crop relative to the truth, on an image it did not train on.
+        real_fraction: share of the crops (training, images in ``real_offsets``) centred at their real offset plus
+            a Gaussian jitter of ``real_jitter`` pixels per axis (clipped to ``max_offset``); 0: off.
+        real_jitter: that jitter's SD, in pixels.
         landmarks_per_image: crops per image, from a random choice of landmarks; None: one per landmark.
         random: draw new offsets each call (training) or fixed ones per image (validation).
         context_factor: above 1, each crop gets a second channel: the same crop size, centre, rotation and
@@ -212,6 +235,9 @@ class LandmarkCropsd(Randomizable, MapTransform):
         context_factor: float | Sequence[float] = 0.0,
         far_fraction: float = 0.0,
         far_offset: float = 0.0,
+        real_offsets: str | Mapping | None = None,
+        real_fraction: float = 0.0,
+        real_jitter: float = 2.0,
     ):
         MapTransform.__init__(self, keys)
         self.crop_size = (int(crop_size[0]), int(crop_size[1]))
@@ -222,6 +248,12 @@ class LandmarkCropsd(Randomizable, MapTransform):
         if far_fraction and not 0 < far_offset < min(self.crop_size) / 2:
             raise ValueError(f"far_offset {far_offset} should be positive and keep landmarks inside the {self.crop_size} crop.")
         self.far_fraction, self.far_offset = float(far_fraction), float(far_offset)
+        if not 0.0 <= real_fraction <= 1.0:
+            raise ValueError(f"real_fraction should be in [0, 1], got {real_fraction}.")
+        self.real_fraction, self.real_jitter = float(real_fraction), float(real_jitter)
+        self.real_offsets = load_real_offsets(real_offsets) if real_fraction else {}
+        if real_fraction and not self.real_offsets:
+            raise ValueError("real_fraction needs real_offsets (scripts/real_crop_offsets.py writes them).")
         self.offset_sd, self.max_offset = float(offset_sd), float(max_offset)
         self.rotate_range, self.scale_range = float(rotate_range), float(scale_range)
         self.landmarks_per_image, self.random = landmarks_per_image, random
@@ -244,12 +276,18 @@ class LandmarkCropsd(Randomizable, MapTransform):
         base_scale = torch.as_tensor(d.get("scale", torch.ones(2)), dtype=torch.float32)
         mid = torch.tensor([(self.crop_size[0] - 1) / 2, (self.crop_size[1] - 1) / 2])  # crop centre, (y, x)
         contexts = [context_image(image, f) for f in self.context_factors]
+        real = self.real_offsets.get(str(d.get("image_name", ""))) if self.random else None
+        if real is not None:  # mm -> pixels of this grid
+            grid_mm = (torch.as_tensor(d["spacing"], dtype=torch.float32) / base_scale).numpy()
+            real = np.asarray(real, dtype=np.float64) / grid_mm
         out = []
         for k in chosen:
             offset = np.clip(rng.normal(0.0, self.offset_sd, 2), -self.max_offset, self.max_offset)
             if self.far_fraction > 0 and rng.uniform() < self.far_fraction:  # uniform over the disk
                 r, a = self.far_offset * np.sqrt(rng.uniform()), rng.uniform(0.0, 2 * np.pi)
                 offset = np.array([r * np.sin(a), r * np.cos(a)])
+            if real is not None and rng.uniform() < self.real_fraction:  # where the pipeline would centre it
+                offset = np.clip(real[k] + rng.normal(0.0, self.real_jitter, 2), -self.max_offset, self.max_offset)
             angle = rng.uniform(-self.rotate_range, self.rotate_range) if self.random and self.rotate_range else 0.0
             mag = rng.uniform(1 - self.scale_range, 1 + self.scale_range) if self.random and self.scale_range else 1.0
             centre = lms[k] + torch.as_tensor(offset, dtype=torch.float32)

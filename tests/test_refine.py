@@ -3,6 +3,7 @@ the landmarks when the network sees them."""
 
 import unittest
 
+import numpy as np
 import torch
 
 from bundle.heatmaps import heatmap_to_landmarks, render_gaussian_heatmaps
@@ -106,6 +107,40 @@ class TestFarOffsets(unittest.TestCase):
         self.assertLessEqual(max(float((c["landmarks"][0] - mid).abs().max()) for c in plain(data)), 4.0 + 1e-3)
         with self.assertRaises(ValueError):
             LandmarkCropsd(crop_size=(48, 48), far_fraction=0.5, far_offset=30.0)  # beyond the crop
+
+
+class TestRealOffsets(unittest.TestCase):
+    def test_crops_centred_where_the_pipeline_would(self):
+        """real_fraction 1, no jitter: each crop centre is the landmark plus its real offset (mm -> pixels of the
+        grid: spacing / scale), so the landmark sits at mid - offset; images without offsets and validation crops
+        keep the Gaussian; a JSON file works as a dict does."""
+        import json
+        import tempfile
+
+        from bundle.refine import load_real_offsets
+
+        n = len(POINTS)
+        real = {"a.png": [[0.4 * (k % 3) - 0.4, 0.3 * (k % 2)] for k in range(n)]}  # (dy, dx) mm
+        scale = torch.tensor([2.0, 2.0])  # grid pixels per original pixel: 0.1 mm / 2 = 0.05 mm per grid pixel
+        data = {"image": blob_image(), "landmarks": POINTS.clone(), "spacing": torch.tensor([0.1, 0.1]),
+                "scale": scale, "image_name": "a.png"}
+        mid = torch.tensor([23.5, 23.5])
+        t = LandmarkCropsd(crop_size=(48, 48), offset_sd=1.0, max_offset=16.0, rotate_range=0.0, scale_range=0.0,
+                           real_offsets=real, real_fraction=1.0, real_jitter=0.0)
+        t.set_random_state(0)
+        for k, c in enumerate(t(data)):
+            expected = mid - torch.tensor(real["a.png"][k]) / 0.05
+            self.assertLess(float((c["landmarks"][0] - expected).norm()), 1e-3, f"landmark {k}")
+        other = {**data, "image_name": "b.png"}  # no real offsets for it: the Gaussian's (|offset| <= 1 sd mostly)
+        self.assertLess(max(float((c["landmarks"][0] - mid).norm()) for c in t(other)), 6.0)
+        with tempfile.TemporaryDirectory() as tmp:
+            path = f"{tmp}/real.json"
+            with open(path, "w") as f:
+                json.dump({"offsets_mm": real}, f)
+            np.testing.assert_allclose(load_real_offsets(path)["a.png"], np.asarray(real["a.png"]))
+        self.assertEqual(load_real_offsets("null"), {})
+        with self.assertRaises(ValueError):
+            LandmarkCropsd(crop_size=(48, 48), real_fraction=0.5)  # no offsets given
 
 
 class TestContextChannel(unittest.TestCase):
