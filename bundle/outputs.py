@@ -301,8 +301,8 @@ class LandmarkOutputWriter:
     ``<stem>_overlay.png``; an image that could not be read gets a row in ``errors.csv`` and the batch goes on.
     With the 19 ISBI landmarks it also appends the image's cephalometric analysis (:mod:`bundle.analysis`: ANB,
     SNB, SNA, ODI, APDI, FHI, FMA, MW with the anatomical type each indicates) to ``measurements.csv`` and writes
-    the values on the overlay; other landmark sets get no analysis (logged once). ``report.html`` (rewritten after
-    every image, so it always covers what has been written) shows the batch on one page.
+    the values on the overlay; other landmark sets get no analysis (logged once). ``report.html`` shows the batch on
+    one page (rewritten as the batch goes, at most every few seconds, and at its end).
 
     Args:
         output_dir: the output folder (created if missing).
@@ -310,6 +310,8 @@ class LandmarkOutputWriter:
         overlay: write the overlay PNGs.
         analysis: write the cephalometric analysis (where the landmarks allow it).
     """
+
+    REPORT_EVERY_S = 5.0  # report.html is rewritten at most this often during a batch, and at its end
 
     def __init__(self, output_dir: str, names: Sequence[str], overlay: bool = True, analysis: bool = True):
         from .analysis import has_analysis_landmarks
@@ -321,6 +323,7 @@ class LandmarkOutputWriter:
         self.analysis_asked = str(analysis).lower() in ("true", "1")
         self._entries: list[dict] = []
         self._errors: list[tuple[str, str]] = []
+        self._reported_at = float("-inf")
         self.n_ok = 0
         self.n_failed = 0
 
@@ -345,7 +348,8 @@ class LandmarkOutputWriter:
                         len(self.names))
         self.n_ok = self.n_failed = 0
         self._entries, self._errors = [], []
-        self._report()
+        self._reported_at = float("-inf")
+        self._report(force=True)
 
     def _write(self, engine) -> None:
         outputs = engine.state.output if isinstance(engine.state.output, list) else [engine.state.output]
@@ -368,10 +372,18 @@ class LandmarkOutputWriter:
         self._errors.append((name, message))
         self._report()
 
-    def _report(self) -> None:
-        """Rewrite ``report.html`` (atomically) with every image so far; a failure here never stops the batch."""
+    def _report(self, force: bool = False) -> None:
+        """Rewrite ``report.html`` (atomically) with every image so far, at most every ``REPORT_EVERY_S`` seconds
+        unless ``force`` (a long batch would otherwise rewrite a growing page after every image); a failure here
+        never stops the batch."""
+        import time
+
         from .io import atomic_write_text
 
+        now = time.monotonic()
+        if not force and now - self._reported_at < self.REPORT_EVERY_S:
+            return
+        self._reported_at = now
         try:
             atomic_write_text(self.output_dir / "report.html",
                               batch_report_html(self._entries, self._errors, f"Landmarks of {self.output_dir.name}"))
@@ -428,6 +440,7 @@ class LandmarkOutputWriter:
         self._report()
 
     def _finish(self, engine) -> None:
+        self._report(force=True)
         engine.logger.info(
             "wrote landmarks of %d image(s) to %s; %d could not be read (see errors.csv); to review them: %s",
             self.n_ok, self.output_dir / "landmarks.csv", self.n_failed, self.output_dir / "report.html",
