@@ -1,8 +1,10 @@
 """End-to-end check of the shipped model on ISBI 2015 Test1 images, through the inference bundle as a user runs it.
 
 Runs configs/inference.yaml on the first ``--n`` Test1 images (copied to a temporary input folder), reads the
-``landmarks.csv`` it writes and compares it with the senior doctor's annotation. Prints JSON; exits non-zero if
-the inference failed or the MRE exceeds ``--max_mre``. Skips (exit 0) when the data set is not there.
+``landmarks.csv`` it writes and compares it with the senior doctor's annotation (and the cephalometric analysis of
+the predictions with the annotation's: the share of measurement types that agree). Prints JSON; exits non-zero if
+the inference failed, a Slicer, overlay, ``measurements.csv`` or ``report.html`` output is missing, or the MRE
+exceeds ``--max_mre``. Skips (exit 0) when the data set is not there.
 
     python scripts/check_isbi.py --dataset_dir ../shared/data/isbi2015 --n 10
 """
@@ -24,6 +26,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bundle.analysis import measurement_agreement  # noqa: E402
 from bundle.io import ISBI_SPACING_MM, read_isbi_landmarks  # noqa: E402
 
 
@@ -56,21 +59,28 @@ def main() -> int:
             return 1
         with open(out / "landmarks.csv") as f:
             rows = list(csv.DictReader(f))
-        errors = []
+        errors, preds_mm, truths_mm = [], [], []
         for p in images:
             stem = p.name.split(".")[0]
             truth_yx = read_isbi_landmarks(Path(args.dataset_dir) / "AnnotationsByMD" / "400_senior" / f"{stem}.txt")
             pred = sorted((r for r in rows if r["image"] == p.name), key=lambda r: int(r["landmark"]))
             pred_xy = np.array([[float(r["x"]), float(r["y"])] for r in pred])
             errors.append(np.linalg.norm(pred_xy - truth_yx[:, ::-1], axis=1) * ISBI_SPACING_MM)
+            preds_mm.append(pred_xy * ISBI_SPACING_MM)
+            truths_mm.append(truth_yx[:, ::-1] * ISBI_SPACING_MM)
         errors = np.stack(errors)
         outputs_ok = all((out / f"{p.name.split('.')[0]}.mrk.json").is_file() and
                          (out / f"{p.name.split('.')[0]}_overlay.png").is_file() for p in images)
+        with open(out / "measurements.csv") as f:  # the analysis inference wrote, against the senior's
+            written = list(csv.DictReader(f))
+        outputs_ok = outputs_ok and len(written) == 8 * len(images) and (out / "report.html").is_file()
+        agreement = measurement_agreement(np.stack(preds_mm), np.stack(truths_mm))
     report = {
         "images": len(images),
         "mre_mm": round(float(errors.mean()), 3),
         "sdr_2mm": round(100 * float((errors <= 2.0).mean()), 1),
-        "slicer_and_overlay_files": outputs_ok,
+        "analysis_type_agreement_pct": agreement["mean_type_agreement_pct"],
+        "slicer_overlay_analysis_and_report_files": outputs_ok,
         "wall_seconds_including_start_up": round(seconds, 1),
     }
     print(json.dumps(report, indent=2))
