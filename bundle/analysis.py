@@ -89,6 +89,13 @@ def measure(points_xy_mm: np.ndarray) -> dict[str, np.ndarray]:
     L1, U1 = pt("Lower incisal incision"), pt("Upper incisal incision")
     PNS, ANS = pt("Posterior nasal spine"), pt("Anterior nasal spine")
 
+    pairs = {"Sella-Nasion": (S, N), "Subspinale-Nasion": (A, N), "Supramentale-Nasion": (B, N),
+             "Porion-Orbitale": (Po, Or), "Posterior-Anterior nasal spine": (PNS, ANS), "Nasion-Pogonion": (N, Pog),
+             "Subspinale-Supramentale": (A, B), "Gonion-Menton": (Go, Me), "Sella-Gonion": (S, Go),
+             "Nasion-Menton": (N, Me), "Gonion-Gnathion": (Go, Gn)}
+    for pair, (u, v) in pairs.items():  # a line through one point has no direction
+        if (np.linalg.norm(u - v, axis=-1) < 1e-6).any():
+            raise ValueError(f"the analysis needs distinct landmarks: {pair} coincide.")
     sna, snb = _angle(S - N, A - N), _angle(S - N, B - N)
     fh, palatal = Or - Po, ANS - PNS
     palatal_term = np.where(_cross(fh, palatal) < 0, -1.0, 1.0) * _angle(fh, palatal)  # + when ANS tips down (y down)

@@ -410,12 +410,16 @@ class LandmarkOutputWriter:
         if self.analysis:
             from .analysis import analyse
 
-            analysis = analyse(pred_mm[:, ::-1])  # (y, x) -> (x, y) mm
-            with open(self.output_dir / "measurements.csv", "a", newline="") as f:
-                csv.writer(f).writerows([[name, r["measurement"], f"{r['value']:.4f}", r["unit"], r["type"], r["meaning"]]
-                                         for r in analysis])
-                f.flush()
-            caption = analysis_caption(analysis)
+            try:
+                analysis = analyse(pred_mm[:, ::-1])  # (y, x) -> (x, y) mm
+            except ValueError as e:  # degenerate landmarks (e.g. two at one point): the landmarks still stand
+                logger.warning("%s: no cephalometric analysis: %s", name, e)
+            if analysis is not None:
+                with open(self.output_dir / "measurements.csv", "a", newline="") as f:
+                    csv.writer(f).writerows([[name, r["measurement"], f"{r['value']:.4f}", r["unit"], r["type"], r["meaning"]]
+                                             for r in analysis])
+                    f.flush()
+                caption = analysis_caption(analysis)
         stem = name.split(".")[0]
         mm_per_px = torch.as_tensor(item.get("slicer_mm_per_px", torch.ones(2))).float().numpy()[::-1]  # (x, y)
         markups = slicer_markups(xy, self.names, mm_per_px, [f"uncertainty {u:.2f} mm" for u in unc])

@@ -88,6 +88,10 @@ class TestMeasurements(unittest.TestCase):
         bad[3, 0] = np.nan
         with self.assertRaisesRegex(ValueError, "NaN"):
             measure(bad)
+        same = face()
+        same[I["Menton"]] = same[I["Nasion"]]  # no anterior face height: no FHI to compute
+        with self.assertRaisesRegex(ValueError, "Nasion-Menton coincide"):
+            measure(same)
 
 
 class TestTypes(unittest.TestCase):

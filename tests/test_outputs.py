@@ -1,5 +1,6 @@
 """bundle/outputs.py: the batch review page (report.html) and the overlay caption."""
 
+import contextlib
 import unittest
 
 import numpy as np
@@ -36,6 +37,41 @@ class TestReport(unittest.TestCase):
         band = framed.height - plain.height
         self.assertGreater(band, 0)
         np.testing.assert_array_equal(np.asarray(framed)[band:], np.asarray(plain))  # the picture itself is untouched
+
+
+
+class TestWriterAnalysis(unittest.TestCase):
+    def test_degenerate_landmarks_keep_their_rows_without_an_analysis(self):
+        """An image whose landmarks allow no analysis (two defining points at one place) still gets its landmarks,
+        point list and report entry; only its measurements are left out, and it is not counted as failed."""
+        import csv
+        import tempfile
+        from pathlib import Path
+
+        import torch
+
+        from bundle import ISBI_LANDMARK_NAMES
+        from bundle.outputs import LandmarkOutputWriter
+        from tests.test_analysis import I
+
+        with tempfile.TemporaryDirectory() as tmp:
+            writer = LandmarkOutputWriter(tmp, ISBI_LANDMARK_NAMES, overlay=False)
+            writer._start(None)
+            for name, p in (("good.png", face()), ("bad.png", face())):
+                if name == "bad.png":
+                    p[I["Menton"]] = p[I["Nasion"]]
+                yx_mm = torch.as_tensor(p[:, ::-1].copy(), dtype=torch.float32)
+                out = {"pred_landmarks": yx_mm / 0.1, "pred_mm": yx_mm, "uncertainty_mm": torch.ones(19)}
+                with self.assertLogs("bundle.outputs", "WARNING") if name == "bad.png" else contextlib.nullcontext():
+                    writer._write_one(name, name, out, {"spacing": torch.tensor([0.1, 0.1])})
+            writer._report(force=True)
+            with open(Path(tmp) / "landmarks.csv") as f:
+                self.assertEqual(len(list(csv.DictReader(f))), 2 * 19)
+            with open(Path(tmp) / "measurements.csv") as f:
+                self.assertEqual({r["image"] for r in csv.DictReader(f)}, {"good.png"})
+            self.assertEqual((writer.n_ok, writer.n_failed), (2, 0))
+            self.assertTrue((Path(tmp) / "bad.mrk.json").is_file())
+            self.assertIn("<h2>bad.png</h2>", (Path(tmp) / "report.html").read_text())
 
 
 if __name__ == "__main__":
