@@ -124,7 +124,7 @@ def classify(name: str, value: float) -> tuple[int, str]:
     if low <= value <= high:  # the normal range, both ends included
         return ranges[0][0], ranges[0][1]
     for number, meaning, low, high in ranges[1:]:
-        if low <= value < high or (high == np.inf and value >= low):
+        if low <= value < high:
             return number, meaning
     raise ValueError(f"{name} = {value} is not a number the analysis can classify.")
 

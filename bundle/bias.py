@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from monai.transforms import Transform
 
-from .io import check_model_landmarks, if_for_landmarks, landmark_datalist, read_landmarks, read_model_json
+from .io import annotated_positions_mm, check_model_landmarks, if_for_landmarks, landmark_datalist, read_model_json
 
 __all__ = ["fit_bias", "annotation_bias", "load_bias_correction", "default_bias_correction", "CorrectBiasd"]
 
@@ -63,12 +63,8 @@ def annotation_bias(
     truth = landmark_datalist(data_root, split, ground_truth, val_fraction, seed, None, fold)
     if not target:
         raise ValueError(f"{data_root}: no {split} images to fit an annotation offset on.")
-
-    def mean_of(files):  # the loader averages several annotation files; (y, x) px -> (x, y)
-        return np.mean([read_landmarks(f, n_landmarks) for f in files], axis=0)[:, ::-1]
-
-    diffs = [(mean_of(a["label_files"]) - mean_of(b["label_files"])) * float(a["spacing_mm"]) for a, b in zip(target, truth)]
-    return np.mean(np.asarray(diffs, dtype=np.float64), axis=0), len(diffs)
+    diffs = annotated_positions_mm(target, n_landmarks) - annotated_positions_mm(truth, n_landmarks)
+    return diffs.mean(0), len(diffs)
 
 
 def load_bias_correction(correction: str | Path | dict | None, landmark_names: Sequence[str] | None = None) -> dict | None:

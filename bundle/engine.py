@@ -12,6 +12,7 @@ from typing import Any, Callable
 
 import torch
 from monai.inferers import Inferer
+from monai.utils import str2bool
 
 from .heatmaps import heatmap_probs
 from .io import atomic_write_text
@@ -112,7 +113,7 @@ class ImageProgressBar:
     evaluator: images done, total, rate and time left); ``enabled=False`` attaches nothing (logs to a file)."""
 
     def __init__(self, enabled: bool = True, desc: str = "images"):
-        self.enabled = str(enabled).lower() in ("true", "1")  # the command line may give the string 'false'
+        self.enabled = str2bool(str(enabled), raise_exc=False)  # the command line may give the string 'false'
         self.desc = desc
 
     def attach(self, engine) -> None:
@@ -183,7 +184,7 @@ class TimeBudget:
 
     def __init__(self, minutes: float | None, lr_scheduler=None, measure_epochs: int = 2, reestimate: bool = False):
         self.minutes, self.lr_scheduler, self.measure_epochs = minutes, lr_scheduler, measure_epochs
-        self.reestimate = str(reestimate).lower() in ("true", "1")
+        self.reestimate = str2bool(str(reestimate), raise_exc=False)
         self._start: float | None = None
         self.decided_epochs: int | None = None
 

@@ -32,6 +32,7 @@ __all__ = [
     "n_cv_folds",
     "folder_datalist",
     "landmark_datalist",
+    "annotated_positions_mm",
     "read_model_json",
     "check_model_landmarks",
     "if_for_landmarks",
@@ -387,6 +388,13 @@ def landmark_datalist(
     if split in ("train", "val"):
         items = split_datalist(items, split, val_fraction, seed, fold)
     return items[:limit] if limit else items
+
+
+def annotated_positions_mm(items: Sequence[dict], n_landmarks: int | None = 19) -> np.ndarray:
+    """The annotations of a data list's items as ``(images, N, 2)`` (x, y) mm, each item's ``label_files`` averaged
+    as the loader averages them (ISBI ``mean``: both doctors) and scaled by its ``spacing_mm``."""
+    return np.stack([np.mean([read_landmarks(f, n_landmarks) for f in item["label_files"]], axis=0)[:, ::-1]
+                     * float(item["spacing_mm"]) for item in items]).astype(np.float64)
 
 
 def read_model_json(model: str | Path | dict | None, what: str, writer: str) -> tuple[dict | None, str]:

@@ -17,6 +17,7 @@ from typing import Sequence
 import numpy as np
 import torch
 from monai.metrics import CumulativeIterationMetric
+from monai.utils import str2bool
 
 from .analysis import has_analysis_landmarks, measurement_agreement
 from .io import atomic_write_csv, atomic_write_text
@@ -136,7 +137,7 @@ class LandmarkEvaluationSaver:
     def __init__(self, output_dir: str, names: Sequence[str] | None = None, pictures: bool | str = False, worst_cases: int = 5):
         self.output_dir = Path(output_dir)
         self.names = list(names) if names else None
-        self.pictures = str(pictures).lower() in ("true", "1")  # the command line may give the string 'false'
+        self.pictures = str2bool(str(pictures), raise_exc=False)  # the command line may give the string 'false'
         self.worst_cases = max(0, int(worst_cases))
         self._paths: list[str] = []
         self._rows: list[tuple[str, torch.Tensor, torch.Tensor, torch.Tensor]] = []
@@ -302,14 +303,11 @@ def read_prediction_errors(eval_dir: str | Path, columns: str | Sequence[str] = 
     return {k: v[0] for k, v in rows.items()} if isinstance(columns, str) else rows
 
 
-def prediction_table(eval_dir: str | Path, columns: Sequence[str]) -> tuple[list[str], list[str], np.ndarray]:
-    """An evaluation's ``predictions.csv`` as ``(images, landmark names, values)``, ``values`` ``(images, N,
-    len(columns))`` in image and landmark order; every image must have every landmark."""
-    rows = _read_predictions(eval_dir, columns)
+def _table(rows: list[dict], columns: Sequence[str], source) -> tuple[list[str], list[str], np.ndarray]:
     images = sorted({r["image"] for r in rows})
     landmarks = sorted({int(r["landmark"]) for r in rows})
     if len(rows) != len(images) * len(landmarks):
-        raise ValueError(f"{eval_dir}: predictions.csv does not hold every landmark of every image")
+        raise ValueError(f"{source}: predictions.csv does not hold every landmark of every image")
     index = {name: i for i, name in enumerate(images)}
     values = np.zeros((len(images), len(landmarks), len(columns)))
     names = [f"L{k}" for k in landmarks]
@@ -320,26 +318,32 @@ def prediction_table(eval_dir: str | Path, columns: Sequence[str]) -> tuple[list
     return images, names, values
 
 
+def prediction_table(eval_dir: str | Path, columns: Sequence[str]) -> tuple[list[str], list[str], np.ndarray]:
+    """An evaluation's ``predictions.csv`` as ``(images, landmark names, values)``, ``values`` ``(images, N,
+    len(columns))`` in image and landmark order; every image must have every landmark."""
+    return _table(_read_predictions(eval_dir, columns), columns, eval_dir)
+
+
 def read_prediction_positions(eval_dir: str | Path) -> dict:
     """The positions in an evaluation's ``predictions.csv`` as arrays: ``{"images": [...], "names": [...],
-    "pred_xy": (images, N, 2), "true_xy": (images, N, 2)`` (original pixels, x / y), ``"spacing_mm"}``: the pixel
-    spacing, ``(images, N, 2)`` (x / y mm) from the file's ``spacing_x_mm`` / ``spacing_y_mm`` columns, so that
-    ``pred_xy * spacing_mm`` is in mm. Files written before those columns (0.5.1 and earlier) get one spacing for the
-    whole file instead, inferred as the median of ``error_mm`` over the pixel distance, taken over the errors of more
-    than 5 pixels."""
+    "pred_xy": (images, N, 2), "true_xy": (images, N, 2)`` (original pixels, x / y), ``"spacing_mm"``, and the same
+    positions in mm, ``"pred_xy_mm"``, ``"true_xy_mm"}``. The spacing is ``(images, N, 2)`` (x / y mm) from the
+    file's ``spacing_x_mm`` / ``spacing_y_mm`` columns; files written before those columns (0.5.1 and earlier) get
+    one spacing for the whole file instead, inferred as the median of ``error_mm`` over the pixel distance, taken
+    over the errors of more than 5 pixels."""
     columns = ("x_pred", "y_pred", "x_true", "y_true", "error_mm")
-    try:
-        images, names, table = prediction_table(eval_dir, columns + ("spacing_x_mm", "spacing_y_mm"))
-        return {"images": images, "names": names, "pred_xy": table[..., :2], "true_xy": table[..., 2:4],
-                "spacing_mm": table[..., 5:7]}
-    except ValueError as e:
-        if "spacing_" not in str(e):
-            raise
-    images, names, table = prediction_table(eval_dir, columns)
-    px = np.hypot(table[..., 0] - table[..., 2], table[..., 1] - table[..., 3])
-    big = px > 5
-    spacing = float(np.median(table[..., 4][big] / px[big])) if big.any() else 0.1
-    return {"images": images, "names": names, "pred_xy": table[..., :2], "true_xy": table[..., 2:4], "spacing_mm": spacing}
+    rows = _read_predictions(eval_dir, columns)
+    has_spacing = bool(rows) and {"spacing_x_mm", "spacing_y_mm"} <= set(rows[0])
+    images, names, table = _table(rows, columns + (("spacing_x_mm", "spacing_y_mm") if has_spacing else ()), eval_dir)
+    if has_spacing:
+        spacing = table[..., 5:7]
+    else:
+        px = np.hypot(table[..., 0] - table[..., 2], table[..., 1] - table[..., 3])
+        big = px > 5
+        spacing = float(np.median(table[..., 4][big] / px[big])) if big.any() else 0.1
+    pred, true = table[..., :2], table[..., 2:4]
+    return {"images": images, "names": names, "pred_xy": pred, "true_xy": true, "spacing_mm": spacing,
+            "pred_xy_mm": pred * spacing, "true_xy_mm": true * spacing}
 
 
 def calibration_from_evaluations(eval_dirs: Sequence[str | Path]) -> dict:

@@ -140,14 +140,18 @@ def draw_overlay(image: np.ndarray, points_xy: np.ndarray, names: Sequence[str],
     save_picture(overlay_picture(image, points_xy, uncertainty_px, truth_xy, max_side, caption), path)
 
 
+def measurement_text(row: dict, digits: int = 1) -> str:
+    """One measurement's value with its unit (a row of :func:`bundle.analysis.analyse`): ``4.1°``, ``2.3 mm``,
+    ``0.70`` (a ratio, always two decimals)."""
+    if row["unit"] == "ratio":
+        return f"{row['value']:.2f}"
+    return f"{row['value']:.{digits}f}{'°' if row['unit'] == 'deg' else ' mm'}"
+
+
 def analysis_caption(rows: Sequence[dict]) -> list[str]:
     """Overlay caption lines for one image's analysis (:func:`bundle.analysis.analyse`): a title, then each
     measurement's value and the type it indicates, two to a line."""
-    def cell(r: dict) -> str:
-        value = f"{r['value']:.2f}" if r["unit"] == "ratio" else f"{r['value']:.1f}{'°' if r['unit'] == 'deg' else ' mm'}"
-        return f"{r['measurement']} {value}: {r['meaning']}"
-
-    cells = [cell(r) for r in rows]
+    cells = [f"{r['measurement']} {measurement_text(r)}: {r['meaning']}" for r in rows]
     return ["Cephalometric analysis (ISBI 2015 types; not a diagnosis)",
             *("      ".join(cells[k:k + 2]) for k in range(0, len(cells), 2))]
 
@@ -276,9 +280,8 @@ def batch_report_html(entries: Sequence[dict], errors: Sequence[tuple[str, str]]
         if e.get("analysis"):
             out.append("<table><tr><th>measurement</th><th>value</th><th>type</th></tr>")
             for r in e["analysis"]:
-                unit = {"deg": "°", "mm": " mm"}.get(r["unit"], "")
                 kind = f"{r['type']}: {escape(r['meaning'])}"
-                out.append(f"<tr><td>{r['measurement']}</td><td>{r['value']:.2f}{unit}</td>"
+                out.append(f"<tr><td>{r['measurement']}</td><td>{measurement_text(r, 2)}</td>"
                            f"<td>{kind if r['type'] == 1 else '<b>' + kind + '</b>'}</td></tr>")
             out.append("</table>")
         out.append("<details><summary>landmarks</summary><table><tr><th>#</th><th>name</th><th>x</th><th>y</th>"
@@ -314,13 +317,15 @@ class LandmarkOutputWriter:
     REPORT_EVERY_S = 5.0  # report.html is rewritten at most this often during a batch, and at its end
 
     def __init__(self, output_dir: str, names: Sequence[str], overlay: bool = True, analysis: bool = True):
+        from monai.utils import str2bool
+
         from .analysis import has_analysis_landmarks
 
         self.output_dir = Path(output_dir)
         self.names = list(names)
         self.overlay = overlay
-        self.analysis = str(analysis).lower() in ("true", "1") and has_analysis_landmarks(self.names)
-        self.analysis_asked = str(analysis).lower() in ("true", "1")
+        self.analysis_asked = str2bool(str(analysis), raise_exc=False)
+        self.analysis = self.analysis_asked and has_analysis_landmarks(self.names)
         self._entries: list[dict] = []
         self._errors: list[tuple[str, str]] = []
         self._reported_at = float("-inf")
@@ -397,9 +402,10 @@ class LandmarkOutputWriter:
         pred_mm = torch.as_tensor(out["pred_mm"]).float().cpu().numpy()
         unc = torch.as_tensor(out["uncertainty_mm"]).float().cpu().numpy()
         xy = pred_yx[:, ::-1]
+        labels = [self.names[i] if i < len(self.names) else f"L{i + 1}" for i in range(len(xy))]
         rows = [
-            [name, i + 1, self.names[i] if i < len(self.names) else f"L{i + 1}", f"{xy[i, 0]:.2f}", f"{xy[i, 1]:.2f}",
-             f"{pred_mm[i, 1]:.3f}", f"{pred_mm[i, 0]:.3f}", f"{unc[i]:.3f}"]
+            [name, i + 1, labels[i], f"{xy[i, 0]:.2f}", f"{xy[i, 1]:.2f}", f"{pred_mm[i, 1]:.3f}", f"{pred_mm[i, 0]:.3f}",
+             f"{unc[i]:.3f}"]
             for i in range(len(xy))
         ]
         with open(self.output_dir / "landmarks.csv", "a", newline="") as f:
@@ -440,7 +446,8 @@ class LandmarkOutputWriter:
                          caption=caption)
         self.n_ok += 1
         self._entries.append({"image": name, "overlay": f"{stem}_overlay.png" if self.overlay else None, "analysis": analysis,
-                              "landmarks": [(int(r[1]), r[2], float(r[3]), float(r[4]), float(r[7])) for r in rows]})
+                              "landmarks": [(i + 1, labels[i], float(x), float(y), float(u))
+                                            for i, ((x, y), u) in enumerate(zip(xy, unc))]})
         self._report()
 
     def _finish(self, engine) -> None:

@@ -168,16 +168,12 @@ def context_image(image: torch.Tensor, factor: float) -> tuple[torch.Tensor, tor
 def load_real_offsets(offsets: str | Mapping | None) -> dict:
     """``{image_name: (N, 2) (dy, dx) mm}`` from a dict or the JSON file ``scripts/real_crop_offsets.py`` writes
     (its ``offsets_mm`` entry); None / "" / "null": empty."""
-    import json
-    from pathlib import Path
+    from .io import read_model_json
 
-    if offsets is None or (isinstance(offsets, str) and offsets.lower() in ("", "none", "null")):
+    offsets, _ = read_model_json(dict(offsets) if isinstance(offsets, Mapping) else offsets, "real crop offsets",
+                                 "scripts/real_crop_offsets.py")
+    if offsets is None:
         return {}
-    if not isinstance(offsets, Mapping):
-        path = Path(offsets)
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: real crop offsets not found (scripts/real_crop_offsets.py writes them).")
-        offsets = json.loads(path.read_text())
     offsets = offsets.get("offsets_mm", offsets)
     return {str(name): np.asarray(v, dtype=np.float64).reshape(-1, 2) for name, v in offsets.items()}
 

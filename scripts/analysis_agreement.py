@@ -17,11 +17,9 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bundle.analysis import has_analysis_landmarks, measurement_agreement  # noqa: E402
-from bundle.io import isbi_datalist, read_landmarks  # noqa: E402
+from bundle.io import annotated_positions_mm, isbi_datalist  # noqa: E402
 from bundle.metrics import read_prediction_positions  # noqa: E402
 
 
@@ -29,15 +27,12 @@ def from_evaluation(eval_dir: str) -> dict:
     p = read_prediction_positions(eval_dir)
     if not has_analysis_landmarks(p["names"]):
         raise SystemExit(f"{eval_dir}: the analysis needs the 19 ISBI landmarks in their order, not {p['names']}")
-    return measurement_agreement(p["pred_xy"] * p["spacing_mm"], p["true_xy"] * p["spacing_mm"])
+    return measurement_agreement(p["pred_xy_mm"], p["true_xy_mm"])
 
 
 def between_doctors(dataset_dir: str, split: str) -> dict:
-    def positions(doctor: str) -> np.ndarray:  # (images, 19, 2) (x, y) mm
-        items = isbi_datalist(dataset_dir, split, doctor)
-        return np.stack([read_landmarks(i["label_files"][0])[:, ::-1] * i["spacing_mm"] for i in items])
-
-    return measurement_agreement(positions("junior"), positions("senior"))
+    junior, senior = (annotated_positions_mm(isbi_datalist(dataset_dir, split, doctor)) for doctor in ("junior", "senior"))
+    return measurement_agreement(junior, senior)
 
 
 def main(argv: list[str] | None = None) -> int:

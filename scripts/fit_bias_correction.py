@@ -45,7 +45,7 @@ def folds_mm(dirs: list[str]) -> tuple[list[tuple[np.ndarray, np.ndarray]], list
         if names is not None and p["names"] != names:
             raise ValueError(f"{d}: other landmarks than {dirs[0]}")
         names = p["names"]
-        out.append((p["pred_xy"] * p["spacing_mm"], p["true_xy"] * p["spacing_mm"]))
+        out.append((p["pred_xy_mm"], p["true_xy_mm"]))
     return out, names
 
 
@@ -64,6 +64,15 @@ def nested_cv(folds: list[tuple[np.ndarray, np.ndarray]]) -> dict:
     return {"n_images": s["n"], "mre_mm": round(float(np.concatenate(before_all).mean()), 4),
             "corrected_mre_mm": round(float(np.concatenate(after_all).mean()), 4),
             "corrected_minus_uncorrected_per_image": {"mean_mm": s["mean"], "se_mm": s["se"]}}
+
+
+FRAME = "(x, y) mm, image axes; subtracted from the predictions"
+
+
+def write(result: dict, out: str | None) -> None:
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(result, indent=1) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -89,20 +98,17 @@ def main(argv: list[str] | None = None) -> int:
             ap.error("--annotations fits from the annotations alone; leave out --refined / --global")
         bias, n = annotation_bias(args.annotations, args.train_ground_truth, args.ground_truth, args.split,
                                   args.val_fraction, args.split_seed, args.val_fold)
-        result = {"frame": "(x, y) mm, image axes; subtracted from the predictions",
-                  "global": np.round(bias, 4).tolist(), "landmark_names": list(ISBI_LANDMARK_NAMES), "n_images": n,
+        result = {"frame": FRAME, "global": np.round(bias, 4).tolist(), "landmark_names": list(ISBI_LANDMARK_NAMES), "n_images": n,
                   "fitted_on": {"global": {"annotations": str(args.annotations), "train_ground_truth": args.train_ground_truth,
                                            "ground_truth": args.ground_truth, "split": args.split, "val_fold": args.val_fold,
                                            "val_fraction": args.val_fraction, "split_seed": args.split_seed}}}
-        if args.out:
-            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+        write(result, args.out)
         size = float(np.linalg.norm(bias, axis=-1).mean())
         print(json.dumps({"n_images": n, "mean_offset_mm": round(size, 4), "out": args.out}))
         return 0
     if len(args.refined) < 2 and len(args.coarse) < 2:
         ap.error("give at least two folds' evaluation folders (--refined and/or --global), or --annotations")
-    result: dict = {"frame": "(x, y) mm, image axes; subtracted from the predictions", "nested_cv": {}, "fitted_on": {}}
+    result: dict = {"frame": FRAME, "nested_cv": {}, "fitted_on": {}}
     names = None
     for entry, dirs in (("refined", args.refined), ("global", args.coarse)):
         if not dirs:
@@ -119,9 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         result["fitted_on"][entry] = list(dirs)
     result["landmark_names"] = names
     result["n_images"] = int(sum(len(f[0]) for f in folds))
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    write(result, args.out)
     print(json.dumps({k: v for k, v in result.items() if k in ("nested_cv", "n_images")}, indent=1))
     return 0
 

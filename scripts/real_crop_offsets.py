@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         bias = np.zeros((len(names), 2))
         if correction:
             bias = np.asarray(load_bias_correction(correction, names)["global"], dtype=np.float64)  # (x, y) mm
-        off_xy = (p["pred_xy"] * p["spacing_mm"] - bias) - p["true_xy"] * p["spacing_mm"]
+        off_xy = (p["pred_xy_mm"] - bias) - p["true_xy_mm"]
         for image, o in zip(p["images"], off_xy):
             if image in offsets:
                 ap.error(f"{image} is in more than one fold's evaluation")
