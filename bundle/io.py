@@ -23,6 +23,9 @@ __all__ = [
     "IMAGE_SUFFIXES",
     "ISBI_SPACING_MM",
     "read_image",
+    "read_image_geometry",
+    "image_geometry",
+    "PICTURE_GEOMETRY",
     "read_landmarks",
     "read_isbi_landmarks",
     "read_csv_landmarks",
@@ -89,6 +92,21 @@ def read_image(path: str | Path) -> tuple[np.ndarray, tuple[float, float] | None
     Raises:
         CephDataError: missing, empty, unreadable or not 2D, or a DICOM without pixel spacing.
     """
+    image, spacing, _ = read_image_geometry(path)
+    return image, spacing
+
+
+def read_image_geometry(path: str | Path) -> tuple[np.ndarray, tuple[float, float] | None, np.ndarray]:
+    """:func:`read_image`, and where each pixel lies in the patient (LPS) space that 3D Slicer shows the file in.
+
+    Returns:
+        ``(image, spacing, pixel_to_lps)``; ``pixel_to_lps`` is a ``(3, 3)`` float64 matrix whose columns are the
+        LPS step (mm) of one pixel along x, one along y, and the position of pixel ``(0, 0)``:
+        ``lps = pixel_to_lps @ (x, y, 1)``. From the header's origin, direction and spacing (DICOM
+        ``ImagePositionPatient`` / ``ImageOrientationPatient``; NIfTI / MHA / NRRD as ITK reads them, a NIfTI's RAS
+        turned to LPS); a plain picture (PNG, JPEG, BMP, TIFF), which Slicer shows with 1 mm pixels from the
+        origin, maps ``(x, y)`` to ``(x, y, 0)``.
+    """
     path = Path(path)
     if not path.is_file():
         raise CephDataError(path, "image file not found")
@@ -96,6 +114,7 @@ def read_image(path: str | Path) -> tuple[np.ndarray, tuple[float, float] | None
         raise CephDataError(path, "image file is empty (0 bytes)")
     suffix = _suffix(path)
     spacing: tuple[float, float] | None = None
+    geometry = PICTURE_GEOMETRY.copy()
     try:
         if suffix in _PIL_SUFFIXES:
             from PIL import Image
@@ -107,9 +126,9 @@ def read_image(path: str | Path) -> tuple[np.ndarray, tuple[float, float] | None
                 else:
                     arr = np.asarray(im.convert("L"), dtype=np.float32)
         elif suffix == ".dcm":
-            arr, spacing = _read_dicom(path)
+            arr, spacing, geometry = _read_dicom(path)
         else:
-            arr, spacing = _read_itk(path)
+            arr, spacing, geometry = _read_itk(path)
     except CephDataError:
         raise
     except Exception as e:  # the readers raise many types for corrupt files; report them all the same way
@@ -121,10 +140,57 @@ def read_image(path: str | Path) -> tuple[np.ndarray, tuple[float, float] | None
         raise CephDataError(path, f"image is empty or too small ({arr.shape[1]}x{arr.shape[0]} pixels)")
     if not np.isfinite(arr).all():
         raise CephDataError(path, "image contains NaN or infinite values")
-    return arr.astype(np.float32, copy=False), spacing
+    return arr.astype(np.float32, copy=False), spacing, geometry
 
 
-def _read_dicom(path: Path) -> tuple[np.ndarray, tuple[float, float]]:
+def image_geometry(path: str | Path) -> np.ndarray:
+    """The ``pixel_to_lps`` matrix of :func:`read_image_geometry`, reading only the header where the format allows
+    (pictures, DICOM)."""
+    path = Path(path)
+    suffix = _suffix(path)
+    if suffix in _PIL_SUFFIXES:
+        return PICTURE_GEOMETRY.copy()
+    if suffix == ".dcm" and path.is_file():
+        import pydicom
+
+        try:
+            ds = pydicom.dcmread(str(path), stop_before_pixels=True)
+        except Exception as e:  # noqa: BLE001 - as read_image reports a corrupt file
+            raise CephDataError(path, f"cannot read image ({type(e).__name__}: {e})") from e
+        return _dicom_geometry(ds, _dicom_spacing(ds, path))
+    return read_image_geometry(path)[2]
+
+
+PICTURE_GEOMETRY = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 0.0]])
+
+
+def _dicom_spacing(ds, path: Path) -> tuple[float, float]:
+    for tag in ("PixelSpacing", "ImagerPixelSpacing", "NominalScannedPixelSpacing"):
+        value = getattr(ds, tag, None)
+        if value is not None and len(value) == 2 and all(float(v) > 0 for v in value):
+            return float(value[0]), float(value[1])
+    raise CephDataError(
+        path, "DICOM has no pixel spacing (PixelSpacing, ImagerPixelSpacing); set pixel_spacing_mm in the config"
+    )
+
+
+def _dicom_geometry(ds, spacing: tuple[float, float]) -> np.ndarray:
+    """``pixel_to_lps`` of a DICOM image: ``ImagePositionPatient`` is pixel (0, 0); ``ImageOrientationPatient``
+    gives the directions of a row (x) and a column (y); both default as Slicer reads a radiograph without them."""
+    position = getattr(ds, "ImagePositionPatient", None)
+    orientation = getattr(ds, "ImageOrientationPatient", None)
+    geometry = np.zeros((3, 3))
+    geometry[:, 0], geometry[:, 1] = (1.0, 0.0, 0.0), (0.0, 1.0, 0.0)
+    if orientation is not None and len(orientation) == 6:
+        geometry[:, 0], geometry[:, 1] = [float(v) for v in orientation[:3]], [float(v) for v in orientation[3:]]
+    geometry[:, 0] *= spacing[1]  # column spacing: the step along a row
+    geometry[:, 1] *= spacing[0]
+    if position is not None and len(position) == 3:
+        geometry[:, 2] = [float(v) for v in position]
+    return geometry
+
+
+def _read_dicom(path: Path) -> tuple[np.ndarray, tuple[float, float], np.ndarray]:
     import pydicom
 
     ds = pydicom.dcmread(str(path))
@@ -136,22 +202,29 @@ def _read_dicom(path: Path) -> tuple[np.ndarray, tuple[float, float]]:
     arr = arr * slope + intercept
     if str(getattr(ds, "PhotometricInterpretation", "")).upper() == "MONOCHROME1":
         arr = arr.max() - arr  # MONOCHROME1 stores bone dark; flip so bone is bright as in every other format
-    for tag in ("PixelSpacing", "ImagerPixelSpacing", "NominalScannedPixelSpacing"):
-        value = getattr(ds, tag, None)
-        if value is not None and len(value) == 2 and all(float(v) > 0 for v in value):
-            return arr, (float(value[0]), float(value[1]))
-    raise CephDataError(
-        path, "DICOM has no pixel spacing (PixelSpacing, ImagerPixelSpacing); set pixel_spacing_mm in the config"
-    )
+    spacing = _dicom_spacing(ds, path)
+    return arr, spacing, _dicom_geometry(ds, spacing)
 
 
-def _read_itk(path: Path) -> tuple[np.ndarray, tuple[float, float]]:
+def _read_itk(path: Path) -> tuple[np.ndarray, tuple[float, float] | None, np.ndarray]:
     import itk
 
     img = itk.imread(str(path))
-    arr = itk.array_from_image(img).astype(np.float32)  # array order (y, x)
-    sp = tuple(float(s) for s in img.GetSpacing())  # itk order (x, y)
-    return arr, (sp[1], sp[0])
+    arr = itk.array_from_image(img).astype(np.float32)  # array order: itk's axes reversed, (y, x) for a 2D image
+    dim = img.GetImageDimension()
+    size = [int(s) for s in img.GetLargestPossibleRegion().GetSize()]
+    sp = np.asarray(img.GetSpacing(), dtype=float)
+    axes = [i for i in range(dim) if size[i] > 1]  # the picture's axes, x first (a 3D file may hold one slice)
+    if len(axes) != 2:
+        return arr, None, PICTURE_GEOMETRY.copy()  # not a 2D picture: read_image says so
+    direction = itk.array_from_matrix(img.GetDirection())
+    origin = np.asarray(img.GetOrigin(), dtype=float)
+    geometry = np.zeros((3, 3))
+    rows = min(dim, 3)
+    geometry[:rows, 0] = direction[:rows, axes[0]] * sp[axes[0]]
+    geometry[:rows, 1] = direction[:rows, axes[1]] * sp[axes[1]]
+    geometry[:rows, 2] = origin[:rows]
+    return arr, (float(sp[axes[1]]), float(sp[axes[0]])), geometry
 
 
 def _check_landmarks(path: Path, xy: np.ndarray, n_landmarks: int | None) -> np.ndarray:
@@ -213,9 +286,14 @@ def read_csv_landmarks(path: str | Path, n_landmarks: int | None = None, image_n
     return _check_landmarks(path, xy, n_landmarks)
 
 
-def read_slicer_landmarks(path: str | Path, n_landmarks: int | None = None) -> np.ndarray:
-    """Read a 3D Slicer point list (``.mrk.json``) written for a 2D image in pixel (IJK) coordinates, as our
-    inference writes it, or in LPS/RAS millimetres with a unit spacing.
+def read_slicer_landmarks(path: str | Path, n_landmarks: int | None = None,
+                          pixel_to_lps: np.ndarray | None = None) -> np.ndarray:
+    """Read a 3D Slicer point list (``.mrk.json``, LPS or RAS millimetres) placed on a 2D image, as our inference
+    writes it or as Slicer saves it.
+
+    Args:
+        pixel_to_lps: the image's geometry (:func:`read_image_geometry`): where Slicer shows each of its pixels.
+            None: a plain picture, which Slicer shows with 1 mm pixels from the origin.
 
     Returns:
         ``(N, 2)`` float32 landmarks as ``(y, x)`` pixels.
@@ -226,22 +304,27 @@ def read_slicer_landmarks(path: str | Path, n_landmarks: int | None = None) -> n
     try:
         doc = json.loads(path.read_text())
         points = doc["markups"][0]["controlPoints"]
-        # Slicer shows a 2D PNG/JPEG with unit spacing and the origin at pixel (0, 0): L = x, P = y in pixels.
-        xy = np.asarray([p["position"][:2] for p in points], dtype=np.float64).reshape(-1, 2)
+        lps = np.asarray([(list(p["position"]) + [0.0, 0.0, 0.0])[:3] for p in points], dtype=np.float64).reshape(-1, 3)
         if doc["markups"][0].get("coordinateSystem", "LPS") == "RAS":
-            xy = -xy
-    except (KeyError, IndexError, TypeError, json.JSONDecodeError) as e:
+            lps[:, :2] = -lps[:, :2]
+    except (KeyError, IndexError, TypeError, ValueError) as e:  # json.JSONDecodeError is a ValueError
         raise CephDataError(path, f"not a Slicer markups file ({type(e).__name__}: {e})") from None
+    geometry = PICTURE_GEOMETRY if pixel_to_lps is None else np.asarray(pixel_to_lps, dtype=np.float64)
+    # least squares: the image plane's two steps against the point's offset from pixel (0, 0)
+    xy = np.linalg.lstsq(geometry[:, :2], (lps - geometry[:, 2]).T, rcond=None)[0].T
     return _check_landmarks(path, xy, n_landmarks)
 
 
-def read_landmarks(path: str | Path, n_landmarks: int | None = 19, image_name: str | None = None) -> np.ndarray:
-    """Read landmarks from an ISBI ``.txt``, a ``.csv`` or a Slicer ``.mrk.json`` file: ``(N, 2)`` ``(y, x)`` px."""
+def read_landmarks(path: str | Path, n_landmarks: int | None = 19, image_name: str | None = None,
+                   pixel_to_lps: np.ndarray | None = None) -> np.ndarray:
+    """Read landmarks from an ISBI ``.txt``, a ``.csv`` or a Slicer ``.mrk.json`` file: ``(N, 2)`` ``(y, x)`` px.
+    A Slicer file's millimetres are turned into pixels with the image's ``pixel_to_lps`` (see
+    :func:`read_slicer_landmarks`)."""
     name = str(path).lower()
     if name.endswith(".csv"):
         return read_csv_landmarks(path, n_landmarks, image_name)
     if name.endswith(".json"):
-        return read_slicer_landmarks(path, n_landmarks)
+        return read_slicer_landmarks(path, n_landmarks, pixel_to_lps)
     return read_isbi_landmarks(path, n_landmarks)
 
 
@@ -393,7 +476,11 @@ def landmark_datalist(
 def annotated_positions_mm(items: Sequence[dict], n_landmarks: int | None = 19) -> np.ndarray:
     """The annotations of a data list's items as ``(images, N, 2)`` (x, y) mm, each item's ``label_files`` averaged
     as the loader averages them (ISBI ``mean``: both doctors) and scaled by its ``spacing_mm``."""
-    return np.stack([np.mean([read_landmarks(f, n_landmarks) for f in item["label_files"]], axis=0)[:, ::-1]
+    def pixels(item: dict, f: str | Path) -> np.ndarray:  # a Slicer file needs its image's geometry
+        geometry = image_geometry(item["image"]) if str(f).lower().endswith(".json") else None
+        return read_landmarks(f, n_landmarks, image_name=Path(item["image"]).name, pixel_to_lps=geometry)
+
+    return np.stack([np.mean([pixels(item, f) for f in item["label_files"]], axis=0)[:, ::-1]
                      * float(item["spacing_mm"]) for item in items]).astype(np.float64)
 
 

@@ -38,26 +38,30 @@ MEASUREMENTS_CSV_HEADER = ["image", "measurement", "value", "unit", "type", "mea
 _SLICER_SCHEMA = "https://raw.githubusercontent.com/slicer/slicer/master/Modules/Loadable/Markups/Resources/Schema/markups-schema-v1.0.3.json#"
 
 
-def slicer_markups(points_xy: np.ndarray, names: Sequence[str], mm_per_px: Sequence[float] = (1.0, 1.0),
+def slicer_markups(points_xy: np.ndarray, names: Sequence[str], pixel_to_lps: np.ndarray | None = None,
                    descriptions: Sequence[str] | None = None) -> dict:
-    """A 3D Slicer markups point list (``.mrk.json``) for a 2D image.
-
-    Slicer shows a PNG/JPEG/BMP with 1 mm per pixel and the first pixel at the origin of LPS space, so the position
-    of pixel ``(x, y)`` is ``(x, y, 0)`` (``mm_per_px = (1, 1)``). For images whose header gives a pixel spacing
-    (DICOM, NIfTI) pass it as ``mm_per_px`` ``(x, y)``.
+    """A 3D Slicer markups point list (``.mrk.json``) for a 2D image, its points in LPS millimetres where Slicer
+    shows the image.
 
     Args:
         points_xy: ``(N, 2)`` ``(x, y)`` pixels of the original image.
         names: one label per point.
+        pixel_to_lps: the image's ``(3, 3)`` geometry (:func:`bundle.io.read_image_geometry`: the header's spacing,
+            direction and origin). None: a plain picture (PNG, JPEG, BMP), which Slicer shows with 1 mm pixels from
+            the origin, so that pixel ``(x, y)`` is at ``(x, y, 0)``.
     """
+    from .io import PICTURE_GEOMETRY
+
+    geometry = PICTURE_GEOMETRY if pixel_to_lps is None else np.asarray(pixel_to_lps, dtype=np.float64)
     pts = np.asarray(points_xy, dtype=float)
+    lps = pts @ geometry[:, :2].T + geometry[:, 2]
     control_points = [
         {
             "id": str(i + 1),
             "label": names[i] if i < len(names) else f"L{i + 1}",
             "description": descriptions[i] if descriptions else "",
             "associatedNodeID": "",
-            "position": [float(pts[i, 0] * mm_per_px[0]), float(pts[i, 1] * mm_per_px[1]), 0.0],
+            "position": [float(v) for v in lps[i]],
             "orientation": [-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0],
             "selected": True,
             "locked": False,
@@ -427,8 +431,9 @@ class LandmarkOutputWriter:
                     f.flush()
                 caption = analysis_caption(analysis)
         stem = name.split(".")[0]
-        mm_per_px = torch.as_tensor(item.get("slicer_mm_per_px", torch.ones(2))).float().numpy()[::-1]  # (x, y)
-        markups = slicer_markups(xy, self.names, mm_per_px, [f"uncertainty {u:.2f} mm" for u in unc])
+        geometry = item.get("pixel_to_lps")
+        geometry = None if geometry is None else torch.as_tensor(geometry).double().cpu().numpy()
+        markups = slicer_markups(xy, self.names, geometry, [f"uncertainty {u:.2f} mm" for u in unc])
         atomic_write_text(self.output_dir / f"{stem}.mrk.json", json.dumps(markups, indent=2))
         if self.overlay:
             spacing = torch.as_tensor(item["spacing"]).float().cpu()

@@ -10,7 +10,9 @@ mapped back to the original image. Data dictionaries carry (all tensors, MONAI a
 - ``orig_size``: ``(2,)`` original ``(H, W)``;
 - ``scale``: ``(2,)`` current pixels per original pixel, set by :class:`ResizeLandmarksd` (the only transform
   that inference inverts; random augmentations are training-only);
-- ``image_name``, ``image_path``: the file's name and path; ``slicer_mm_per_px``: the spacing 3D Slicer uses;
+- ``image_name``, ``image_path``: the file's name and path;
+- ``pixel_to_lps``: ``(3, 3)`` float64, where 3D Slicer shows each original pixel (``lps = M @ (x, y, 1)``, mm;
+  :func:`bundle.io.read_image_geometry`);
 - ``error``: set instead of raising when ``on_error="record"``.
 """
 
@@ -30,7 +32,7 @@ from monai.transforms import MapTransform, Randomizable, Transform
 from monai.utils import TransformBackends
 
 from .heatmaps import heatmap_spread, heatmap_to_landmarks, render_gaussian_heatmaps
-from .io import CephDataError, read_image, read_landmarks
+from .io import PICTURE_GEOMETRY, CephDataError, read_image_geometry, read_landmarks
 from .shape import load_shape_model, shape_z_scores
 
 __all__ = [
@@ -115,7 +117,7 @@ class LoadCephalogramd(MapTransform):
             d["spacing"] = torch.full((2,), float(self.spacing_mm or 1.0))
             d["orig_size"] = torch.tensor(self.error_size, dtype=torch.float32)
             d["scale"] = torch.ones(2)
-            d["slicer_mm_per_px"] = torch.ones(2)
+            d["pixel_to_lps"] = torch.as_tensor(PICTURE_GEOMETRY)
             d.pop("landmarks", None)
             d.pop("landmarks_orig", None)
         else:
@@ -123,7 +125,7 @@ class LoadCephalogramd(MapTransform):
         return d
 
     def _load(self, d: dict, key: str, path: str) -> None:
-        image, header_spacing = read_image(path)
+        image, header_spacing, geometry = read_image_geometry(path)
         h, w = image.shape
         if header_spacing is not None:
             spacing, source = header_spacing, "from the file"
@@ -142,7 +144,7 @@ class LoadCephalogramd(MapTransform):
             )
         files = d.get(self.label_key)
         if files:
-            pts = [read_landmarks(f, self.n_landmarks, image_name=d["image_name"]) for f in files]
+            pts = [read_landmarks(f, self.n_landmarks, image_name=d["image_name"], pixel_to_lps=geometry) for f in files]
             for f, p in zip(files, pts):
                 outside = np.where((p[:, 0] < -0.5) | (p[:, 0] > h - 0.5) | (p[:, 1] < -0.5) | (p[:, 1] > w - 0.5))[0]
                 if outside.size:
@@ -155,8 +157,7 @@ class LoadCephalogramd(MapTransform):
             d["landmarks_orig"] = lm.clone()
         d[key] = torch.as_tensor(image)[None]
         d["spacing"] = torch.tensor(spacing, dtype=torch.float32)
-        # the mm per pixel that 3D Slicer will use for this file: the header's, or 1 for plain pictures
-        d["slicer_mm_per_px"] = torch.tensor(header_spacing or (1.0, 1.0), dtype=torch.float32)
+        d["pixel_to_lps"] = torch.as_tensor(geometry)  # where Slicer shows each pixel: the Slicer point lists use it
         d["orig_size"] = torch.tensor((h, w), dtype=torch.float32)
         d["scale"] = torch.ones(2)
 

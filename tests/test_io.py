@@ -169,7 +169,8 @@ class TestOwnDataFolder(unittest.TestCase):
                 landmark_datalist(root / "case0.csv", "test", landmark_suffix=".csv")
 
 
-def write_dicom(path: Path, pixels: np.ndarray, spacing=None, monochrome1: bool = False) -> None:
+def write_dicom(path: Path, pixels: np.ndarray, spacing=None, monochrome1: bool = False, position=None,
+                orientation=None) -> None:
     """A minimal secondary-capture DICOM file, written with pydicom."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
@@ -187,6 +188,10 @@ def write_dicom(path: Path, pixels: np.ndarray, spacing=None, monochrome1: bool 
     ds.PhotometricInterpretation = "MONOCHROME1" if monochrome1 else "MONOCHROME2"
     if spacing is not None:
         ds.ImagerPixelSpacing = [str(spacing[0]), str(spacing[1])]
+    if position is not None:
+        ds.ImagePositionPatient = [str(v) for v in position]
+    if orientation is not None:
+        ds.ImageOrientationPatient = [str(v) for v in orientation]
     ds.PixelData = pixels.astype(np.uint16).tobytes()
     ds.save_as(str(path), enforce_file_format=True)
 
@@ -224,6 +229,92 @@ class TestDicom(unittest.TestCase):
             self.assertIn("pixel_spacing_mm of the config", logs.output[0])
             with self.assertNoLogs("bundle.transforms", level="WARNING"):
                 LoadCephalogramd(spacing_mm=0.5)({"image": str(path)})  # 240 mm: a cephalogram
+
+
+class TestImageGeometry(unittest.TestCase):
+    """NIfTI, MHA and DICOM headers: the pixel spacing, the pixel order, and where 3D Slicer shows each pixel, so
+    that the point lists we write land on the image in Slicer and those Slicer saves read back as pixels."""
+
+    def assert_geometry_is_itk(self, path: Path, geometry: np.ndarray) -> None:
+        import itk
+
+        img = itk.imread(str(path))
+        for x, y in ((0, 0), (7, 3), (11, 5)):
+            index = (x, y) + (0,) * (img.GetImageDimension() - 2)
+            expected = list(img.TransformIndexToPhysicalPoint(index))[:3]
+            expected += [0.0] * (3 - len(expected))
+            self.assertTrue(np.allclose(geometry @ [x, y, 1.0], expected, atol=1e-4), (path.name, x, y, expected))
+
+    def test_nifti_and_mha(self):
+        import itk
+        import nibabel as nib
+
+        from bundle.io import read_image_geometry
+
+        with tempfile.TemporaryDirectory() as tmp:
+            root = Path(tmp)
+            pixels = np.arange(12 * 9, dtype=np.float32).reshape(9, 12)  # (y, x): 9 rows of 12
+            affine = np.diag([0.1, 0.2, 1.0, 1.0])
+            affine[:3, 3] = (5.0, -6.0, 2.0)
+            nib.save(nib.Nifti1Image(pixels.T.copy(), affine), root / "a.nii.gz")  # nibabel stores x first
+            nib.save(nib.Nifti1Image(pixels.T[..., None].copy(), affine), root / "slice.nii")  # one slice of a 3D file
+            mha = itk.image_from_array(pixels)
+            mha.SetSpacing((0.15, 0.25))
+            mha.SetOrigin((-3.0, 4.0))
+            mha.SetDirection(itk.matrix_from_array(np.array([[0.0, 1.0], [1.0, 0.0]])))  # x and y swapped in space
+            itk.imwrite(mha, str(root / "b.mha"))
+            for name, spacing in (("a.nii.gz", (0.2, 0.1)), ("slice.nii", (0.2, 0.1)), ("b.mha", (0.25, 0.15))):
+                image, got_spacing, geometry = read_image_geometry(root / name)
+                self.assertTrue(np.array_equal(image, pixels), name)  # the same (y, x) pixels as written
+                self.assertTrue(np.allclose(got_spacing, spacing), (name, got_spacing))  # (row, col) mm
+                self.assertEqual(read_image(root / name)[1], got_spacing)
+                self.assert_geometry_is_itk(root / name, geometry)
+            # a NIfTI's RAS turned to LPS: pixel (0, 0) at R 5, A -6 is L -5, P 6 (ITK keeps no z for a 2D file)
+            self.assertTrue(np.allclose(read_image_geometry(root / "a.nii.gz")[2][:, 2], [-5.0, 6.0, 0.0]))
+
+    def test_dicom_position_and_orientation(self):
+        from bundle.io import image_geometry, read_image_geometry
+
+        with tempfile.TemporaryDirectory() as tmp:
+            pixels = np.zeros((40, 30), dtype=np.uint16)
+            path = Path(tmp) / "ceph.dcm"
+            write_dicom(path, pixels, spacing=(0.12, 0.15), position=(10.0, -20.0, 30.0), orientation=(0, 1, 0, 0, 0, -1))
+            geometry = read_image_geometry(path)[2]
+            # pixel (x 4, y 2): 4 columns along the row direction (0, 1, 0) at 0.15 mm, 2 rows along (0, 0, -1) at 0.12
+            self.assertTrue(np.allclose(geometry @ [4, 2, 1], [10.0, -20.0 + 0.6, 30.0 - 0.24]))
+            self.assertTrue(np.allclose(image_geometry(path), geometry))  # from the header alone
+            plain = Path(tmp) / "plain.dcm"  # a radiograph without position or orientation: from the origin
+            write_dicom(plain, pixels, spacing=(0.12, 0.15))
+            self.assertTrue(np.allclose(read_image_geometry(plain)[2] @ [4, 2, 1], [0.6, 0.24, 0.0]))
+
+    def test_slicer_point_lists_round_trip(self):
+        """Our point list on a NIfTI image, as Slicer would save it (LPS or RAS), reads back as the same pixels, and
+        the loader reads it beside its image."""
+        import nibabel as nib
+
+        from bundle.io import read_image_geometry, read_slicer_landmarks
+        from bundle.outputs import slicer_markups
+
+        with tempfile.TemporaryDirectory() as tmp:
+            root = Path(tmp)
+            affine = np.diag([0.1, 0.1, 1.0, 1.0])
+            affine[:3, 3] = (40.0, 12.0, 0.0)
+            nib.save(nib.Nifti1Image(np.ones((30, 20), dtype=np.float32), affine), root / "ceph.nii.gz")
+            geometry = read_image_geometry(root / "ceph.nii.gz")[2]
+            xy = np.array([[3.0, 4.5], [17.25, 11.0], [29.0, 0.0]])
+            doc = slicer_markups(xy, ["p", "q", "r"], geometry)
+            self.assertTrue(np.allclose(doc["markups"][0]["controlPoints"][1]["position"], [-41.725, -13.1, 0.0]))
+            (root / "ceph.mrk.json").write_text(json.dumps(doc))
+            self.assertTrue(np.allclose(read_slicer_landmarks(root / "ceph.mrk.json", 3, geometry), xy[:, ::-1]))
+            ras = json.loads(json.dumps(doc))
+            ras["markups"][0]["coordinateSystem"] = "RAS"
+            for p in ras["markups"][0]["controlPoints"]:
+                p["position"] = [-p["position"][0], -p["position"][1], p["position"][2]]
+            (root / "ras.mrk.json").write_text(json.dumps(ras))
+            self.assertTrue(np.allclose(read_slicer_landmarks(root / "ras.mrk.json", 3, geometry), xy[:, ::-1]))
+            d = LoadCephalogramd(n_landmarks=3)({"image": str(root / "ceph.nii.gz"), "label_files": [str(root / "ceph.mrk.json")]})
+            self.assertTrue(np.allclose(d["landmarks"].numpy(), xy[:, ::-1]))
+            self.assertTrue(np.allclose(d["pixel_to_lps"].numpy(), geometry))
 
 
 class TestCrossValidationFolds(unittest.TestCase):

@@ -74,5 +74,40 @@ class TestWriterAnalysis(unittest.TestCase):
             self.assertIn("<h2>bad.png</h2>", (Path(tmp) / "report.html").read_text())
 
 
+class TestWriterGeometry(unittest.TestCase):
+    def test_point_list_of_a_dicom_lands_on_it_and_reads_back(self):
+        """The point list written for a DICOM with a position and orientation is in the patient space Slicer shows
+        the image in; read beside the same DICOM (a reviewed point list used for training) it gives the pixels back."""
+        import json
+        import tempfile
+        from pathlib import Path
+
+        import torch
+
+        from bundle import ISBI_LANDMARK_NAMES
+        from bundle.outputs import LandmarkOutputWriter
+        from bundle.transforms import LoadCephalogramd
+        from tests.test_io import write_dicom
+
+        with tempfile.TemporaryDirectory() as tmp:
+            root = Path(tmp)
+            dicom = root / "ceph.dcm"
+            write_dicom(dicom, np.zeros((200, 160), dtype=np.uint16), spacing=(0.5, 0.4), position=(-30.0, 12.0, 7.0),
+                        orientation=(1, 0, 0, 0, 1, 0))
+            item = LoadCephalogramd(spacing_mm=None)({"image": str(dicom)})
+            rng = np.random.default_rng(0)
+            yx = torch.as_tensor(rng.uniform(5, 150, (19, 2)), dtype=torch.float32)
+            out = {"pred_landmarks": yx, "pred_mm": yx * item["spacing"], "uncertainty_mm": torch.ones(19)}
+            writer = LandmarkOutputWriter(root / "out", ISBI_LANDMARK_NAMES, overlay=False, analysis=False)
+            writer._start(None)
+            writer._write_one("ceph.dcm", str(dicom), out, item)
+            mrk = json.loads((root / "out" / "ceph.mrk.json").read_text())
+            positions = np.array([p["position"] for p in mrk["markups"][0]["controlPoints"]])
+            expected = np.stack([-30.0 + yx[:, 1].numpy() * 0.4, 12.0 + yx[:, 0].numpy() * 0.5, np.full(19, 7.0)], 1)
+            self.assertTrue(np.allclose(positions, expected, atol=1e-4))
+            back = LoadCephalogramd(spacing_mm=None)({"image": str(dicom), "label_files": [str(root / "out" / "ceph.mrk.json")]})
+            self.assertTrue(np.allclose(back["landmarks"].numpy(), yx.numpy(), atol=1e-3))
+
+
 if __name__ == "__main__":
     unittest.main()

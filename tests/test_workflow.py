@@ -142,6 +142,10 @@ class TestBundleWorkflow(unittest.TestCase):
             stem = name.split(".")[0]
             mrk = json.loads((out / f"{stem}.mrk.json").read_text())
             self.assertEqual(len(mrk["markups"][0]["controlPoints"]), 19)
+            # a plain picture: Slicer shows pixel (x, y) at LPS (x, y, 0)
+            positions = [p["position"] for p in mrk["markups"][0]["controlPoints"]]
+            listed = [[float(r["x"]), float(r["y"]), 0.0] for r in rows if r["image"] == name]
+            self.assertTrue(np.allclose(positions, listed, atol=0.01))
             self.assertTrue((out / f"{stem}_overlay.png").stat().st_size > 1000)
         with open(out / "errors.csv") as f:
             errors = list(csv.DictReader(f))
