@@ -29,9 +29,23 @@ __all__ = [
     "FinalValidation",
     "TTAInferer",
     "EnsembleNetwork",
+    "load_weights",
     "autocast_dtype",
     "cpu_has_native_bf16",
 ]
+
+
+def load_weights(network: torch.nn.Module, path: str | Path, key: str = "model", what: str = "checkpoint") -> torch.nn.Module:
+    """Load ``network``'s weights strictly from ``path``: a state dict (fp16 ones, as exported, are cast to the
+    network's types) or a dict holding one under ``key``, such as a training run's ``checkpoint_last.pt``. A missing
+    file is a ``FileNotFoundError`` naming it as ``what``. Returns ``network``."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path}: {what} not found")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if key in state and isinstance(state[key], dict):
+        state = state[key]
+    network.load_state_dict(state)
+    return network
 
 
 def cpu_has_native_bf16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
@@ -405,13 +419,6 @@ class EnsembleNetwork(torch.nn.Module):
 
         members = []
         for path in paths:
-            if not Path(path).is_file():
-                raise FileNotFoundError(f"{path}: ensemble member checkpoint not found")
-            state = torch.load(path, map_location="cpu", weights_only=True)
-            if key in state and isinstance(state[key], dict):
-                state = state[key]
-            net = copy.deepcopy(network)
-            net.load_state_dict(state)
-            members.append(net)
+            members.append(load_weights(copy.deepcopy(network), path, key, "ensemble member checkpoint"))
         return cls(members).to(device)
 

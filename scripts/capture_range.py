@@ -23,6 +23,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from monai.bundle import ConfigParser  # noqa: E402
 
+from bundle.engine import load_weights  # noqa: E402
+
 CONFIGS = ["train.yaml", "isbi_gpu.yaml", "maht_net.yaml", "evaluate.yaml"]
 
 
@@ -51,8 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     load = parser.get_parsed_content("train#deterministic_transforms")[0]  # LoadCephalogramd
     fine = parser.get_parsed_content("fine_transforms")
     refine = parser.get_parsed_content("refine_landmarks")
-    state = torch.load(args.refine_ckpt_path, map_location="cpu", weights_only=True)
-    refine.network.load_state_dict({k: v.float() for k, v in state.get("model", state).items()})
+    load_weights(refine.network, args.refine_ckpt_path)
     items = parser.get_parsed_content("validate#datalist")[: args.limit]
     names = parser.get_parsed_content("landmark_names")
     rng = np.random.default_rng(args.seed)

@@ -23,6 +23,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from monai.bundle import ConfigParser  # noqa: E402
 
+from bundle.engine import load_weights  # noqa: E402
+
 CONFIGS = ["train.yaml", "isbi_gpu.yaml", "maht_net.yaml", "evaluate.yaml"]
 BINS_MM = [0, 2, 3, 4, 6, 10, np.inf]
 
@@ -35,9 +37,7 @@ def fold_rows(ckpt: str, shape_model: str | None, fold: int, dataset_dir: str) -
               "val_fold": fold, "shape_model": shape_model, "ckpt_path": ckpt})
     pre, items = p.get_parsed_content("validate#preprocessing"), p.get_parsed_content("validate#datalist")
     net, inferer, decode = p.get_parsed_content("network"), p.get_parsed_content("validate#inferer"), p.get_parsed_content("decode")
-    state = torch.load(ckpt, map_location="cpu", weights_only=True)
-    net.load_state_dict({k: v.float() for k, v in state.get("model", state).items()})
-    net.eval()
+    load_weights(net, ckpt).eval()
     rows = []
     for item in items:
         d = pre(item)
