@@ -44,6 +44,8 @@ __all__ = [
     "atomic_write_csv",
 ]
 
+logger = logging.getLogger(__name__)
+
 ISBI_SPACING_MM = 0.1
 IMAGE_SUFFIXES = (".bmp", ".jpg", ".jpeg", ".png", ".tif", ".tiff", ".dcm", ".nii", ".nii.gz", ".mha", ".mhd", ".nrrd")
 _PIL_SUFFIXES = (".bmp", ".jpg", ".jpeg", ".png", ".tif", ".tiff")
@@ -140,6 +142,8 @@ def read_image_geometry(path: str | Path) -> tuple[np.ndarray, tuple[float, floa
         raise CephDataError(path, f"image is empty or too small ({arr.shape[1]}x{arr.shape[0]} pixels)")
     if not np.isfinite(arr).all():
         raise CephDataError(path, "image contains NaN or infinite values")
+    if arr.min() == arr.max():
+        raise CephDataError(path, f"image is blank (every pixel is {arr.flat[0]:g})")
     return arr.astype(np.float32, copy=False), spacing, geometry
 
 
@@ -157,7 +161,7 @@ def image_geometry(path: str | Path) -> np.ndarray:
             ds = pydicom.dcmread(str(path), stop_before_pixels=True)
         except Exception as e:  # noqa: BLE001 - as read_image reports a corrupt file
             raise CephDataError(path, f"cannot read image ({type(e).__name__}: {e})") from e
-        return _dicom_geometry(ds, _dicom_spacing(ds, path))
+        return _dicom_geometry(ds, _dicom_spacing(ds, path), path)
     return read_image_geometry(path)[2]
 
 
@@ -174,7 +178,7 @@ def _dicom_spacing(ds, path: Path) -> tuple[float, float]:
     )
 
 
-def _dicom_geometry(ds, spacing: tuple[float, float]) -> np.ndarray:
+def _dicom_geometry(ds, spacing: tuple[float, float], path: Path) -> np.ndarray:
     """``pixel_to_lps`` of a DICOM image: ``ImagePositionPatient`` is pixel (0, 0); ``ImageOrientationPatient``
     gives the directions of a row (x) and a column (y); both default as Slicer reads a radiograph without them."""
     position = getattr(ds, "ImagePositionPatient", None)
@@ -182,7 +186,12 @@ def _dicom_geometry(ds, spacing: tuple[float, float]) -> np.ndarray:
     geometry = np.zeros((3, 3))
     geometry[:, 0], geometry[:, 1] = (1.0, 0.0, 0.0), (0.0, 1.0, 0.0)
     if orientation is not None and len(orientation) == 6:
-        geometry[:, 0], geometry[:, 1] = [float(v) for v in orientation[:3]], [float(v) for v in orientation[3:]]
+        row, col = np.array([float(v) for v in orientation[:3]]), np.array([float(v) for v in orientation[3:]])
+        if abs(np.linalg.norm(row) - 1) < 0.01 and abs(np.linalg.norm(col) - 1) < 0.01 and abs(row @ col) < 0.01:
+            geometry[:, 0], geometry[:, 1] = row, col
+        else:
+            logger.warning("%s: ImageOrientationPatient %s is not two perpendicular unit vectors; ignored (Slicer "
+                           "point lists assume rows along x, columns along y)", path, list(orientation))
     geometry[:, 0] *= spacing[1]  # column spacing: the step along a row
     geometry[:, 1] *= spacing[0]
     if position is not None and len(position) == 3:
@@ -203,7 +212,7 @@ def _read_dicom(path: Path) -> tuple[np.ndarray, tuple[float, float], np.ndarray
     if str(getattr(ds, "PhotometricInterpretation", "")).upper() == "MONOCHROME1":
         arr = arr.max() - arr  # MONOCHROME1 stores bone dark; flip so bone is bright as in every other format
     spacing = _dicom_spacing(ds, path)
-    return arr, spacing, _dicom_geometry(ds, spacing)
+    return arr, spacing, _dicom_geometry(ds, spacing, path)
 
 
 def _read_itk(path: Path) -> tuple[np.ndarray, tuple[float, float] | None, np.ndarray]:

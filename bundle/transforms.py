@@ -78,8 +78,9 @@ class LoadCephalogramd(MapTransform):
         n_landmarks: number of landmarks expected in each file.
         spacing_mm: pixel spacing (mm) used when neither the file header nor ``data["spacing_mm"]`` gives one.
         on_error: ``"raise"`` (training: a bad file stops the run with its name) or ``"record"`` (inference: the
-            problem is stored in ``data["error"]``, the image replaced by zeros, and the batch goes on).
-        error_size: ``(H, W)`` of the zero image put in place of an unreadable one.
+            problem is stored in ``data["error"]``, the image replaced by a placeholder, and the batch goes on).
+        error_size: ``(H, W)`` of the placeholder image (a ramp: a constant one makes MONAI's intensity scaling
+            warn of a division by zero) put in place of an unreadable one.
     """
 
     def __init__(
@@ -113,7 +114,7 @@ class LoadCephalogramd(MapTransform):
                 raise
             logger.warning("skipping %s", e)
             d["error"] = str(e)
-            d[key] = torch.zeros((1, *self.error_size), dtype=torch.float32)
+            d[key] = torch.linspace(0.0, 1.0, math.prod(self.error_size)).reshape(1, *self.error_size)
             d["spacing"] = torch.full((2,), float(self.spacing_mm or 1.0))
             d["orig_size"] = torch.tensor(self.error_size, dtype=torch.float32)
             d["scale"] = torch.ones(2)

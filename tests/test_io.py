@@ -82,6 +82,15 @@ class TestISBIReader(unittest.TestCase):
             read_landmarks(f)
         self.assert_names(cm.exception, f, "expected 19 landmarks, found 18")
 
+    def test_blank_image(self):
+        """A picture with one grey value everywhere (a failed export, an unexposed plate) is refused, named."""
+        path = self.root / "RawImage" / "TrainingData" / "001.jpg"
+        Image.fromarray(np.full((H, W), 128, dtype=np.uint8)).save(path)
+        with self.assertRaises(CephDataError) as cm:
+            read_image(path)
+        self.assertIn(str(path), str(cm.exception))
+        self.assertIn("image is blank (every pixel is 128)", str(cm.exception))
+
     def test_nan(self):
         f = self.root / "AnnotationsByMD/400_senior/003.txt"
         lines = f.read_text().splitlines()
@@ -222,7 +231,7 @@ class TestDicom(unittest.TestCase):
         """A spacing that makes the picture a few millimetres (or metres) wide is logged with the file's name."""
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "ceph.png"
-            Image.fromarray(np.zeros((480, 400), dtype=np.uint8)).save(path)
+            Image.fromarray(np.arange(480 * 400, dtype=np.uint32).reshape(480, 400).astype(np.uint8)).save(path)
             with self.assertLogs("bundle.transforms", level="WARNING") as logs:
                 LoadCephalogramd(spacing_mm=0.1)({"image": str(path)})  # 48 mm: far too small for a skull
             self.assertIn(str(path), logs.output[0])
@@ -276,7 +285,7 @@ class TestImageGeometry(unittest.TestCase):
         from bundle.io import image_geometry, read_image_geometry
 
         with tempfile.TemporaryDirectory() as tmp:
-            pixels = np.zeros((40, 30), dtype=np.uint16)
+            pixels = np.arange(40 * 30, dtype=np.uint16).reshape(40, 30)
             path = Path(tmp) / "ceph.dcm"
             write_dicom(path, pixels, spacing=(0.12, 0.15), position=(10.0, -20.0, 30.0), orientation=(0, 1, 0, 0, 0, -1))
             geometry = read_image_geometry(path)[2]
@@ -286,6 +295,12 @@ class TestImageGeometry(unittest.TestCase):
             plain = Path(tmp) / "plain.dcm"  # a radiograph without position or orientation: from the origin
             write_dicom(plain, pixels, spacing=(0.12, 0.15))
             self.assertTrue(np.allclose(read_image_geometry(plain)[2] @ [4, 2, 1], [0.6, 0.24, 0.0]))
+            broken = Path(tmp) / "broken.dcm"  # an orientation that is no orientation: said, and left out
+            write_dicom(broken, pixels, spacing=(0.12, 0.15), position=(1.0, 2.0, 3.0), orientation=(0, 0, 0, 0, 0, 0))
+            with self.assertLogs("bundle.io", level="WARNING") as logs:
+                geometry = read_image_geometry(broken)[2]
+            self.assertIn("broken.dcm", logs.output[0])
+            self.assertTrue(np.allclose(geometry @ [4, 2, 1], [1.6, 2.24, 3.0]))
 
     def test_slicer_point_lists_round_trip(self):
         """Our point list on a NIfTI image, as Slicer would save it (LPS or RAS), reads back as the same pixels, and
@@ -299,7 +314,7 @@ class TestImageGeometry(unittest.TestCase):
             root = Path(tmp)
             affine = np.diag([0.1, 0.1, 1.0, 1.0])
             affine[:3, 3] = (40.0, 12.0, 0.0)
-            nib.save(nib.Nifti1Image(np.ones((30, 20), dtype=np.float32), affine), root / "ceph.nii.gz")
+            nib.save(nib.Nifti1Image(np.arange(600, dtype=np.float32).reshape(30, 20), affine), root / "ceph.nii.gz")
             geometry = read_image_geometry(root / "ceph.nii.gz")[2]
             xy = np.array([[3.0, 4.5], [17.25, 11.0], [29.0, 0.0]])
             doc = slicer_markups(xy, ["p", "q", "r"], geometry)

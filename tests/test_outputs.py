@@ -92,7 +92,7 @@ class TestWriterGeometry(unittest.TestCase):
         with tempfile.TemporaryDirectory() as tmp:
             root = Path(tmp)
             dicom = root / "ceph.dcm"
-            write_dicom(dicom, np.zeros((200, 160), dtype=np.uint16), spacing=(0.5, 0.4), position=(-30.0, 12.0, 7.0),
+            write_dicom(dicom, np.arange(200 * 160, dtype=np.uint16).reshape(200, 160), spacing=(0.5, 0.4), position=(-30.0, 12.0, 7.0),
                         orientation=(1, 0, 0, 0, 1, 0))
             item = LoadCephalogramd(spacing_mm=None)({"image": str(dicom)})
             rng = np.random.default_rng(0)
