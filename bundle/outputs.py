@@ -29,6 +29,8 @@ __all__ = [
     "OverlayImageLogger",
     "LandmarkOutputWriter",
     "batch_report_html",
+    "finished_images",
+    "pending_datalist",
 ]
 
 logger = logging.getLogger(__name__)
@@ -302,6 +304,57 @@ def batch_report_html(entries: Sequence[dict], errors: Sequence[tuple[str, str]]
     return "\n".join(out) + "\n"
 
 
+def _rows_by_image(path: Path, header: Sequence[str]) -> dict[str, list[list[str]]]:
+    """The rows of one of our CSV files grouped by their ``image`` cell; rows cut short (a run killed while writing)
+    are left out. A file with another header is refused: it is not ours to rewrite."""
+    if not path.is_file():
+        return {}
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    if rows and rows[0] != list(header):
+        raise ValueError(f"{path}: not written by this bundle (header {rows[0]}, expected {list(header)}); "
+                         "choose another --output_dir or move the file away")
+    out: dict[str, list[list[str]]] = {}
+    for r in rows[1:]:
+        if len(r) == len(header):
+            out.setdefault(r[0], []).append(r)
+    return out
+
+
+def finished_images(output_dir: str | Path, n_landmarks: int, overlay: bool = True
+                    ) -> tuple[dict[str, list[list[str]]], dict[str, list[list[str]]]]:
+    """The images an earlier inference run into ``output_dir`` finished: all ``n_landmarks`` rows in
+    ``landmarks.csv``, its ``<stem>.mrk.json`` and (with ``overlay``) its ``<stem>_overlay.png`` written (the writer's
+    last step). Returns their ``landmarks.csv`` and ``measurements.csv`` rows by image name; an image cut off half-way
+    is not among them and is done again."""
+    out = Path(output_dir)
+    landmarks = _rows_by_image(out / "landmarks.csv", LANDMARKS_CSV_HEADER)
+    done = {}
+    for name, rows in landmarks.items():
+        stem = name.split(".")[0]
+        if (len(rows) == n_landmarks and (out / f"{stem}.mrk.json").is_file()
+                and (not overlay or (out / f"{stem}_overlay.png").is_file())):
+            done[name] = rows
+    measurements = _rows_by_image(out / "measurements.csv", MEASUREMENTS_CSV_HEADER)
+    return done, {name: rows for name, rows in measurements.items() if name in done}
+
+
+def pending_datalist(items: Sequence[dict], output_dir: str | Path, names: Sequence[str], resume=False,
+                     overlay=True) -> list[dict]:
+    """The inference data list: every item, or with ``resume`` only those whose image (by file name) an earlier run
+    into ``output_dir`` has not finished (:func:`finished_images`); images that could not be read are tried again."""
+    from monai.utils import str2bool
+
+    items = list(items)
+    if not str2bool(str(resume), raise_exc=False):
+        return items
+    done, _ = finished_images(output_dir, len(names), str2bool(str(overlay), raise_exc=False))
+    pending = [item for item in items if Path(str(item["image"])).name not in done]
+    logger.info("resuming in %s: %d of %d image(s) already done, %d to do", output_dir, len(items) - len(pending),
+                len(items), len(pending))
+    return pending
+
+
 class LandmarkOutputWriter:
     """Ignite handler for the inference evaluator: for each image it appends its rows to ``landmarks.csv``
     (flushed at once, so a crash loses nothing already written), writes ``<stem>.mrk.json`` and
@@ -316,18 +369,24 @@ class LandmarkOutputWriter:
         names: landmark names.
         overlay: write the overlay PNGs.
         analysis: write the cephalometric analysis (where the landmarks allow it).
+        resume: keep the images an earlier run into ``output_dir`` finished (their rows, point lists, pictures and
+            report entries; :func:`finished_images`) and add this run's, whose data list
+            :func:`pending_datalist` leaves them out of. Off: an earlier run's CSV files are replaced (with a warning).
     """
 
     REPORT_EVERY_S = 5.0  # report.html is rewritten at most this often during a batch, and at its end
 
-    def __init__(self, output_dir: str, names: Sequence[str], overlay: bool = True, analysis: bool = True):
+    def __init__(self, output_dir: str, names: Sequence[str], overlay: bool = True, analysis: bool = True,
+                 resume: bool = False):
         from monai.utils import str2bool
 
         from .analysis import has_analysis_landmarks
 
         self.output_dir = Path(output_dir)
         self.names = list(names)
-        self.overlay = overlay
+        self.overlay = str2bool(str(overlay), raise_exc=False)
+        self.resume = str2bool(str(resume), raise_exc=False)
+        self.n_kept = 0
         self.analysis_asked = str2bool(str(analysis), raise_exc=False)
         self.analysis = self.analysis_asked and has_analysis_landmarks(self.names)
         self._entries: list[dict] = []
@@ -344,21 +403,42 @@ class LandmarkOutputWriter:
         engine.add_event_handler(Events.COMPLETED, self._finish)
 
     def _start(self, engine) -> None:
+        from .io import atomic_write_csv
+
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.output_dir / "landmarks.csv", "w", newline="") as f:
-            csv.writer(f).writerow(LANDMARKS_CSV_HEADER)
-        with open(self.output_dir / "errors.csv", "w", newline="") as f:
-            csv.writer(f).writerow(["image", "error"])
+        kept, kept_measurements = {}, {}
+        if self.resume:  # the images an earlier run finished stay, and pending_datalist left them out of this one
+            kept, kept_measurements = finished_images(self.output_dir, len(self.names), self.overlay)
+        else:
+            earlier = _rows_by_image(self.output_dir / "landmarks.csv", LANDMARKS_CSV_HEADER)
+            if earlier:
+                logger.warning("%s: replacing the results of an earlier run (%d image(s)); --resume true keeps them and "
+                               "does only the images not done yet", self.output_dir, len(earlier))
+        atomic_write_csv(self.output_dir / "landmarks.csv",
+                         [LANDMARKS_CSV_HEADER] + [r for rows in kept.values() for r in rows])
+        atomic_write_csv(self.output_dir / "errors.csv", [["image", "error"]])  # failures are tried again
         if self.analysis:
-            with open(self.output_dir / "measurements.csv", "w", newline="") as f:
-                csv.writer(f).writerow(MEASUREMENTS_CSV_HEADER)
+            atomic_write_csv(self.output_dir / "measurements.csv",
+                             [MEASUREMENTS_CSV_HEADER] + [r for rows in kept_measurements.values() for r in rows])
         elif self.analysis_asked:
             logger.info("no cephalometric analysis: it needs the 19 ISBI landmarks in their order, this run has %d",
                         len(self.names))
         self.n_ok = self.n_failed = 0
-        self._entries, self._errors = [], []
+        self.n_kept = len(kept)
+        self._entries = [self._entry_from_rows(name, rows, kept_measurements.get(name)) for name, rows in kept.items()]
+        self._errors = []
         self._reported_at = float("-inf")
         self._report(force=True)
+
+    def _entry_from_rows(self, name: str, rows: list[list[str]], measurements: list[list[str]] | None) -> dict:
+        """A report entry of an image kept from an earlier run, from its CSV rows."""
+        analysis = None
+        if measurements:
+            analysis = [{"measurement": m[1], "value": float(m[2]), "unit": m[3], "type": int(m[4]), "meaning": m[5]}
+                        for m in measurements]
+        return {"image": name, "overlay": f"{name.split('.')[0]}_overlay.png" if self.overlay else None,
+                "analysis": analysis,
+                "landmarks": [(int(r[1]), r[2], float(r[3]), float(r[4]), float(r[7])) for r in rows]}
 
     def _write(self, engine) -> None:
         outputs = engine.state.output if isinstance(engine.state.output, list) else [engine.state.output]
@@ -458,6 +538,8 @@ class LandmarkOutputWriter:
     def _finish(self, engine) -> None:
         self._report(force=True)
         engine.logger.info(
-            "wrote landmarks of %d image(s) to %s; %d could not be read (see errors.csv); to review them: %s",
-            self.n_ok, self.output_dir / "landmarks.csv", self.n_failed, self.output_dir / "report.html",
+            "wrote landmarks of %d image(s) to %s%s; %d could not be read (see errors.csv); to review them: %s",
+            self.n_ok, self.output_dir / "landmarks.csv",
+            f" beside the {self.n_kept} of an earlier run" if self.n_kept else "", self.n_failed,
+            self.output_dir / "report.html",
         )

@@ -109,5 +109,29 @@ class TestWriterGeometry(unittest.TestCase):
             self.assertTrue(np.allclose(back["landmarks"].numpy(), yx.numpy(), atol=1e-3))
 
 
+class TestResumeGuards(unittest.TestCase):
+    def test_foreign_csv_is_refused_and_replacing_is_said(self):
+        """--resume never rewrites a landmarks.csv that is not ours; a run without it says what it replaces."""
+        import tempfile
+        from pathlib import Path
+
+        from bundle import ISBI_LANDMARK_NAMES
+        from bundle.outputs import LANDMARKS_CSV_HEADER, LandmarkOutputWriter, pending_datalist
+
+        with tempfile.TemporaryDirectory() as tmp:
+            (Path(tmp) / "landmarks.csv").write_text("patient,score\nA,3\n")
+            with self.assertRaises(ValueError) as cm:
+                pending_datalist([{"image": "a.png"}], tmp, ISBI_LANDMARK_NAMES, resume="true")
+            self.assertIn("landmarks.csv: not written by this bundle", str(cm.exception))
+            self.assertEqual((Path(tmp) / "landmarks.csv").read_text(), "patient,score\nA,3\n")
+            rows = [["a.png", str(i + 1), n, "1", "2", "0.1", "0.2", "1.0"] for i, n in enumerate(ISBI_LANDMARK_NAMES)]
+            (Path(tmp) / "landmarks.csv").write_text("\n".join(",".join(r) for r in [LANDMARKS_CSV_HEADER] + rows) + "\n")
+            self.assertEqual(len(pending_datalist([{"image": "x/a.png"}], tmp, ISBI_LANDMARK_NAMES, resume=True)), 1)  # no a.mrk.json
+            writer = LandmarkOutputWriter(tmp, ISBI_LANDMARK_NAMES, overlay=False)
+            with self.assertLogs("bundle.outputs", "WARNING") as logs:
+                writer._start(None)
+            self.assertIn("replacing the results of an earlier run (1 image(s))", logs.output[0])
+
+
 if __name__ == "__main__":
     unittest.main()

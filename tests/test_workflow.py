@@ -171,6 +171,38 @@ class TestBundleWorkflow(unittest.TestCase):
             self.assertIn(f"<a href='{name.split('.')[0]}_overlay.png'>", report)
         self.assertIn("<td>corrupt.jpg</td>", report)
 
+        # a batch killed after its first image, run again with --resume true: the finished image stays as it was,
+        # the one cut off (its overlay not yet written) and the unreadable one are done again
+        good = sorted(p.name for p in inp.iterdir() if p.name != "corrupt.jpg")
+        before = {r["image"]: r for r in rows if r["landmark"] == "1"}
+        (out / f"{good[1].split('.')[0]}_overlay.png").unlink()
+        with open(out / "landmarks.csv", "a") as f:
+            f.write(f"{good[1]},1,Sella,1.0")  # a row cut short by the kill
+        mrk_first = (out / f"{good[0].split('.')[0]}.mrk.json").stat().st_mtime_ns
+        wf = ConfigWorkflow(
+            workflow_type="infer", config_file=UNET_INFERENCE, logging_file=False,
+            meta_file=str(CONFIGS / "metadata.json"), bundle_root=str(ROOT), input_dir=str(inp), output_dir=str(out),
+            ckpt_path=str(self.runs / "model.pt"), image_size=[64, 48], num_workers=0, resume=True, **UNET_AS_TRAINED,
+        )
+        wf.initialize()
+        self.assertEqual(sorted(Path(i["image"]).name for i in wf.parser.get_parsed_content("datalist")), sorted(["corrupt.jpg", good[1]]))
+        wf.run()
+        wf.finalize()
+        with open(out / "landmarks.csv") as f:
+            again = list(csv.DictReader(f))
+        self.assertEqual(len(again), 2 * 19)
+        self.assertEqual({r["image"]: r for r in again if r["landmark"] == "1"}, before)
+        self.assertEqual((out / f"{good[0].split('.')[0]}.mrk.json").stat().st_mtime_ns, mrk_first)  # not redone
+        self.assertTrue((out / f"{good[1].split('.')[0]}_overlay.png").is_file())
+        with open(out / "measurements.csv") as f:
+            self.assertEqual(len(list(csv.DictReader(f))), 2 * 8)
+        with open(out / "errors.csv") as f:
+            self.assertEqual([e["image"] for e in csv.DictReader(f)], ["corrupt.jpg"])
+        report = (out / "report.html").read_text()
+        self.assertIn("2 image(s) read, 1 could not be read", report)
+        for name in good:
+            self.assertIn(f"<h2>{name}</h2>", report)
+
     def test_5_resume_continues_the_run(self):
         ckpt = torch.load(self.runs / "checkpoint_last.pt", map_location="cpu", weights_only=True)
         self.assertEqual(ckpt["epoch"], 2)
