@@ -263,7 +263,8 @@ class OverlayImageLogger:
 
 def batch_report_html(entries: Sequence[dict], errors: Sequence[tuple[str, str]], title: str) -> str:
     """``report.html``: one page to review a batch. Per image (``entries``: ``{"image", "overlay" (file name or
-    None), "landmarks": [(number, name, x, y, uncertainty_mm)], "analysis": [row of bundle.analysis.analyse]}``)
+    None), "landmarks": [(number, name, x, y, uncertainty_mm)], "analysis": [row of bundle.analysis.analyse],
+    "mirrored" (optional: the face looked left)}``)
     its overlay (click for full size), its cephalometric analysis with the types outside the normal range in bold,
     and its landmarks (folded); then the files that could not be read (``errors``: ``(image, message)``)."""
     from html import escape
@@ -283,6 +284,8 @@ def batch_report_html(entries: Sequence[dict], errors: Sequence[tuple[str, str]]
             ov = escape(str(e["overlay"]))
             out.append(f"<a href='{ov}'><img src='{ov}' alt='{name}'></a>")
         out.append(f"</div><div><h2>{name}</h2>")
+        if e.get("mirrored"):
+            out.append("<p>The face looks left: read mirrored (<code>face</code> in the config).</p>")
         if e.get("analysis"):
             out.append("<table><tr><th>measurement</th><th>value</th><th>type</th></tr>")
             for r in e["analysis"]:
@@ -532,7 +535,8 @@ class LandmarkOutputWriter:
         self.n_ok += 1
         self._entries.append({"image": name, "overlay": f"{stem}_overlay.png" if self.overlay else None, "analysis": analysis,
                               "landmarks": [(i + 1, labels[i], float(x), float(y), float(u))
-                                            for i, ((x, y), u) in enumerate(zip(xy, unc))]})
+                                            for i, ((x, y), u) in enumerate(zip(xy, unc))],
+                              "mirrored": bool(out.get("mirrored", False))})
         self._report()
 
     def _finish(self, engine) -> None:

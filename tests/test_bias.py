@@ -155,6 +155,7 @@ class TestConfigWiring(unittest.TestCase):
         optional correction of the final positions (none by default)."""
         from monai.bundle import ConfigParser
 
+        from bundle.orientation import OrientFaced, UnmirrorLandmarksd
         from bundle.refine import RefineLandmarksd
         from bundle.transforms import HeatmapToLandmarksd
 
@@ -168,7 +169,9 @@ class TestConfigWiring(unittest.TestCase):
             parser.read_config([str(f) for f in files])
             parser.update({"bundle_root": str(ROOT), "refine": True, "device": "cpu", **extra})
             chain = parser.get_parsed_content(post).transforms
-            self.assertEqual([type(t) for t in chain], [HeatmapToLandmarksd, CorrectBiasd, RefineLandmarksd, CorrectBiasd])
+            self.assertEqual([type(t) for t in chain],
+                             [OrientFaced, HeatmapToLandmarksd, CorrectBiasd, RefineLandmarksd, CorrectBiasd, UnmirrorLandmarksd])
+            chain = chain[1:-1]  # the face's orientation: tests/test_orientation.py
             self.assertEqual(chain[1].entry, "global")
             self.assertIsNotNone(chain[1].bias_yx)
             self.assertIsNone(chain[3].bias_yx)  # the final correction is off by default
@@ -176,4 +179,4 @@ class TestConfigWiring(unittest.TestCase):
         parser = ConfigParser()
         parser.read_config([str(ROOT / "configs" / "inference.yaml"), str(ROOT / "configs" / "inference_unet.yaml")])
         parser.update({"bundle_root": str(ROOT), "refine": True, "device": "cpu"})
-        self.assertIsNone(parser.get_parsed_content("postprocessing").transforms[1].bias_yx)
+        self.assertIsNone(parser.get_parsed_content("postprocessing").transforms[2].bias_yx)

@@ -10,7 +10,8 @@ import yaml
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 SAME = ["refine_spacing_mm", "refine_context_factor", "crop_size", "refine_coarse_weight", "refine_shifts", "shape_model",
         "shape_z_max", "bias_correction", "refine_ckpt_path", "refine_network_def", "refine_network", "fine_transforms",
-        "centre_correction", "correct_bias", "use_refine", "tta", "ensemble", "refine_ensemble"]
+        "centre_correction", "correct_bias", "use_refine", "tta", "ensemble", "refine_ensemble", "face",
+        "face_auto_spread_mm", "unmirror"]
 # intended differences: evaluation fits calibrations (inference applies them), evaluation can iterate the refinement
 # for experiments, and only inference moves the crop centres by default (evaluate.yaml evaluates any checkpoint)
 ONLY_INFERENCE = {"calibration"}
@@ -23,6 +24,9 @@ class TestPipelineSettingsAgree(unittest.TestCase):
         inf = yaml.safe_load((CONFIGS / "inference.yaml").read_text())
         for key in SAME:
             self.assertEqual(ev[key], inf[key], key)
+        e, i = dict(ev["orient_face"]), dict(inf["orient_face"])
+        self.assertEqual((e.pop("inferer"), i.pop("inferer")), ("@validate#inferer", "@inferer"))  # each its evaluator's
+        self.assertEqual(e, i)
         for key in ("decode", "refine_landmarks"):
             e = {k: v for k, v in ev[key].items() if k not in ONLY_EVALUATION}
             i = {k: v for k, v in inf[key].items() if k not in ONLY_INFERENCE}

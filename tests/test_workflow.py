@@ -15,7 +15,9 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
 # inference.yaml defaults to the shipped MAHT-Net; the tiny run here trains train.yaml's U-Net baseline
 UNET_INFERENCE = [str(CONFIGS / "inference.yaml"), str(CONFIGS / "inference_unet.yaml")]
-UNET_AS_TRAINED = {"network_def#channels": [16, 32, 64, 128, 256]}
+# the test's U-Net as trained; and faces read as they are (a 2-epoch model is unsure of everything, so face "auto"
+# could read any image mirrored: tests/test_orientation.py tests that)
+UNET_AS_TRAINED = {"network_def#channels": [16, 32, 64, 128, 256], "face": "right"}
 
 
 class TestBundleWorkflow(unittest.TestCase):
@@ -35,6 +37,7 @@ class TestBundleWorkflow(unittest.TestCase):
             "heatmap_sigma": 1.5,
             "batch_size": 2,
             "num_workers": 0,
+            "face": "right",  # a 2-epoch model is unsure of everything: "auto" could read any image mirrored
         }
         train = ConfigWorkflow(
             workflow_type="train", config_file=str(CONFIGS / "train.yaml"), logging_file=False,
