@@ -1,0 +1,67 @@
+"""A changed copy of an ISBI 2015-layout folder, to measure the pipeline on images unlike ISBI's: ``--mirror`` flips
+every image left to right (its faces look left), ``--pad_width W`` puts each image in the middle of a black canvas W
+pixels wide (a landscape picture); the x of every annotated landmark moves with the image (mirrored: x -> W - 1 - x,
+pixel centres at integers; padded: x -> x + left margin).
+
+    python scripts/variant_dataset.py ../shared/data/isbi2015 /tmp/isbi_mirror --mirror --folders Test1Data
+    python scripts/variant_dataset.py ../shared/data/isbi2015 /tmp/isbi_wide --pad_width 3000 --folders Test1Data
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("src", help="an ISBI 2015-layout folder")
+    ap.add_argument("dst", help="where the changed copy goes (created)")
+    ap.add_argument("--mirror", action="store_true", help="flip every image left to right")
+    ap.add_argument("--pad_width", type=int, default=None, help="centre every image on a black canvas this wide")
+    ap.add_argument("--folders", nargs="+", default=["TrainingData", "Test1Data"], help="RawImage sub-folders to copy")
+    ap.add_argument("--n_landmarks", type=int, default=19, help="annotation lines holding x,y (later lines are copied)")
+    args = ap.parse_args(argv)
+    if not args.mirror and args.pad_width is None:
+        ap.error("nothing to change: give --mirror and/or --pad_width")
+    src, dst = Path(args.src), Path(args.dst)
+    doctors = sorted(p.name for p in (src / "AnnotationsByMD").iterdir() if p.is_dir())
+    n = 0
+    for folder in args.folders:
+        (dst / "RawImage" / folder).mkdir(parents=True, exist_ok=True)
+        for image_path in sorted((src / "RawImage" / folder).iterdir()):
+            with Image.open(image_path) as im:
+                width = im.width
+                out = ImageOps.mirror(im) if args.mirror else im.copy()
+            left = 0
+            if args.pad_width is not None:
+                if args.pad_width < width:
+                    ap.error(f"--pad_width {args.pad_width} is narrower than {image_path} ({width} pixels)")
+                left = (args.pad_width - width) // 2
+                grey = np.asarray(out.convert("L"))
+                canvas = np.zeros((grey.shape[0], args.pad_width), dtype=np.uint8)
+                canvas[:, left:left + width] = grey
+                out = Image.fromarray(canvas)
+            out.save(dst / "RawImage" / folder / image_path.name)
+            for doctor in doctors:
+                ann = src / "AnnotationsByMD" / doctor / f"{image_path.stem}.txt"
+                if not ann.is_file():
+                    continue
+                lines = ann.read_text().splitlines()
+                for i, line in enumerate(lines[: args.n_landmarks]):
+                    x, y = (float(v) for v in line.replace(",", " ").split())
+                    x = width - 1 - x if args.mirror else x
+                    lines[i] = f"{x + left:g},{y:g}"
+                (dst / "AnnotationsByMD" / doctor).mkdir(parents=True, exist_ok=True)
+                (dst / "AnnotationsByMD" / doctor / ann.name).write_text("\n".join(lines) + "\n")
+            n += 1
+    print(f"{n} images written to {dst}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
