@@ -1,15 +1,16 @@
-"""Which way the face looks.
+"""Reading an image the way the networks learnt: the face looking right, the bone bright.
 
-The networks learnt lateral cephalograms whose face looks to the right (+x), as in ISBI 2015. A radiograph taken or
-exported the other way round is read mirrored and its landmarks mirrored back; without that the global network
-places them tens of millimetres off (with a wide, uncertain heatmap). :class:`OrientFaced` decides per image
-(``face``: ``"right"``, ``"left"`` or ``"auto"``) and mirrors what the later passes use; :class:`UnmirrorLandmarksd`
-mirrors the results back into the original image.
+The networks learnt ISBI 2015's lateral cephalograms: faces looking to the right (+x), bone bright. A radiograph
+taken or exported the other way round, or as a negative (bone dark), is read mirrored and/or inverted, and its
+landmarks mirrored back; without that the global network places them tens of millimetres off, with wide, uncertain
+heatmaps. :class:`OrientImaged` chooses the reading per image (``face``: ``"right"``, ``"left"`` or ``"auto"``;
+``bone``: ``"bright"``, ``"dark"`` or ``"auto"``) and changes what the later passes read; :class:`RestoreOrientationd`
+mirrors the results back into the original image and restores the images for the overlay.
 
 ``"auto"`` costs nothing for an image the global pass reads confidently: only when the mean spread of its heatmaps
-(:func:`mean_spread_mm`) exceeds ``auto_spread_mm`` is the mirrored image read too, and the reading with the
-smaller spread kept. ``scripts/face_orientation.py`` measures both spreads on cross-validation images and their
-mirrors, which is where the default threshold comes from.
+(:func:`mean_spread_mm`) exceeds ``auto_spread_mm`` are the other readings tried (mirrored, inverted, both: one
+global pass each, until one is sure) and the one with the smallest spread kept. ``scripts/face_orientation.py`` measures the spreads on
+cross-validation images read every way, which is where the default threshold comes from.
 """
 
 from __future__ import annotations
@@ -22,9 +23,11 @@ from monai.transforms import Transform
 
 from .heatmaps import heatmap_spread, heatmap_to_landmarks
 
-__all__ = ["FACES", "mean_spread_mm", "OrientFaced", "UnmirrorLandmarksd"]
+__all__ = ["FACES", "BONES", "READINGS", "mean_spread_mm", "orient", "OrientImaged", "RestoreOrientationd"]
 
 FACES = ("right", "left", "auto")
+BONES = ("bright", "dark", "auto")
+READINGS = ((False, False), (True, False), (False, True), (True, True))  # (mirrored, inverted): as read first
 logger = logging.getLogger(__name__)
 
 
@@ -47,70 +50,110 @@ def mean_spread_mm(logits, scale, spacing) -> float:
     return float(heatmap_spread(logits[None], pts)[0].mean() * pixel_mm)
 
 
-class OrientFaced(Transform):
-    """Post-processing, first (before the decoding): read a face that looks left mirrored.
+def orient(image, mirrored: bool, inverted: bool) -> torch.Tensor:
+    """An intensity-scaled ``(C, H, W)`` image (values in [0, 1]) mirrored left to right and/or inverted (``1 - x``:
+    exactly what the percentile scaling gives for the inverted file). Each is its own inverse."""
+    image = torch.as_tensor(image)
+    if mirrored:
+        image = torch.flip(image, [-1])
+    return 1.0 - image if inverted else image
 
-    With ``face="left"``, or ``"auto"`` when the mean spread of ``data["pred"]`` exceeds ``auto_spread_mm`` and the
-    mirrored image's is smaller, ``data["pred"]`` is replaced by the global network's reading of the mirrored image
-    and the images in ``image_keys`` (the network input and the refinement pass's copy) are mirrored, so the decoding,
-    the shape check, the crop centres and the refinement all work on a face that looks right. Writes ``mirrored``
-    (bool) and ``face_spread_mm`` ``(2,)`` (the mean spread as read and mirrored; NaN where not computed).
+
+class OrientImaged(Transform):
+    """Post-processing, first (before the decoding): read an image the way the networks learnt.
+
+    ``data["pred"]`` holds the global network's reading of the image as it is. When ``face`` / ``bone`` ask for
+    another reading, or ``"auto"`` finds this one unsure (mean spread above ``auto_spread_mm``) and another surer
+    (the others are read in turn until one is sure: mirrored, inverted, both),
+    ``data["pred"]`` is replaced by the global network's reading of the image mirrored and/or inverted, and the
+    images in ``image_keys`` (the network input and the refinement pass's copy) are changed the same way, so the
+    decoding, the shape check, the crop centres and the refinement all read a face looking right with bright bone.
+    Writes ``mirrored`` and ``inverted`` (bools) and ``reading_spread_mm`` ``(4,)``: the mean spread as read,
+    mirrored, inverted and both (NaN where not read).
 
     Args:
         network: the global network; inferer: how the evaluator runs it (``AutocastInferer`` / ``TTAInferer``).
-        face: ``"right"`` (as trained: nothing is done), ``"left"`` (always mirrored) or ``"auto"``.
-        auto_spread_mm: above this mean spread ``"auto"`` reads the mirrored image too.
+        face: ``"right"`` (as trained), ``"left"`` (always mirrored) or ``"auto"``.
+        bone: ``"bright"`` (as trained), ``"dark"`` (a negative: always inverted) or ``"auto"``.
+        auto_spread_mm: above this mean spread ``"auto"`` tries the other readings.
     """
 
-    def __init__(self, network: torch.nn.Module, inferer, face: str = "right", auto_spread_mm: float = 2.0,
-                 pred_key: str = "pred", image_keys: Sequence[str] = ("image", "image_fine")):
-        face = str(face).lower()
+    def __init__(self, network: torch.nn.Module, inferer, face: str = "right", bone: str = "bright",
+                 auto_spread_mm: float = 15.0, pred_key: str = "pred", image_keys: Sequence[str] = ("image", "image_fine")):
+        face, bone = str(face).lower(), str(bone).lower()
         if face not in FACES:
-            raise ValueError(f"face should be one of {FACES} (the way the face looks in the images), got {face!r}.")
+            raise ValueError(f"face should be one of {FACES} (the way the faces look in the images), got {face!r}.")
+        if bone not in BONES:
+            raise ValueError(f"bone should be one of {BONES} (bright, as usual, or dark in a negative), got {bone!r}.")
         if auto_spread_mm <= 0:
             raise ValueError(f"auto_spread_mm should be positive, got {auto_spread_mm}.")
-        self.network, self.inferer, self.face = network, inferer, face
+        self.network, self.inferer, self.face, self.bone = network, inferer, face, bone
         self.auto_spread_mm, self.pred_key, self.image_keys = float(auto_spread_mm), pred_key, tuple(image_keys)
 
-    def _read_mirrored(self, image: torch.Tensor) -> torch.Tensor:
+    def _read(self, image: torch.Tensor, mirrored: bool, inverted: bool) -> torch.Tensor:
         device = next(self.network.parameters()).device
         with torch.no_grad():
-            out = self.inferer(torch.flip(torch.as_tensor(image), [-1])[None].to(device), self.network)
-        out = out if isinstance(out, torch.Tensor) else out[0]
-        return out[0]
+            out = self.inferer(orient(image, mirrored, inverted)[None].to(device), self.network)
+        return (out if isinstance(out, torch.Tensor) else out[0])[0]
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
         d = dict(data)
-        d["mirrored"] = False
-        d["face_spread_mm"] = torch.full((2,), float("nan"))
-        if self.face == "right":
-            return d
-        scale, spacing = d["scale"], d["spacing"]
+        d["mirrored"] = d["inverted"] = False
+        d["reading_spread_mm"] = torch.full((len(READINGS),), float("nan"))
+        base = (self.face == "left", self.bone == "dark")
+        candidates = [base]
         if self.face == "auto":
-            as_read = mean_spread_mm(d[self.pred_key], scale, spacing)
-            d["face_spread_mm"][0] = as_read
-            if as_read <= self.auto_spread_mm:
-                return d
-        mirrored_pred = self._read_mirrored(d["image"])
-        if self.face == "auto":
-            mirrored = mean_spread_mm(mirrored_pred, scale, spacing)
-            d["face_spread_mm"][1] = mirrored
-            if mirrored >= d["face_spread_mm"][0]:
-                return d
-            logger.info("%s: the face looks left (heatmap spread %.2f mm as read, %.2f mm mirrored): read mirrored",
-                        d.get("image_name", "image"), float(d["face_spread_mm"][0]), mirrored)
-        d[self.pred_key] = mirrored_pred.to(torch.as_tensor(d[self.pred_key]).device)
-        for key in self.image_keys:
-            if key in d:
-                d[key] = torch.flip(torch.as_tensor(d[key]), [-1])
-        d["mirrored"] = True
+            candidates.append((not base[0], base[1]))
+        if self.bone == "auto":
+            candidates += [(base[0], not base[1])] + ([(not base[0], not base[1])] if self.face == "auto" else [])
+        preds = {(False, False): d[self.pred_key]}
+        if base not in preds:
+            preds[base] = self._read(d["image"], *base)
+        chosen = base
+        if len(candidates) > 1:
+            scale, spacing = d["scale"], d["spacing"]
+
+            def spread(reading: tuple[bool, bool]) -> float:
+                if reading not in preds:
+                    preds[reading] = self._read(d["image"], *reading)
+                s = mean_spread_mm(preds[reading], scale, spacing)
+                d["reading_spread_mm"][READINGS.index(reading)] = s
+                return s
+
+            if spread(base) > self.auto_spread_mm:
+                for reading in candidates[1:]:  # the first sure reading ends the search (mirrored ones first)
+                    if spread(reading) <= self.auto_spread_mm:
+                        break
+                tried = [c for c in candidates if c in preds]
+                chosen = min(tried, key=spread)  # the first of equals: the reading asked for
+                best = float(d["reading_spread_mm"][READINGS.index(chosen)])
+                if chosen != base:
+                    logger.info("%s: read %s (mean heatmap spread %.1f mm, against %.1f mm as %s)",
+                                d.get("image_name", "image"), describe(chosen), best,
+                                float(d["reading_spread_mm"][READINGS.index(base)]), describe(base))
+                if best > self.auto_spread_mm:
+                    logger.warning("%s: the global pass is unsure of this image however it is read (mean heatmap "
+                                   "spread %.1f mm): check its landmarks", d.get("image_name", "image"), best)
+        if chosen != (False, False):
+            d[self.pred_key] = torch.as_tensor(preds[chosen]).to(torch.as_tensor(d[self.pred_key]).device)
+            for key in self.image_keys:
+                if key in d:
+                    d[key] = orient(d[key], *chosen)
+        d["mirrored"], d["inverted"] = chosen
         return d
 
 
-class UnmirrorLandmarksd(Transform):
-    """Post-processing, last: where :class:`OrientFaced` mirrored the image, mirror the results back into the
+def describe(reading: tuple[bool, bool]) -> str:
+    """``"mirrored"``, ``"inverted"``, ``"mirrored and inverted"`` or ``"it is"``, for the logs and the report."""
+    words = [w for w, on in zip(("mirrored", "inverted"), reading) if on]
+    return " and ".join(words) if words else "it is"
+
+
+class RestoreOrientationd(Transform):
+    """Post-processing, last: where :class:`OrientImaged` mirrored the image, mirror the results back into the
     original image (``x -> W - 1 - x`` for the ``(N, 2)`` ``(y, x)`` pixel keys, ``(W - 1) * spacing_x - x`` for the
-    mm keys, ``W`` the original width) and the mirrored images too (the overlay shows the image as it is)."""
+    mm keys, ``W`` the original width); and restore the mirrored or inverted images (the overlay shows the image as
+    it is)."""
 
     def __init__(self, pixel_keys: Sequence[str] = ("pred_landmarks", "coarse_landmarks", "uncorrected_landmarks"),
                  mm_keys: Sequence[str] = ("pred_mm",), image_keys: Sequence[str] = ("image", "image_fine")):
@@ -118,17 +161,18 @@ class UnmirrorLandmarksd(Transform):
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
         d = dict(data)
-        if not bool(d.get("mirrored", False)):
-            return d
-        last_x = float(torch.as_tensor(d["orig_size"])[1]) - 1.0
-        spacing_x = float(torch.as_tensor(d["spacing"])[1])
-        for keys, right_edge in ((self.pixel_keys, last_x), (self.mm_keys, last_x * spacing_x)):
-            for key in keys:
+        mirrored, inverted = bool(d.get("mirrored", False)), bool(d.get("inverted", False))
+        if mirrored:
+            last_x = float(torch.as_tensor(d["orig_size"])[1]) - 1.0
+            spacing_x = float(torch.as_tensor(d["spacing"])[1])
+            for keys, right_edge in ((self.pixel_keys, last_x), (self.mm_keys, last_x * spacing_x)):
+                for key in keys:
+                    if key in d:
+                        p = torch.as_tensor(d[key]).clone()
+                        p[..., 1] = right_edge - p[..., 1]
+                        d[key] = p
+        if mirrored or inverted:
+            for key in self.image_keys:
                 if key in d:
-                    p = torch.as_tensor(d[key]).clone()
-                    p[..., 1] = right_edge - p[..., 1]
-                    d[key] = p
-        for key in self.image_keys:
-            if key in d:
-                d[key] = torch.flip(torch.as_tensor(d[key]), [-1])
+                    d[key] = orient(d[key], mirrored, inverted)
         return d

@@ -264,7 +264,7 @@ class OverlayImageLogger:
 def batch_report_html(entries: Sequence[dict], errors: Sequence[tuple[str, str]], title: str) -> str:
     """``report.html``: one page to review a batch. Per image (``entries``: ``{"image", "overlay" (file name or
     None), "landmarks": [(number, name, x, y, uncertainty_mm)], "analysis": [row of bundle.analysis.analyse],
-    "mirrored" (optional: the face looked left)}``)
+    "mirrored", "inverted" (optional: how the image was read, bundle.orientation)}``)
     its overlay (click for full size), its cephalometric analysis with the types outside the normal range in bold,
     and its landmarks (folded); then the files that could not be read (``errors``: ``(image, message)``)."""
     from html import escape
@@ -284,8 +284,11 @@ def batch_report_html(entries: Sequence[dict], errors: Sequence[tuple[str, str]]
             ov = escape(str(e["overlay"]))
             out.append(f"<a href='{ov}'><img src='{ov}' alt='{name}'></a>")
         out.append(f"</div><div><h2>{name}</h2>")
-        if e.get("mirrored"):
-            out.append("<p>The face looks left: read mirrored (<code>face</code> in the config).</p>")
+        notes = [text for key, text in (("mirrored", "the face looks left: read mirrored (<code>face</code>)"),
+                                        ("inverted", "the bone is dark, a negative: read inverted (<code>bone</code>)"))
+                 if e.get(key)]
+        if notes:
+            out.append(f"<p>{'; '.join(notes).capitalize()}.</p>")
         if e.get("analysis"):
             out.append("<table><tr><th>measurement</th><th>value</th><th>type</th></tr>")
             for r in e["analysis"]:
@@ -536,7 +539,7 @@ class LandmarkOutputWriter:
         self._entries.append({"image": name, "overlay": f"{stem}_overlay.png" if self.overlay else None, "analysis": analysis,
                               "landmarks": [(i + 1, labels[i], float(x), float(y), float(u))
                                             for i, ((x, y), u) in enumerate(zip(xy, unc))],
-                              "mirrored": bool(out.get("mirrored", False))})
+                              "mirrored": bool(out.get("mirrored", False)), "inverted": bool(out.get("inverted", False))})
         self._report()
 
     def _finish(self, engine) -> None:

@@ -75,13 +75,13 @@ def time_config(config_files: list[str], images: list[str], warmup: int, overrid
             except (RuntimeError, FileNotFoundError):
                 loaded = False
     face = parser.get_parsed_content("face")
-    if not loaded:  # random weights are unsure of every image, which face "auto" would read mirrored too; trained
-        from bundle.orientation import OrientFaced  # ones are sure of faces looking right: time what they cost
+    if not loaded:  # random weights are unsure of every image, which "auto" would read every other way too; trained
+        from bundle.orientation import OrientImaged  # ones are sure of ISBI-like images: time what those cost
 
         face = "right"
         for t in post.transforms:
-            if isinstance(t, OrientFaced):
-                t.face = face
+            if isinstance(t, OrientImaged):
+                t.face, t.bone = face, "bright"
     times = []
     with torch.inference_mode():
         for i, path in enumerate(images[:warmup] + images):

@@ -1,9 +1,10 @@
 """A changed copy of an ISBI 2015-layout folder, to measure the pipeline on images unlike ISBI's: ``--mirror`` flips
-every image left to right (its faces look left), ``--pad_width W`` puts each image in the middle of a black canvas W
-pixels wide (a landscape picture); the x of every annotated landmark moves with the image (mirrored: x -> W - 1 - x,
-pixel centres at integers; padded: x -> x + left margin).
+every image left to right (its faces look left), ``--invert`` makes it a negative (bone dark), ``--pad_width W`` puts
+it in the middle of a black canvas W pixels wide (a landscape picture); the x of every annotated landmark moves with
+the image (mirrored: x -> W - 1 - x, pixel centres at integers; padded: x -> x + left margin).
 
     python scripts/variant_dataset.py ../shared/data/isbi2015 /tmp/isbi_mirror --mirror --folders Test1Data
+    python scripts/variant_dataset.py ../shared/data/isbi2015 /tmp/isbi_negative --invert --folders Test1Data
     python scripts/variant_dataset.py ../shared/data/isbi2015 /tmp/isbi_wide --pad_width 3000 --folders Test1Data
 """
 
@@ -22,12 +23,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("src", help="an ISBI 2015-layout folder")
     ap.add_argument("dst", help="where the changed copy goes (created)")
     ap.add_argument("--mirror", action="store_true", help="flip every image left to right")
+    ap.add_argument("--invert", action="store_true", help="make every image a negative (grey values 255 - v)")
     ap.add_argument("--pad_width", type=int, default=None, help="centre every image on a black canvas this wide")
     ap.add_argument("--folders", nargs="+", default=["TrainingData", "Test1Data"], help="RawImage sub-folders to copy")
     ap.add_argument("--n_landmarks", type=int, default=19, help="annotation lines holding x,y (later lines are copied)")
     args = ap.parse_args(argv)
-    if not args.mirror and args.pad_width is None:
-        ap.error("nothing to change: give --mirror and/or --pad_width")
+    if not args.mirror and not args.invert and args.pad_width is None:
+        ap.error("nothing to change: give --mirror, --invert and/or --pad_width")
     src, dst = Path(args.src), Path(args.dst)
     doctors = sorted(p.name for p in (src / "AnnotationsByMD").iterdir() if p.is_dir())
     n = 0
@@ -37,6 +39,8 @@ def main(argv: list[str] | None = None) -> int:
             with Image.open(image_path) as im:
                 width = im.width
                 out = ImageOps.mirror(im) if args.mirror else im.copy()
+            if args.invert:
+                out = ImageOps.invert(out.convert("L"))
             left = 0
             if args.pad_width is not None:
                 if args.pad_width < width:

@@ -1,19 +1,21 @@
-"""A face that looks left: read mirrored and mirrored back, by choice or detected from the global pass's spread."""
+"""Images read the way the networks learnt them: a face looking left read mirrored, a negative read inverted, by
+choice or detected from the global pass's spread; the landmarks land on the image as it is."""
 
 import unittest
 
 import torch
 
-from bundle.orientation import OrientFaced, UnmirrorLandmarksd, mean_spread_mm
+from bundle.orientation import OrientImaged, RestoreOrientationd, mean_spread_mm, orient
 from bundle.transforms import HeatmapToLandmarksd
 
 H, W, N = 40, 60, 2
+DOT = (12, 41)
 
 
-class FacingRightNet(torch.nn.Module):
-    """A stand-in global network that has only learnt faces looking right (the brighter half of the picture on the
-    right): there it puts landmark k sharply at the brightest pixel (k pixels lower for k = 1); otherwise its
-    heatmaps are flat."""
+class AsTrainedNet(torch.nn.Module):
+    """A stand-in global network that has only learnt faces looking right with bright bone: the brighter half of the
+    picture on the right and one brightest pixel. There it puts landmark k sharply at that pixel (k pixels lower for
+    k = 1); otherwise its heatmaps are flat."""
 
     def __init__(self):
         super().__init__()
@@ -23,7 +25,7 @@ class FacingRightNet(torch.nn.Module):
         out = []
         yy, xx = torch.meshgrid(torch.arange(H, dtype=torch.float32), torch.arange(W, dtype=torch.float32), indexing="ij")
         for img in x[:, 0]:
-            if img[:, W // 2:].mean() <= img[:, : W // 2].mean():
+            if img[:, W // 2:].mean() <= img[:, : W // 2].mean() or int((img == img.max()).sum()) != 1:
                 out.append(torch.zeros(N, H, W))
                 continue
             flat = int(img.argmax())
@@ -32,67 +34,76 @@ class FacingRightNet(torch.nn.Module):
         return torch.stack(out) + self.dummy
 
 
-def item(facing_left: bool) -> dict:
+def item(mirrored: bool = False, inverted: bool = False) -> dict:
     img = torch.zeros(1, H, W)
     img[:, :, W // 2:] = 0.3  # the "face": brighter on the right
-    img[0, 12, 41] = 1.0
-    if facing_left:
-        img = torch.flip(img, [-1])
-    fine = torch.arange(H * 2 * W * 2, dtype=torch.float32).reshape(1, H * 2, W * 2)
-    return {"image": img, "image_fine": fine, "scale": torch.ones(2), "spacing": torch.tensor([0.5, 0.5]),
+    img[0, DOT[0], DOT[1]] = 1.0  # the "bone"
+    fine = torch.linspace(0, 1, H * 2 * W * 2).reshape(1, H * 2, W * 2)
+    return {"image": orient(img, mirrored, inverted), "image_fine": orient(fine, mirrored, inverted),
+            "scale": torch.ones(2), "spacing": torch.tensor([0.5, 0.5]),
             "orig_size": torch.tensor([H, W], dtype=torch.float32), "image_name": "x.png"}
 
 
-def infer(inferer_input, network):
-    return network(inferer_input)
+def infer(inputs, network):
+    return network(inputs)
 
 
-def run(d: dict, face: str) -> dict:
-    net = FacingRightNet()
+def run(d: dict, face: str, bone: str = "bright") -> dict:
+    net = AsTrainedNet()
     d = {**d, "pred": net(d["image"][None])[0]}
-    for t in (OrientFaced(net, infer, face, auto_spread_mm=3.0), HeatmapToLandmarksd(), UnmirrorLandmarksd()):
+    for t in (OrientImaged(net, infer, face, bone, auto_spread_mm=3.0), HeatmapToLandmarksd(), RestoreOrientationd()):
         d = t(d)
     return d
 
 
-class TestFaceOrientation(unittest.TestCase):
-    def test_spread_tells_the_ways_apart(self):
-        net = FacingRightNet()
-        sure = mean_spread_mm(net(item(False)["image"][None])[0], torch.ones(2), torch.tensor([0.5, 0.5]))
-        unsure = mean_spread_mm(net(item(True)["image"][None])[0], torch.ones(2), torch.tensor([0.5, 0.5]))
-        self.assertLess(sure, 1.0)
-        self.assertGreater(unsure, 5.0)
+class TestImageOrientation(unittest.TestCase):
+    def test_spread_tells_the_readings_apart(self):
+        net = AsTrainedNet()
+        spread = [mean_spread_mm(net(item(m, i)["image"][None])[0], torch.ones(2), torch.tensor([0.5, 0.5]))
+                  for m, i in ((False, False), (True, False), (False, True), (True, True))]
+        self.assertLess(spread[0], 1.0)
+        self.assertGreater(min(spread[1:]), 5.0)
 
     def test_landmarks_land_on_the_image_as_it_is(self):
-        expected_right = torch.tensor([[12.0, 41.0], [13.0, 41.0]])
-        expected_left = torch.tensor([[12.0, W - 1 - 41.0], [13.0, W - 1 - 41.0]])
-        for facing_left, face, mirrored, expected in (
-            (False, "right", False, expected_right),
-            (False, "auto", False, expected_right),  # sure as read: no second pass
-            (True, "auto", True, expected_left),     # unsure as read, sure mirrored
-            (True, "left", True, expected_left),
+        for mirrored, inverted, face, bone in (
+            (False, False, "right", "bright"),
+            (False, False, "auto", "auto"),    # sure as read: no other reading tried
+            (True, False, "auto", "auto"),     # unsure as read, sure mirrored
+            (True, False, "left", "bright"),
+            (False, True, "right", "auto"),    # a negative
+            (True, True, "auto", "auto"),      # both
+            (True, True, "left", "dark"),
         ):
-            d = run(item(facing_left), face)
-            self.assertEqual(bool(d["mirrored"]), mirrored, (facing_left, face))
-            self.assertTrue(torch.allclose(d["pred_landmarks"], expected, atol=1e-3), (facing_left, face, d["pred_landmarks"]))
-            self.assertTrue(torch.allclose(d["pred_mm"], expected * 0.5, atol=1e-3))
-            self.assertTrue(torch.equal(d["image_fine"], item(facing_left)["image_fine"]))  # mirrored back for the overlay
-        d = run(item(False), "auto")
-        self.assertTrue(torch.isnan(d["face_spread_mm"][1]))  # the mirrored image was not read
+            case = (mirrored, inverted, face, bone)
+            x = W - 1 - DOT[1] if mirrored else DOT[1]
+            d = run(item(mirrored, inverted), face, bone)
+            self.assertEqual((bool(d["mirrored"]), bool(d["inverted"])), (mirrored, inverted), case)
+            expected = torch.tensor([[DOT[0], x], [DOT[0] + 1, x]], dtype=torch.float32)
+            self.assertTrue(torch.allclose(d["pred_landmarks"], expected, atol=1e-3), (case, d["pred_landmarks"]))
+            self.assertTrue(torch.allclose(d["pred_mm"], expected * 0.5, atol=1e-3), case)
+            # the images are restored for the overlay: the file as it is
+            self.assertTrue(torch.allclose(d["image_fine"], item(mirrored, inverted)["image_fine"]), case)
+        d = run(item(), "auto", "auto")
+        self.assertTrue(torch.isnan(d["reading_spread_mm"][1:]).all())  # no other reading was tried
         # a face that looks right, forced to be read mirrored, is read as the network reads a face looking left
-        self.assertGreater(float(run(item(False), "left")["spread_mm"].mean()), 5.0)
+        self.assertGreater(float(run(item(), "left")["spread_mm"].mean()), 5.0)
 
-    def test_auto_keeps_the_reading_as_it_is_when_the_mirror_is_no_surer(self):
-        d = item(True)
-        d["image"] = torch.zeros(1, H, W)  # blank: both ways equally flat
-        d = run(d, "auto")
-        self.assertFalse(d["mirrored"])
-        self.assertEqual(float(d["face_spread_mm"][0]), float(d["face_spread_mm"][1]))
+    def test_auto_keeps_the_reading_as_it_is_when_no_other_is_surer(self):
+        d = item()
+        d["image"] = torch.zeros(1, H, W)  # blank: every reading equally flat
+        with self.assertLogs("bundle.orientation", "WARNING") as logs:
+            d = run(d, "auto", "auto")
+        self.assertIn("x.png: the global pass is unsure of this image however it is read", logs.output[0])
+        self.assertEqual((d["mirrored"], d["inverted"]), (False, False))
+        self.assertFalse(torch.isnan(d["reading_spread_mm"]).any())  # all four were tried
 
-    def test_bad_setting(self):
+    def test_bad_settings(self):
         with self.assertRaises(ValueError) as cm:
-            OrientFaced(FacingRightNet(), infer, "up")
+            OrientImaged(AsTrainedNet(), infer, "up")
         self.assertIn("face should be one of", str(cm.exception))
+        with self.assertRaises(ValueError) as cm:
+            OrientImaged(AsTrainedNet(), infer, "right", "grey")
+        self.assertIn("bone should be one of", str(cm.exception))
 
 
 if __name__ == "__main__":

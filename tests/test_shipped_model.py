@@ -77,6 +77,7 @@ class TestShippedModel(unittest.TestCase):
                     with torch.inference_mode():
                         left = post({**d, "pred": net(d["image"][None])[0]})
                     self.assertTrue(bool(left["mirrored"]))
+                    self.assertFalse(bool(left["inverted"]))
                     left_xy = left["pred_landmarks"].numpy()[:, ::-1].copy()
                     left_xy[:, 0] = 1935 - 1 - left_xy[:, 0]  # back into the first image
                     # measured: median 0.09 mm apart (JPEG and resampling are not mirror-exact)

@@ -15,9 +15,9 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
 # inference.yaml defaults to the shipped MAHT-Net; the tiny run here trains train.yaml's U-Net baseline
 UNET_INFERENCE = [str(CONFIGS / "inference.yaml"), str(CONFIGS / "inference_unet.yaml")]
-# the test's U-Net as trained; and faces read as they are (a 2-epoch model is unsure of everything, so face "auto"
-# could read any image mirrored: tests/test_orientation.py tests that)
-UNET_AS_TRAINED = {"network_def#channels": [16, 32, 64, 128, 256], "face": "right"}
+# the test's U-Net as trained; and images read as they are (a 2-epoch model is unsure of everything, so "auto" could
+# read any image mirrored or inverted: tests/test_orientation.py tests that)
+UNET_AS_TRAINED = {"network_def#channels": [16, 32, 64, 128, 256], "face": "right", "bone": "bright"}
 
 
 class TestBundleWorkflow(unittest.TestCase):
@@ -38,6 +38,7 @@ class TestBundleWorkflow(unittest.TestCase):
             "batch_size": 2,
             "num_workers": 0,
             "face": "right",  # a 2-epoch model is unsure of everything: "auto" could read any image mirrored
+            "bone": "bright",  # ... or inverted
         }
         train = ConfigWorkflow(
             workflow_type="train", config_file=str(CONFIGS / "train.yaml"), logging_file=False,
