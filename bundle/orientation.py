@@ -9,8 +9,8 @@ mirrors the results back into the original image and restores the images for the
 
 ``"auto"`` costs nothing for an image the global pass reads confidently: only when the mean spread of its heatmaps
 (:func:`mean_spread_mm`) exceeds ``auto_spread_mm`` are the other readings tried (mirrored, inverted, both: one
-global pass each, until one is sure) and the one with the smallest spread kept. ``scripts/face_orientation.py`` measures the spreads on
-cross-validation images read every way, which is where the default threshold comes from.
+global pass each, until one is sure) and the one with the smallest spread kept. ``scripts/image_orientation.py``
+measures the spreads on cross-validation images read every way, which is where the default threshold comes from.
 """
 
 from __future__ import annotations
