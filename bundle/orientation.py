@@ -91,8 +91,11 @@ class OrientImaged(Transform):
         self.auto_spread_mm, self.pred_key, self.image_keys = float(auto_spread_mm), pred_key, tuple(image_keys)
 
     def _read(self, image: torch.Tensor, mirrored: bool, inverted: bool) -> torch.Tensor:
+        from monai.networks.utils import eval_mode
+
         device = next(self.network.parameters()).device
-        with torch.no_grad():
+        # the evaluator puts the network in eval mode for its own pass only: post-processing finds it as it was
+        with eval_mode(self.network):
             out = self.inferer(orient(image, mirrored, inverted)[None].to(device), self.network)
         return (out if isinstance(out, torch.Tensor) else out[0])[0]
 

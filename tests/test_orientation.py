@@ -88,6 +88,19 @@ class TestImageOrientation(unittest.TestCase):
         # a face that looks right, forced to be read mirrored, is read as the network reads a face looking left
         self.assertGreater(float(run(item(), "left")["spread_mm"].mean()), 5.0)
 
+    def test_other_readings_run_in_eval_mode(self):
+        """The evaluator puts its network in eval mode only for its own pass; the post-processing finds it in
+        training mode (MAHT-Net then returns its deep-supervision stack, dropout and batch norm would act)."""
+        net = AsTrainedNet()
+        seen = []
+        net.register_forward_pre_hook(lambda module, args: seen.append(module.training))
+        net.train()
+        d = item(mirrored=True)
+        d = {**d, "pred": net(d["image"][None])[0]}
+        OrientImaged(net, infer, "auto", "bright", auto_spread_mm=3.0)(d)
+        self.assertEqual(seen, [True, False])  # the test's own call, then the mirrored reading
+        self.assertTrue(net.training)  # and the mode is left as it was
+
     def test_auto_keeps_the_reading_as_it_is_when_no_other_is_surer(self):
         d = item()
         d["image"] = torch.zeros(1, H, W)  # blank: every reading equally flat
