@@ -29,22 +29,26 @@ __all__ = [
     "FinalValidation",
     "TTAInferer",
     "EnsembleNetwork",
+    "read_state_dict",
     "load_weights",
     "autocast_dtype",
     "cpu_has_native_bf16",
 ]
 
 
-def load_weights(network: torch.nn.Module, path: str | Path, key: str = "model", what: str = "checkpoint") -> torch.nn.Module:
-    """Load ``network``'s weights strictly from ``path``: a state dict (fp16 ones, as exported, are cast to the
-    network's types) or a dict holding one under ``key``, such as a training run's ``checkpoint_last.pt``. A missing
-    file is a ``FileNotFoundError`` naming it as ``what``. Returns ``network``."""
+def read_state_dict(path: str | Path, key: str = "model", what: str = "checkpoint") -> dict:
+    """The weights in ``path``: a state dict, or one held under ``key`` (a training run's ``checkpoint_last.pt``). A
+    missing file is a ``FileNotFoundError`` naming it as ``what``."""
     if not Path(path).is_file():
         raise FileNotFoundError(f"{path}: {what} not found")
     state = torch.load(path, map_location="cpu", weights_only=True)
-    if key in state and isinstance(state[key], dict):
-        state = state[key]
-    network.load_state_dict(state)
+    return state[key] if key in state and isinstance(state[key], dict) else state
+
+
+def load_weights(network: torch.nn.Module, path: str | Path, key: str = "model", what: str = "checkpoint") -> torch.nn.Module:
+    """Load ``network``'s weights strictly from ``path`` (:func:`read_state_dict`; fp16 ones, as exported, are cast
+    to the network's types). Returns ``network``."""
+    network.load_state_dict(read_state_dict(path, key, what))
     return network
 
 
@@ -164,9 +168,7 @@ class WarmStart:
 
         if not Path(self.checkpoint).is_file():
             raise FileNotFoundError(f"{self.checkpoint}: warm-start checkpoint not found (run the previous stage first)")
-        state = torch.load(self.checkpoint, map_location="cpu", weights_only=True)
-        if self.key in state and isinstance(state[self.key], dict):
-            state = state[self.key]
+        state = read_state_dict(self.checkpoint, self.key)
         own = self.network.state_dict()
         match = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
         self.loaded = sorted(match)

@@ -7,8 +7,9 @@ heatmaps. :class:`OrientImaged` chooses the reading per image (``face``: ``"righ
 ``bone``: ``"bright"``, ``"dark"`` or ``"auto"``) and changes what the later passes read; :class:`RestoreOrientationd`
 mirrors the results back into the original image and restores the images for the overlay.
 
-``"auto"`` costs nothing for an image the global pass reads confidently: only when the mean spread of its heatmaps
-(:func:`mean_spread_mm`) exceeds ``auto_spread_mm`` are the other readings tried (mirrored, inverted, both: one
+``"auto"`` costs nothing for an image the global pass reads confidently: only when the mean over landmarks of its
+decoded heatmap spread (``spread_mm`` of :class:`~bundle.transforms.HeatmapToLandmarksd`, the RMS distance of each
+softmax from its landmark) exceeds ``auto_spread_mm`` are the other readings tried (mirrored, inverted, both: one
 global pass each, until one is sure) and the one with the smallest spread kept. ``scripts/image_orientation.py``
 measures the spreads on cross-validation images read every way, which is where the default threshold comes from.
 """
@@ -21,33 +22,13 @@ from typing import Hashable, Mapping, Sequence
 import torch
 from monai.transforms import Transform
 
-from .heatmaps import heatmap_spread, heatmap_to_landmarks
 
-__all__ = ["FACES", "BONES", "READINGS", "mean_spread_mm", "orient", "OrientImaged", "RestoreOrientationd"]
+__all__ = ["FACES", "BONES", "READINGS", "orient", "describe", "OrientImaged", "RestoreOrientationd"]
 
 FACES = ("right", "left", "auto")
 BONES = ("bright", "dark", "auto")
 READINGS = ((False, False), (True, False), (False, True), (True, True))  # (mirrored, inverted): as read first
 logger = logging.getLogger(__name__)
-
-
-def _finest(logits) -> torch.Tensor:
-    logits = torch.as_tensor(logits).detach().float().cpu()
-    return logits[0] if logits.ndim == 4 else logits  # a deep-supervision stack (S, N, h, w): the finest first
-
-
-def mean_spread_mm(logits, scale, spacing) -> float:
-    """The mean over landmarks of the heatmap spread (RMS distance of the softmax mass from the decoded point,
-    :func:`~bundle.heatmaps.heatmap_spread`), in mm: small when the global network is sure of every landmark.
-
-    Args:
-        logits: ``(N, h, w)`` heatmap logits (or a deep-supervision stack, finest first).
-        scale: ``(2,)`` heatmap pixels per original pixel; spacing: ``(2,)`` mm per original pixel.
-    """
-    logits = _finest(logits)
-    pts, _ = heatmap_to_landmarks(logits[None], refine="quadratic", log_scale=True)
-    pixel_mm = (torch.as_tensor(spacing).float().cpu() / torch.as_tensor(scale).float().cpu()).mean()
-    return float(heatmap_spread(logits[None], pts)[0].mean() * pixel_mm)
 
 
 def orient(image, mirrored: bool, inverted: bool) -> torch.Tensor:
@@ -60,25 +41,26 @@ def orient(image, mirrored: bool, inverted: bool) -> torch.Tensor:
 
 
 class OrientImaged(Transform):
-    """Post-processing, first (before the decoding): read an image the way the networks learnt.
+    """Post-processing, right after the decoding: read an image the way the networks learnt.
 
-    ``data["pred"]`` holds the global network's reading of the image as it is. When ``face`` / ``bone`` ask for
-    another reading, or ``"auto"`` finds this one unsure (mean spread above ``auto_spread_mm``) and another surer
-    (the others are read in turn until one is sure: mirrored, inverted, both),
-    ``data["pred"]`` is replaced by the global network's reading of the image mirrored and/or inverted, and the
-    images in ``image_keys`` (the network input and the refinement pass's copy) are changed the same way, so the
-    decoding, the shape check, the crop centres and the refinement all read a face looking right with bright bone.
-    Writes ``mirrored`` and ``inverted`` (bools) and ``reading_spread_mm`` ``(4,)``: the mean spread as read,
-    mirrored, inverted and both (NaN where not read).
+    The item holds the global network's reading of the image as it is (``data["pred"]``), decoded. When ``face`` /
+    ``bone`` ask for another reading, or ``"auto"`` finds this one unsure (mean ``spread_mm`` above
+    ``auto_spread_mm``) and another surer (the others are read in turn until one is sure: mirrored, inverted,
+    both), the item is replaced by the global network's reading of the image mirrored and/or inverted, decoded by the
+    same ``decode``, with the images in ``image_keys`` (the network input and the refinement pass's copy) changed the
+    same way, so the crop centres and the refinement read a face looking right with bright bone. Writes ``mirrored``
+    and ``inverted`` (bools) and ``reading_spread_mm`` ``(4,)``: the mean spread as read, mirrored, inverted and
+    both (NaN where not read).
 
     Args:
         network: the global network; inferer: how the evaluator runs it (``AutocastInferer`` / ``TTAInferer``).
+        decode: the decoding that precedes this transform (:class:`~bundle.transforms.HeatmapToLandmarksd`).
         face: ``"right"`` (as trained), ``"left"`` (always mirrored) or ``"auto"``.
         bone: ``"bright"`` (as trained), ``"dark"`` (a negative: always inverted) or ``"auto"``.
         auto_spread_mm: above this mean spread ``"auto"`` tries the other readings.
     """
 
-    def __init__(self, network: torch.nn.Module, inferer, face: str = "right", bone: str = "bright",
+    def __init__(self, network: torch.nn.Module, inferer, decode, face: str = "right", bone: str = "bright",
                  auto_spread_mm: float = 15.0, pred_key: str = "pred", image_keys: Sequence[str] = ("image", "image_fine")):
         face, bone = str(face).lower(), str(bone).lower()
         if face not in FACES:
@@ -87,63 +69,63 @@ class OrientImaged(Transform):
             raise ValueError(f"bone should be one of {BONES} (bright, as usual, or dark in a negative), got {bone!r}.")
         if auto_spread_mm <= 0:
             raise ValueError(f"auto_spread_mm should be positive, got {auto_spread_mm}.")
-        self.network, self.inferer, self.face, self.bone = network, inferer, face, bone
+        self.network, self.inferer, self.decode, self.face, self.bone = network, inferer, decode, face, bone
         self.auto_spread_mm, self.pred_key, self.image_keys = float(auto_spread_mm), pred_key, tuple(image_keys)
 
-    def _read(self, image: torch.Tensor, mirrored: bool, inverted: bool) -> torch.Tensor:
+    def _read(self, d: dict, reading: tuple[bool, bool]) -> dict:
+        """The item as the global network reads the image mirrored and/or inverted, decoded."""
         from monai.networks.utils import eval_mode
 
         device = next(self.network.parameters()).device
         # the evaluator puts the network in eval mode for its own pass only: post-processing finds it as it was
         with eval_mode(self.network):
-            out = self.inferer(orient(image, mirrored, inverted)[None].to(device), self.network)
-        return (out if isinstance(out, torch.Tensor) else out[0])[0]
+            out = self.inferer(orient(d["image"], *reading)[None].to(device), self.network)
+        other = dict(d)
+        other[self.pred_key] = (out if isinstance(out, torch.Tensor) else out[0])[0].to(torch.as_tensor(d[self.pred_key]).device)
+        for key in self.image_keys:
+            if key in d:
+                other[key] = orient(d[key], *reading)
+        return self.decode(other)
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
         d = dict(data)
-        d["mirrored"] = d["inverted"] = False
-        d["reading_spread_mm"] = torch.full((len(READINGS),), float("nan"))
+        spreads = torch.full((len(READINGS),), float("nan"))
         base = (self.face == "left", self.bone == "dark")
         candidates = [base]
         if self.face == "auto":
             candidates.append((not base[0], base[1]))
         if self.bone == "auto":
             candidates += [(base[0], not base[1])] + ([(not base[0], not base[1])] if self.face == "auto" else [])
-        preds = {(False, False): d[self.pred_key]}
-        if base not in preds:
-            preds[base] = self._read(d["image"], *base)
+        items = {(False, False): d}
+
+        def item(reading: tuple[bool, bool]) -> dict:
+            if reading not in items:
+                items[reading] = self._read(d, reading)
+            return items[reading]
+
+        def spread(reading: tuple[bool, bool]) -> float:
+            i = READINGS.index(reading)
+            if torch.isnan(spreads[i]):
+                spreads[i] = float(torch.as_tensor(item(reading)["spread_mm"]).float().mean())
+            return float(spreads[i])
+
         chosen = base
-        if len(candidates) > 1:
-            scale, spacing = d["scale"], d["spacing"]
-
-            def spread(reading: tuple[bool, bool]) -> float:
-                if reading not in preds:
-                    preds[reading] = self._read(d["image"], *reading)
-                s = mean_spread_mm(preds[reading], scale, spacing)
-                d["reading_spread_mm"][READINGS.index(reading)] = s
-                return s
-
-            if spread(base) > self.auto_spread_mm:
-                for reading in candidates[1:]:  # the first sure reading ends the search (mirrored ones first)
-                    if spread(reading) <= self.auto_spread_mm:
-                        break
-                tried = [c for c in candidates if c in preds]
-                chosen = min(tried, key=spread)  # the first of equals: the reading asked for
-                best = float(d["reading_spread_mm"][READINGS.index(chosen)])
-                if chosen != base:
-                    logger.info("%s: read %s (mean heatmap spread %.1f mm, against %.1f mm as %s)",
-                                d.get("image_name", "image"), describe(chosen), best,
-                                float(d["reading_spread_mm"][READINGS.index(base)]), describe(base))
-                if best > self.auto_spread_mm:
-                    logger.warning("%s: the global pass is unsure of this image however it is read (mean heatmap "
-                                   "spread %.1f mm): check its landmarks", d.get("image_name", "image"), best)
-        if chosen != (False, False):
-            d[self.pred_key] = torch.as_tensor(preds[chosen]).to(torch.as_tensor(d[self.pred_key]).device)
-            for key in self.image_keys:
-                if key in d:
-                    d[key] = orient(d[key], *chosen)
-        d["mirrored"], d["inverted"] = chosen
-        return d
+        if len(candidates) > 1 and spread(base) > self.auto_spread_mm:
+            for reading in candidates[1:]:  # the first sure reading ends the search (mirrored ones first)
+                if spread(reading) <= self.auto_spread_mm:
+                    break
+            chosen = min((c for c in candidates if c in items), key=spread)  # the first of equals: the one asked for
+            name = d.get("image_name", "image")
+            if chosen != base:
+                logger.info("%s: read %s (mean heatmap spread %.1f mm, against %.1f mm as %s)", name, describe(chosen),
+                            spread(chosen), spread(base), describe(base))
+            if spread(chosen) > self.auto_spread_mm:
+                logger.warning("%s: the global pass is unsure of this image however it is read (mean heatmap spread "
+                               "%.1f mm): check its landmarks", name, spread(chosen))
+        out = dict(item(chosen))
+        out["mirrored"], out["inverted"] = chosen
+        out["reading_spread_mm"] = spreads
+        return out
 
 
 def describe(reading: tuple[bool, bool]) -> str:

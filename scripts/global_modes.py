@@ -29,8 +29,10 @@ CONFIGS = ["train.yaml", "isbi_gpu.yaml", "maht_net.yaml", "evaluate.yaml"]
 BINS_MM = [0, 2, 3, 4, 6, 10, np.inf]
 
 
-def fold_rows(ckpt: str, shape_model: str | None, fold: int, dataset_dir: str) -> list[np.ndarray]:
-    """Per image ``(19, 4)``: error of the peak, error of the second peak, mass near each (mm, share)."""
+def global_pass(ckpt: str, fold: int, dataset_dir: str, shape_model: str | None = None):
+    """The evaluation's global pass (configs/evaluate.yaml over the shipped recipe's configs) with the checkpoint
+    ``ckpt`` on the validation images of cross-validation fold ``fold``: ``(preprocessing, items, read, decode)``,
+    ``read(image)`` giving the ``(N, h, w)`` heatmap logits of a preprocessed ``(1, H, W)`` image."""
     p = ConfigParser()
     p.read_config([str(ROOT / "configs" / c) for c in CONFIGS])
     p.update({"bundle_root": str(ROOT), "dataset_dir": dataset_dir, "refine": False, "eval_split": "val",
@@ -38,14 +40,23 @@ def fold_rows(ckpt: str, shape_model: str | None, fold: int, dataset_dir: str) -
     pre, items = p.get_parsed_content("validate#preprocessing"), p.get_parsed_content("validate#datalist")
     net, inferer, decode = p.get_parsed_content("network"), p.get_parsed_content("validate#inferer"), p.get_parsed_content("decode")
     load_weights(net, ckpt).eval()
+
+    def read(image: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            out = inferer(image[None], net)
+        logits = (out if isinstance(out, torch.Tensor) else out[0])[0].float()
+        return logits[0] if logits.ndim == 4 else logits  # a deep-supervision stack, finest first
+
+    return pre, items, read, decode
+
+
+def fold_rows(ckpt: str, shape_model: str | None, fold: int, dataset_dir: str) -> list[np.ndarray]:
+    """Per image ``(19, 4)``: error of the peak, error of the second peak, mass near each (mm, share)."""
+    pre, items, read, decode = global_pass(ckpt, fold, dataset_dir, shape_model)
     rows = []
     for item in items:
         d = pre(item)
-        with torch.no_grad():
-            out = inferer(d["image"][None], net)
-        logits = (out if isinstance(out, torch.Tensor) else out[0])[0].float()
-        if logits.ndim == 4:  # a deep-supervision stack, finest first
-            logits = logits[0]
+        logits = read(d["image"])
         first = decode({**d, "pred": logits})
         n, h, w = logits.shape
         hm_mm = float((torch.as_tensor(first["spacing"]).float() / torch.as_tensor(d["scale"]).float()).mean())

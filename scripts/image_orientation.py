@@ -1,13 +1,15 @@
 """Can the global pass tell how an image should be read? For each validation image of each cross-validation fold,
 the fold's global model reads the image as it is (face looking right, bone bright, as in ISBI), mirrored, inverted
-(a negative) and both; for each reading the mean heatmap spread (``bundle.orientation.mean_spread_mm``) and the global
-error (mapped back into the image) are recorded. An image that looks left, or is a negative, is one of those
+(a negative) and both; for each reading the mean decoded heatmap spread (``spread_mm`` of the evaluation's decoding,
+shape check included when ``--shape_models`` are given, as ``OrientImaged`` uses it) and the global error (mapped
+back into the image) are recorded. An image that looks left, or is a negative, is one of those
 readings of an ISBI image, so the same numbers say how ``face: auto`` / ``bone: auto`` (``OrientImaged``) would do
 with each kind of image: how often one as ISBI's is read more than once (one global pass each) or read wrongly, and
 how often another kind is not read back the right way.
 
     python scripts/image_orientation.py --ckpt runs/s6/shipped_model.pt runs/gpu_1127c/f1_last_fp16.pt ... \\
-        --out docs/results/image_orientation_cv.json     (one global checkpoint per fold, fold 0 first)
+        --shape_models runs/s6/shape/fold0.json ... --out docs/results/image_orientation_cv.json
+    (one global checkpoint and shape model per fold, fold 0 first)
 """
 
 from __future__ import annotations
@@ -18,40 +20,27 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from monai.bundle import ConfigParser  # noqa: E402
-
-from bundle.engine import load_weights  # noqa: E402
-from bundle.orientation import READINGS, describe, mean_spread_mm, orient  # noqa: E402
-
-CONFIGS = ["train.yaml", "isbi_gpu.yaml", "maht_net.yaml", "evaluate.yaml"]
+from bundle.orientation import READINGS, describe, orient  # noqa: E402
+from global_modes import global_pass  # noqa: E402  (scripts/, beside this one)
 
 
-def fold_rows(ckpt: str, fold: int, dataset_dir: str, limit: int | None) -> list[list[float]]:
+def fold_rows(ckpt: str, fold: int, dataset_dir: str, shape_model: str | None, limit: int | None) -> list[list[float]]:
     """Per image: the mean spread of each reading (READINGS order), then the global MRE of each (mm)."""
-    p = ConfigParser()
-    p.read_config([str(ROOT / "configs" / c) for c in CONFIGS])
-    p.update({"bundle_root": str(ROOT), "dataset_dir": dataset_dir, "refine": False, "eval_split": "val",
-              "val_fold": fold, "shape_model": None, "ckpt_path": ckpt})
-    pre, items = p.get_parsed_content("validate#preprocessing"), p.get_parsed_content("validate#datalist")[:limit]
-    net, inferer, decode = p.get_parsed_content("network"), p.get_parsed_content("validate#inferer"), p.get_parsed_content("decode")
-    load_weights(net, ckpt).eval()
+    pre, items, read, decode = global_pass(ckpt, fold, dataset_dir, shape_model)
     rows = []
-    for item in items:
+    for item in items[:limit]:
         d = pre(item)
         spreads, errors = [], []
         for mirrored, inverted in READINGS:
-            with torch.no_grad():
-                out = inferer(orient(d["image"], mirrored, inverted)[None], net)
-            logits = (out if isinstance(out, torch.Tensor) else out[0])[0].float()
-            spreads.append(mean_spread_mm(logits, d["scale"], d["spacing"]))
-            pred_mm = decode({**d, "pred": logits})["pred_mm"].float().clone()
+            out = decode({**d, "pred": read(orient(d["image"], mirrored, inverted))})  # as OrientImaged decodes it
+            spreads.append(float(out["spread_mm"].mean()))
+            pred_mm = out["pred_mm"].float().clone()
             if mirrored:  # back into the image as it is
                 pred_mm[:, 1] = (float(d["orig_size"][1]) - 1) * float(d["spacing"][1]) - pred_mm[:, 1]
-            errors.append(float((pred_mm - d["landmarks_orig"].float() * d["spacing"].float()).norm(dim=1).mean()))
+            errors.append(float((pred_mm - out["true_mm"].float()).norm(dim=1).mean()))
         rows.append(spreads + errors)
     return rows
 
@@ -64,14 +53,18 @@ def summary(x: np.ndarray) -> dict:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ckpt", nargs="+", required=True, help="one global checkpoint per fold, fold 0 first")
+    ap.add_argument("--shape_models", nargs="*", default=None, help="one shape model per fold, as the pipeline's shape check")
     ap.add_argument("--dataset_dir", default=str(ROOT.parent / "shared" / "data" / "isbi2015"))
     ap.add_argument("--thresholds_mm", type=float, nargs="+", default=[5.0, 10.0, 15.0, 20.0])
     ap.add_argument("--limit", type=int, default=None, help="validation images per fold")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
+    shapes = args.shape_models or [None] * len(args.ckpt)
+    if len(shapes) != len(args.ckpt):
+        ap.error("give one shape model per checkpoint")
     rows = []
-    for k, ckpt in enumerate(args.ckpt):
-        rows += fold_rows(ckpt, k, args.dataset_dir, args.limit)
+    for k, (ckpt, shape) in enumerate(zip(args.ckpt, shapes)):
+        rows += fold_rows(ckpt, k, args.dataset_dir, shape, args.limit)
         print(f"fold {k}: {len(rows)} images", file=sys.stderr, flush=True)
     r = np.asarray(rows)
     spread, error = r[:, :4], r[:, 4:]

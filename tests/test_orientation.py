@@ -5,7 +5,7 @@ import unittest
 
 import torch
 
-from bundle.orientation import OrientImaged, RestoreOrientationd, mean_spread_mm, orient
+from bundle.orientation import OrientImaged, RestoreOrientationd, orient
 from bundle.transforms import HeatmapToLandmarksd
 
 H, W, N = 40, 60, 2
@@ -49,17 +49,17 @@ def infer(inputs, network):
 
 
 def run(d: dict, face: str, bone: str = "bright") -> dict:
-    net = AsTrainedNet()
+    net, decode = AsTrainedNet(), HeatmapToLandmarksd()
     d = {**d, "pred": net(d["image"][None])[0]}
-    for t in (OrientImaged(net, infer, face, bone, auto_spread_mm=3.0), HeatmapToLandmarksd(), RestoreOrientationd()):
+    for t in (decode, OrientImaged(net, infer, decode, face, bone, auto_spread_mm=3.0), RestoreOrientationd()):
         d = t(d)
     return d
 
 
 class TestImageOrientation(unittest.TestCase):
     def test_spread_tells_the_readings_apart(self):
-        net = AsTrainedNet()
-        spread = [mean_spread_mm(net(item(m, i)["image"][None])[0], torch.ones(2), torch.tensor([0.5, 0.5]))
+        net, decode = AsTrainedNet(), HeatmapToLandmarksd()
+        spread = [float(decode({**item(m, i), "pred": net(item(m, i)["image"][None])[0]})["spread_mm"].mean())
                   for m, i in ((False, False), (True, False), (False, True), (True, True))]
         self.assertLess(spread[0], 1.0)
         self.assertGreater(min(spread[1:]), 5.0)
@@ -96,8 +96,9 @@ class TestImageOrientation(unittest.TestCase):
         net.register_forward_pre_hook(lambda module, args: seen.append(module.training))
         net.train()
         d = item(mirrored=True)
-        d = {**d, "pred": net(d["image"][None])[0]}
-        OrientImaged(net, infer, "auto", "bright", auto_spread_mm=3.0)(d)
+        decode = HeatmapToLandmarksd()
+        d = decode({**d, "pred": net(d["image"][None])[0]})
+        OrientImaged(net, infer, decode, "auto", "bright", auto_spread_mm=3.0)(d)
         self.assertEqual(seen, [True, False])  # the test's own call, then the mirrored reading
         self.assertTrue(net.training)  # and the mode is left as it was
 
@@ -112,10 +113,10 @@ class TestImageOrientation(unittest.TestCase):
 
     def test_bad_settings(self):
         with self.assertRaises(ValueError) as cm:
-            OrientImaged(AsTrainedNet(), infer, "up")
+            OrientImaged(AsTrainedNet(), infer, HeatmapToLandmarksd(), "up")
         self.assertIn("face should be one of", str(cm.exception))
         with self.assertRaises(ValueError) as cm:
-            OrientImaged(AsTrainedNet(), infer, "right", "grey")
+            OrientImaged(AsTrainedNet(), infer, HeatmapToLandmarksd(), "right", "grey")
         self.assertIn("bone should be one of", str(cm.exception))
 
 
