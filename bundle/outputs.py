@@ -264,7 +264,7 @@ class OverlayImageLogger:
 def batch_report_html(entries: Sequence[dict], errors: Sequence[tuple[str, str]], title: str) -> str:
     """``report.html``: one page to review a batch. Per image (``entries``: ``{"image", "overlay" (file name or
     None), "landmarks": [(number, name, x, y, uncertainty_mm)], "analysis": [row of bundle.analysis.analyse],
-    "mirrored", "inverted" (optional: how the image was read, bundle.orientation)}``)
+    "mirrored", "inverted", "reframed" (optional: how the image was read, bundle.orientation and bundle.framing)}``)
     its overlay (click for full size), its cephalometric analysis with the types outside the normal range in bold,
     and its landmarks (folded); then the files that could not be read (``errors``: ``(image, message)``)."""
     from html import escape
@@ -285,7 +285,9 @@ def batch_report_html(entries: Sequence[dict], errors: Sequence[tuple[str, str]]
             out.append(f"<a href='{ov}'><img src='{ov}' alt='{name}'></a>")
         out.append(f"</div><div><h2>{name}</h2>")
         notes = [text for key, text in (("mirrored", "the face looks left: read mirrored (<code>face</code>)"),
-                                        ("inverted", "the bone is dark, a negative: read inverted (<code>bone</code>)"))
+                                        ("inverted", "the bone is dark, a negative: read inverted (<code>bone</code>)"),
+                                        ("reframed", "framed unlike the training images: the global pass read it again "
+                                                     "cut to their frame (<code>reframe</code>)"))
                  if e.get(key)]
         if notes:
             out.append(f"<p>{'; '.join(notes).capitalize()}.</p>")
@@ -539,7 +541,8 @@ class LandmarkOutputWriter:
         self._entries.append({"image": name, "overlay": f"{stem}_overlay.png" if self.overlay else None, "analysis": analysis,
                               "landmarks": [(i + 1, labels[i], float(x), float(y), float(u))
                                             for i, ((x, y), u) in enumerate(zip(xy, unc))],
-                              "mirrored": bool(out.get("mirrored", False)), "inverted": bool(out.get("inverted", False))})
+                              "mirrored": bool(out.get("mirrored", False)), "inverted": bool(out.get("inverted", False)),
+                              "reframed": bool(out.get("reframed", False))})
         self._report()
 
     def _finish(self, engine) -> None:

@@ -26,6 +26,7 @@ from .heatmaps import heatmap_spread, heatmap_to_landmarks
 from .transforms import (
     affine_warp,
     expected_error_mm,
+    heatmap_grid,
     original_from_resized,
     parse_calibration,
     resize_image,
@@ -410,8 +411,8 @@ class RefineLandmarksd(Transform):
         if coarse.ndim == 4:
             coarse = coarse[0]
         fy, fx = crop_pixels(centres, self.crop_size)  # the refinement grid's pixels of every crop
-        cscale = torch.as_tensor(d["scale"]).float().cpu()
+        origin, cscale = heatmap_grid(d)
         # refinement grid -> original pixels -> the global model's grid
-        cy = resized_from_original(original_from_resized(fy, fine_scale[0]), cscale[0])
-        cx = resized_from_original(original_from_resized(fx, fine_scale[1]), cscale[1])
+        cy = resized_from_original(original_from_resized(fy, fine_scale[0]) - origin[0], cscale[0])
+        cx = resized_from_original(original_from_resized(fx, fine_scale[1]) - origin[1], cscale[1])
         return sample_at(coarse[:, None], cy, cx, padding_mode="border")[:, 0]

@@ -50,6 +50,7 @@ __all__ = [
     "sample_at",
     "resized_from_original",
     "original_from_resized",
+    "heatmap_grid",
 ]
 
 logger = logging.getLogger(__name__)
@@ -388,6 +389,16 @@ def expected_error_mm(spread_mm: torch.Tensor, calibration: tuple[float, torch.T
     return torch.maximum(calibration[0] * spread_mm + calibration[1], pixel_mm)
 
 
+def heatmap_grid(d: Mapping) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(origin, scale)`` ``(2,)`` each of the global heatmap's grid in an item: original pixel ``p`` is heatmap
+    pixel ``resized_from_original(p - origin, scale)``. The network input's (``scale``, origin 0) unless
+    :class:`~bundle.framing.ReframeImaged` read another frame (``pred_frame``)."""
+    if "pred_frame" in d:
+        frame = torch.as_tensor(d["pred_frame"]).float().cpu()
+        return frame[0], frame[1]
+    return torch.zeros(2), torch.as_tensor(d["scale"]).float().cpu()
+
+
 class HeatmapToLandmarksd(Transform):
     """Decode predicted heatmap logits ``data["pred"]`` ``(N, h, w)`` into landmarks of the original image.
 
@@ -434,14 +445,14 @@ class HeatmapToLandmarksd(Transform):
             logits = logits[0]
         pts, _ = heatmap_to_landmarks(logits[None], refine=self.refine, log_scale=True)
         pts = pts[0]
-        scale = torch.as_tensor(d["scale"]).float().cpu()
+        origin, scale = heatmap_grid(d)
         spacing = torch.as_tensor(d["spacing"]).float().cpu()
         pixel_mm = (spacing / scale).mean()
         if self.shape_model is not None:
-            pts = self._shape_check(logits, pts, scale, spacing, pixel_mm, d)
+            pts = self._shape_check(logits, pts, scale, origin, spacing, pixel_mm, d)
         # the spread of the whole heatmap around the final point (a corrected landmark stays uncertain)
         spread_px = heatmap_spread(logits[None], pts[None])[0]
-        orig = original_from_resized(pts, scale)
+        orig = original_from_resized(pts, scale) + origin
         d["pred_landmarks"] = orig
         d["pred_mm"] = orig * spacing
         d["spread_mm"] = spread_px * pixel_mm
@@ -450,16 +461,16 @@ class HeatmapToLandmarksd(Transform):
             d["true_mm"] = torch.as_tensor(d["landmarks_orig"]).float().cpu() * spacing
         return d
 
-    def _shape_check(self, logits, pts, scale, spacing, pixel_mm, d):
+    def _shape_check(self, logits, pts, scale, origin, spacing, pixel_mm, d):
         """``pts`` (heatmap pixels) with the shape outliers decoded again inside their disks."""
-        expected_mm, z = shape_z_scores((original_from_resized(pts, scale) * spacing).numpy(), self.shape_model)
+        expected_mm, z = shape_z_scores(((original_from_resized(pts, scale) + origin) * spacing).numpy(), self.shape_model)
         outliers = torch.as_tensor(z > self.shape_z_max)
         d["shape_z"] = torch.as_tensor(z, dtype=torch.float32)
         d["shape_corrected"] = outliers
         if outliers.any():
             h, w = logits.shape[-2:]
             yy, xx = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")
-            centres = resized_from_original(torch.as_tensor(expected_mm, dtype=torch.float32) / spacing, scale)
+            centres = resized_from_original(torch.as_tensor(expected_mm, dtype=torch.float32) / spacing - origin, scale)
             sd_px = torch.as_tensor(self.shape_model["sd_mm"], dtype=torch.float32) / pixel_mm
             masked = logits.clone()
             for k in torch.nonzero(outliers).flatten().tolist():

@@ -1,5 +1,7 @@
 """Fit the shape model of the global pass's shape check (bundle/shape.py) from training annotations and write it
-as JSON: the Procrustes mean of the landmarks (mm), each landmark's RMS distance from it, and the landmarks' names.
+as JSON: the Procrustes mean of the landmarks (mm), each landmark's RMS distance from it, and the landmarks' names;
+with the frame model of the reframing (bundle/framing.py): where the landmarks sit in the training images on
+average, the images' mean size, and the range of their framings.
 
     python scripts/fit_shape_model.py --dataset_dir ../shared/data/isbi2015 --out models/shape_model.json
     python scripts/fit_shape_model.py --dataset_dir ... --split train --val_fold 2 --out runs/cv/shape_fold2.json
@@ -27,15 +29,17 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bundle import ISBI_LANDMARK_NAMES  # noqa: E402
 from bundle.io import CephDataError, isbi_datalist, landmark_datalist, read_landmarks  # noqa: E402
+from bundle.framing import fit_frame_model  # noqa: E402
 from bundle.shape import fit_shape_model  # noqa: E402
 
 
-def folder_shapes(items: list[dict], n_landmarks: int, spacing_mm: float | None) -> tuple[list, list[str]]:
-    """``(y, x)`` mm landmark sets of a folder data list, read as training reads them, and the problems met."""
+def folder_shapes(items: list[dict], n_landmarks: int, spacing_mm: float | None) -> tuple[list, list, list[str]]:
+    """``(y, x)`` mm landmark sets of a folder data list, read as training reads them, the images' ``(H, W)``
+    extents in mm, and the problems met."""
     from bundle.transforms import LoadCephalogramd
 
     load = LoadCephalogramd(keys="image", n_landmarks=n_landmarks, spacing_mm=spacing_mm)
-    shapes, problems = [], []
+    shapes, extents, problems = [], [], []
     for item in items:
         try:
             d = load(item)
@@ -44,7 +48,16 @@ def folder_shapes(items: list[dict], n_landmarks: int, spacing_mm: float | None)
             print(f"skipped: {e}", file=sys.stderr, flush=True)
             continue
         shapes.append(d["landmarks"].numpy() * d["spacing"].numpy())
-    return shapes, problems
+        extents.append(d["orig_size"].numpy() * d["spacing"].numpy())
+    return shapes, extents, problems
+
+
+def picture_extent_mm(path: str, spacing_mm: float) -> list[float]:
+    """``(H, W)`` mm of an ISBI picture, from its header (PIL does not decode the pixels for this)."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return [im.height * spacing_mm, im.width * spacing_mm]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -76,15 +89,17 @@ def main(argv: list[str] | None = None) -> int:
                               None, args.val_fold)
         shapes = [np.mean([read_landmarks(f, args.n_landmarks) for f in item["label_files"]], axis=0) * item["spacing_mm"]
                   for item in items]  # (y, x) mm, the frame of the decoded landmarks
+        extents = [picture_extent_mm(item["image"], item["spacing_mm"]) for item in items]
     else:
         items = landmark_datalist(args.dataset_dir, args.split, args.ground_truth, args.val_fraction, args.split_seed,
                                   None, args.val_fold, args.landmark_suffix)
-        shapes, problems = folder_shapes(items, args.n_landmarks, args.pixel_spacing_mm)
+        shapes, extents, problems = folder_shapes(items, args.n_landmarks, args.pixel_spacing_mm)
     if len(shapes) < 2:
         print(f"error: {len(shapes)} readable annotated images in {args.dataset_dir}; a shape model needs at least 2",
               file=sys.stderr)
         return 1
     model = fit_shape_model(shapes)
+    model.update(fit_frame_model(shapes, extents))
     model.update({"landmark_names": names, "dataset_dir": str(args.dataset_dir), "split": args.split,
                   "val_fold": args.val_fold, "frame": "(y, x) mm"})
     if args.landmark_suffix is None:

@@ -1,11 +1,13 @@
 """A changed copy of an ISBI 2015-layout folder, to measure the pipeline on images unlike ISBI's: ``--mirror`` flips
 every image left to right (its faces look left), ``--invert`` makes it a negative (bone dark), ``--pad_width W`` puts
-it in the middle of a black canvas W pixels wide (a landscape picture); the x of every annotated landmark moves with
-the image (mirrored: x -> W - 1 - x, pixel centres at integers; padded: x -> x + left margin).
+it in the middle of a black canvas W pixels wide (a landscape picture), ``--pad_height H`` in the middle of one H
+pixels high (with both: a wide border all round); every annotated landmark moves with the image (mirrored:
+x -> W - 1 - x, pixel centres at integers; padded: x -> x + left margin, y -> y + top margin).
 
     python scripts/variant_dataset.py ../shared/data/isbi2015 /tmp/isbi_mirror --mirror --folders Test1Data
     python scripts/variant_dataset.py ../shared/data/isbi2015 /tmp/isbi_negative --invert --folders Test1Data
     python scripts/variant_dataset.py ../shared/data/isbi2015 /tmp/isbi_wide --pad_width 3000 --folders Test1Data
+    python scripts/variant_dataset.py ../shared/data/isbi2015 /tmp/isbi_border --pad_width 3000 --pad_height 3600 --folders Test1Data
 """
 
 from __future__ import annotations
@@ -25,11 +27,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mirror", action="store_true", help="flip every image left to right")
     ap.add_argument("--invert", action="store_true", help="make every image a negative (grey values 255 - v)")
     ap.add_argument("--pad_width", type=int, default=None, help="centre every image on a black canvas this wide")
+    ap.add_argument("--pad_height", type=int, default=None, help="centre every image on a black canvas this high")
     ap.add_argument("--folders", nargs="+", default=["TrainingData", "Test1Data"], help="RawImage sub-folders to copy")
     ap.add_argument("--n_landmarks", type=int, default=19, help="annotation lines holding x,y (later lines are copied)")
     args = ap.parse_args(argv)
-    if not args.mirror and not args.invert and args.pad_width is None:
-        ap.error("nothing to change: give --mirror, --invert and/or --pad_width")
+    if not args.mirror and not args.invert and args.pad_width is None and args.pad_height is None:
+        ap.error("nothing to change: give --mirror, --invert, --pad_width and/or --pad_height")
     src, dst = Path(args.src), Path(args.dst)
     doctors = sorted(p.name for p in (src / "AnnotationsByMD").iterdir() if p.is_dir())
     n = 0
@@ -37,18 +40,18 @@ def main(argv: list[str] | None = None) -> int:
         (dst / "RawImage" / folder).mkdir(parents=True, exist_ok=True)
         for image_path in sorted((src / "RawImage" / folder).iterdir()):
             with Image.open(image_path) as im:
-                width = im.width
+                width, height = im.width, im.height
                 out = ImageOps.mirror(im) if args.mirror else im.copy()
             if args.invert:
                 out = ImageOps.invert(out.convert("L"))
-            left = 0
-            if args.pad_width is not None:
-                if args.pad_width < width:
-                    ap.error(f"--pad_width {args.pad_width} is narrower than {image_path} ({width} pixels)")
-                left = (args.pad_width - width) // 2
-                grey = np.asarray(out.convert("L"))
-                canvas = np.zeros((grey.shape[0], args.pad_width), dtype=np.uint8)
-                canvas[:, left:left + width] = grey
+            left = top = 0
+            if args.pad_width is not None or args.pad_height is not None:
+                canvas_w, canvas_h = args.pad_width or width, args.pad_height or height
+                if canvas_w < width or canvas_h < height:
+                    ap.error(f"the canvas {canvas_w} x {canvas_h} is smaller than {image_path} ({width} x {height} pixels)")
+                left, top = (canvas_w - width) // 2, (canvas_h - height) // 2
+                canvas = np.zeros((canvas_h, canvas_w), dtype=np.uint8)
+                canvas[top:top + height, left:left + width] = np.asarray(out.convert("L"))
                 out = Image.fromarray(canvas)
             out.save(dst / "RawImage" / folder / image_path.name)
             for doctor in doctors:
@@ -59,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
                 for i, line in enumerate(lines[: args.n_landmarks]):
                     x, y = (float(v) for v in line.replace(",", " ").split())
                     x = width - 1 - x if args.mirror else x
-                    lines[i] = f"{x + left:g},{y:g}"
+                    lines[i] = f"{x + left:g},{y + top:g}"
                 (dst / "AnnotationsByMD" / doctor).mkdir(parents=True, exist_ok=True)
                 (dst / "AnnotationsByMD" / doctor / ann.name).write_text("\n".join(lines) + "\n")
             n += 1

@@ -155,6 +155,7 @@ class TestConfigWiring(unittest.TestCase):
         optional correction of the final positions (none by default)."""
         from monai.bundle import ConfigParser
 
+        from bundle.framing import ReframeImaged
         from bundle.orientation import OrientImaged, RestoreOrientationd
         from bundle.refine import RefineLandmarksd
         from bundle.transforms import HeatmapToLandmarksd
@@ -171,6 +172,8 @@ class TestConfigWiring(unittest.TestCase):
             chain = parser.get_parsed_content(post).transforms
             self.assertEqual([type(t) for t in chain],
                              [HeatmapToLandmarksd, OrientImaged, CorrectBiasd, RefineLandmarksd, CorrectBiasd, RestoreOrientationd])
+            self.assertIsInstance(chain[1].reframe, ReframeImaged)  # each reading framed first: tests/test_framing.py
+            self.assertIsNotNone(chain[1].reframe.model)  # the shipped shape model carries the frame model
             chain = [chain[0], *chain[2:-1]]  # the image's orientation: tests/test_orientation.py
             self.assertEqual(chain[1].entry, "global")
             self.assertIsNotNone(chain[1].bias_yx)

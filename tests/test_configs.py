@@ -11,7 +11,8 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 SAME = ["refine_spacing_mm", "refine_context_factor", "crop_size", "refine_coarse_weight", "refine_shifts", "shape_model",
         "shape_z_max", "bias_correction", "refine_ckpt_path", "refine_network_def", "refine_network", "fine_transforms",
         "centre_correction", "correct_bias", "use_refine", "tta", "ensemble", "refine_ensemble", "face",
-        "bone", "orientation_auto_spread_mm", "restore_orientation"]
+        "bone", "orientation_auto_spread_mm", "restore_orientation", "reframe", "reframe_margin", "frame_model",
+        "use_reframe"]
 # intended differences: evaluation fits calibrations (inference applies them), evaluation can iterate the refinement
 # for experiments, and only inference moves the crop centres by default (evaluate.yaml evaluates any checkpoint)
 ONLY_INFERENCE = {"calibration"}
@@ -24,9 +25,10 @@ class TestPipelineSettingsAgree(unittest.TestCase):
         inf = yaml.safe_load((CONFIGS / "inference.yaml").read_text())
         for key in SAME:
             self.assertEqual(ev[key], inf[key], key)
-        e, i = dict(ev["orient_image"]), dict(inf["orient_image"])
-        self.assertEqual((e.pop("inferer"), i.pop("inferer")), ("@validate#inferer", "@inferer"))  # each its evaluator's
-        self.assertEqual(e, i)
+        for key in ("orient_image", "reframe_image"):
+            e, i = dict(ev[key]), dict(inf[key])
+            self.assertEqual((e.pop("inferer"), i.pop("inferer")), ("@validate#inferer", "@inferer"), key)  # each its evaluator's
+            self.assertEqual(e, i, key)
         for key in ("decode", "refine_landmarks"):
             e = {k: v for k, v in ev[key].items() if k not in ONLY_EVALUATION}
             i = {k: v for k, v in inf[key].items() if k not in ONLY_INFERENCE}

@@ -108,6 +108,17 @@ class TestOwnDataWorkflow(unittest.TestCase):
         self.assertEqual(model["landmark_names"], NAMES)
         self.assertEqual(model["n_shapes"], 8)  # the training part only
         self.assertEqual(len(model["mean"]), len(NAMES))
+        # the frame model of --reframe, from the same images: their size in mm, the landmarks inside them
+        from PIL import Image
+
+        with Image.open(sorted(p for p in self.train_dir.iterdir() if p.suffix != ".csv")[0]) as im:
+            size_mm = [im.height * self.spacing, im.width * self.spacing]
+        self.assertEqual(len(model["frame_mean_mm"]), len(NAMES))
+        self.assertEqual(model["frame_size_mm"], [round(v, 4) for v in size_mm])  # the drawn images share one size
+        self.assertTrue(all(0 < y < size_mm[0] and 0 < x < size_mm[1] for y, x in model["frame_mean_mm"]))
+        self.assertEqual(model["frame_range"]["aspect"], [1.0, 1.0])
+        lo, hi = model["frame_range"]["scale_y"]
+        self.assertTrue(0.5 < lo <= 1.0 <= hi < 2.0, (lo, hi))
         metrics = self.evaluate(self.tmp / "eval_shape", eval_split="val", shape_model=str(out))
         self.assertEqual(metrics["n_images"], 2)
         # named explicitly, the 19-landmark ISBI model is refused before any image is read, saying what to do

@@ -82,6 +82,19 @@ class TestShippedModel(unittest.TestCase):
                     left_xy[:, 0] = 1935 - 1 - left_xy[:, 0]  # back into the first image
                     # measured: median 0.09 mm apart (JPEG and resampling are not mirror-exact)
                     self.assertLess(float(np.median(np.linalg.norm(left_xy - pred_xy, axis=1))) * 0.1, 0.5)
+                    # the same cephalogram in a landscape picture is read again in the training frame (reframe: true)
+                    self.assertEqual(out["reframed"], 0)
+                    wide = Path(tmp) / f"ceph{seed}_wide.jpg"
+                    canvas = np.zeros((2400, 3000), dtype=np.uint8)
+                    canvas[:, 532:532 + 1935] = image
+                    Image.fromarray(canvas).save(wide, quality=95)
+                    d = pre({"image": str(wide)})
+                    with torch.inference_mode():
+                        landscape = post({**d, "pred": net(d["image"][None])[0]})
+                    self.assertGreaterEqual(landscape["reframed"], 1)
+                    wide_xy = landscape["pred_landmarks"].numpy()[:, ::-1] - [532, 0]
+                    # measured: median 0.23 mm from the landmarks found in the picture as drawn
+                    self.assertLess(float(np.median(np.linalg.norm(wide_xy - pred_xy, axis=1))) * 0.1, 0.5)
         # trained on real radiographs only; on our drawn ones most landmarks still land near their structure.
         # Measured (median of the 57 errors / landmarks within 4 mm): 0.5.0 weights 5.6 mm / 24; 0.4.x 8.9 mm / 21;
         # a random network ~100 mm / 0.

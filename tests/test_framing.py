@@ -1,0 +1,201 @@
+"""Images framed unlike the training images (landscape pictures, wide borders) are read again in the training frame:
+the frame model, the framing measures and their range, the crop, and the landmarks mapped back to the image."""
+
+import logging
+import unittest
+
+import numpy as np
+import torch
+
+from bundle.framing import ReframeImaged, crop_box, fit_frame, fit_frame_model, framing, out_of_range
+from bundle.transforms import HeatmapToLandmarksd, heatmap_grid
+
+NET_H, NET_W = 40, 30  # the stand-in network's input; the training frame is 40 x 30 mm at 1 mm pixels
+RADIUS = 8.0
+
+
+def disk(h: int, w: int, centre, radius: float = RADIUS) -> torch.Tensor:
+    yy, xx = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")
+    return (((yy - centre[0]) ** 2 + (xx - centre[1]) ** 2) <= radius**2).float()[None]
+
+
+class RoundOnlyNet(torch.nn.Module):
+    """A stand-in global network that has learnt round skulls: landmark 0 at the centroid of the bright pixels,
+    landmark 1 at their lowest point (centroid + 2 SD down, the bottom of a disk); its heatmaps are sharp when the
+    bright blob is round in its input and broad when the input squeezes it."""
+
+    def __init__(self):
+        super().__init__()
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, x):
+        yy, xx = torch.meshgrid(torch.arange(NET_H, dtype=torch.float32), torch.arange(NET_W, dtype=torch.float32), indexing="ij")
+        out = []
+        for img in x[:, 0]:
+            w = (img > 0.5).float()
+            cy, cx = (w * yy).sum() / w.sum(), (w * xx).sum() / w.sum()
+            sy, sx = ((w * (yy - cy) ** 2).sum() / w.sum()).sqrt(), ((w * (xx - cx) ** 2).sum() / w.sum()).sqrt()
+            sigma = 0.7 if abs(float(sy / sx) - 1) < 0.1 else 4.0
+            pts = [(cy, cx), (cy + 2 * sy, cx)]
+            out.append(torch.stack([-((yy - py) ** 2 + (xx - px) ** 2) / (2 * sigma**2) for py, px in pts]))
+        return torch.stack(out) + self.dummy
+
+
+def frame_model() -> dict:
+    """The frame model of 'training images' 40 x 30 mm with the disk near their middle."""
+    shapes = [np.array([[20.0 + dy, 15.0 + dx], [28.0 + dy, 15.0 + dx]]) for dy, dx in ((0, 0), (1, -1), (-1, 1))]
+    model = fit_frame_model(shapes, [(40.0, 30.0)] * 3)
+    model.update({"mean": model["frame_mean_mm"], "sd_mm": [1.0, 1.0]})  # a shape model's entries
+    return model
+
+
+def item(h: int, w: int, centre) -> dict:
+    """A network input resized from an ``h x w`` image (1 mm pixels) and the image itself as the fine copy."""
+    from bundle.transforms import resize_image
+
+    image = disk(h, w, centre)
+    net_input, scale = resize_image(image, (NET_H, NET_W))
+    return {"image": net_input, "image_fine": image, "image_fine_scale": torch.ones(2), "scale": scale,
+            "spacing": torch.ones(2), "orig_size": torch.tensor([h, w], dtype=torch.float32), "image_name": "x.png"}
+
+
+def infer(inputs, network):
+    return network(inputs)
+
+
+def run(d: dict, **kwargs) -> dict:
+    net, decode = RoundOnlyNet(), HeatmapToLandmarksd()
+    d = decode({**d, "pred": net(d["image"][None])[0]})
+    return ReframeImaged(net, infer, decode, frame_model(), **kwargs)(d)
+
+
+class TestFrameMeasures(unittest.TestCase):
+    def test_fit_recovers_scale_and_translation(self):
+        ref = np.array([[10.0, 20.0], [30.0, 5.0], [50.0, 40.0]])
+        s, t = fit_frame(1.3 * ref + [7.0, -4.0], ref)
+        self.assertAlmostEqual(s, 1.3)
+        np.testing.assert_allclose(t, [7.0, -4.0], atol=1e-9)
+
+    def test_measures_of_training_and_landscape_frames(self):
+        model = frame_model()
+        self.assertEqual(model["frame_size_mm"], [40.0, 30.0])
+        self.assertEqual(model["frame_range"]["aspect"], [1.0, 1.0])
+        as_trained = framing(np.array(model["frame_mean_mm"]), (40.0, 30.0), model)
+        for k, v in (("scale_y", 1.0), ("scale_x", 1.0), ("aspect", 1.0), ("centre_y", 0.0), ("centre_x", 0.0)):
+            self.assertAlmostEqual(as_trained[k], v)
+        self.assertEqual(out_of_range(as_trained, model["frame_range"], 0.1), [])
+        # the same head in the middle of a 60 mm wide picture: squeezed to half its width in the network input
+        wide = framing(np.array(model["frame_mean_mm"]) + [0.0, 15.0], (40.0, 60.0), model)
+        self.assertAlmostEqual(wide["aspect"], 0.5)
+        np.testing.assert_allclose(wide["box_mm"], [0.0, 15.0, 40.0, 45.0], atol=1e-9)
+        self.assertEqual([m.split()[0] for m in out_of_range(wide, model["frame_range"], 0.1)], ["scale_x", "aspect"])
+        # a head shifted within the training range plus margin is left alone; beyond it, not
+        shifted = framing(np.array(model["frame_mean_mm"]) + [0.0, 3.0], (40.0, 30.0), model)
+        self.assertAlmostEqual(shifted["centre_x"], 3.0 / 30.0)
+        self.assertEqual(out_of_range(shifted, model["frame_range"], 0.1), [])
+        self.assertEqual(len(out_of_range(shifted, model["frame_range"], 0.0)), 1)
+
+    def test_crop_pads_with_zeros(self):
+        image = torch.arange(12, dtype=torch.float32).reshape(1, 3, 4) + 1
+        out = crop_box(image, [-1, 2, 2, 6])
+        self.assertEqual(tuple(out.shape), (1, 3, 4))
+        torch.testing.assert_close(out[0], torch.tensor([[0, 0, 0, 0], [3, 4, 0, 0], [7, 8, 0, 0.0]]))
+
+    def test_decoding_reads_the_heatmap_grid(self):
+        logits = torch.full((1, 10, 10), -50.0)
+        logits[0, 4, 6] = 0.0
+        d = {"pred": logits, "scale": torch.tensor([0.5, 0.5]), "spacing": torch.ones(2)}
+        self.assertEqual(HeatmapToLandmarksd()(d)["pred_landmarks"].tolist(), [[8.5, 12.5]])
+        d["pred_frame"] = torch.tensor([[100.0, 200.0], [0.25, 0.25]])
+        torch.testing.assert_close(heatmap_grid(d)[0], torch.tensor([100.0, 200.0]))
+        self.assertEqual(HeatmapToLandmarksd()(d)["pred_landmarks"].tolist(), [[100 + 17.5, 200 + 25.5]])
+
+
+class TestReframeImaged(unittest.TestCase):
+    def test_a_landscape_picture_is_read_in_the_training_frame(self):
+        d = item(40, 60, (20, 30))
+        first = HeatmapToLandmarksd()({**d, "pred": RoundOnlyNet()(d["image"][None])[0]})
+        with self.assertLogs("bundle.framing", logging.INFO) as logs:
+            out = run(d)
+        self.assertEqual(out["reframed"], 1)  # read again once: the second reading is framed as in training
+        self.assertAlmostEqual(out["framing"]["aspect"], 1.0, delta=0.05)
+        self.assertIn("aspect 0.50", logs.output[0])
+        self.assertLess(float(out["spread_mm"].mean()), float(first["spread_mm"].mean()) / 3)
+        torch.testing.assert_close(out["pred_landmarks"], torch.tensor([[20.0, 30.0], [28.0, 30.0]]), atol=0.35, rtol=0)
+        torch.testing.assert_close(out["pred_mm"], out["pred_landmarks"])
+        self.assertEqual(out["image"].shape, d["image"].shape)  # the overlay's images are left as they were
+        torch.testing.assert_close(out["image_fine"], d["image_fine"])
+
+    def test_an_image_framed_as_in_training_is_left_alone(self):
+        d = item(40, 30, (20, 15))
+        out = run(d)
+        self.assertEqual(out["reframed"], 0)
+        self.assertNotIn("pred_frame", out)
+        self.assertAlmostEqual(out["framing"]["aspect"], 1.0)
+        torch.testing.assert_close(out["pred_landmarks"], torch.tensor([[20.0, 15.0], [28.0, 15.0]]), atol=0.35, rtol=0)
+        self.assertEqual(run(d, always=True)["reframed"], 1)  # read again on request; as sure, so kept
+
+    def test_a_reading_that_is_less_sure_is_not_kept(self):
+        d = item(40, 30, (20, 15))
+        yy, xx = torch.meshgrid(torch.arange(40.0), torch.arange(30.0), indexing="ij")
+        d["image_fine"] = ((((yy - 20) / 8) ** 2 + ((xx - 15) / 4) ** 2) <= 1).float()[None]  # the copy: an ellipse
+        with self.assertLogs("bundle.framing", logging.INFO) as logs:
+            out = run(d, always=True)
+        self.assertFalse(out["reframed"])
+        self.assertIn("kept as it is", logs.output[0])
+        d["image_fine"] = torch.zeros_like(d["image_fine"])  # a blank copy: no number at all, not kept either
+        self.assertFalse(run(d, always=True)["reframed"])
+
+    def test_off_without_a_frame_model_or_the_image_copy(self):
+        d = item(40, 60, (20, 30))
+        net, decode = RoundOnlyNet(), HeatmapToLandmarksd()
+        d = decode({**d, "pred": net(d["image"][None])[0]})
+        old = {"mean": [[0.0, 0.0], [1.0, 1.0]], "sd_mm": [1.0, 1.0]}
+        with self.assertLogs("bundle.framing", logging.WARNING):
+            self.assertFalse(ReframeImaged(net, infer, decode, old)(d)["reframed"])
+        self.assertFalse(ReframeImaged(net, infer, decode, None)(d)["reframed"])
+        no_copy = {k: v for k, v in d.items() if k != "image_fine"}
+        self.assertFalse(ReframeImaged(net, infer, decode, frame_model())(no_copy)["reframed"])
+        self.assertFalse(ReframeImaged(net, infer, decode, frame_model())({**d, "error": "unreadable"})["reframed"])
+        with self.assertRaises(ValueError):
+            ReframeImaged(net, infer, decode, frame_model(), margin=-1)
+        with self.assertRaises(ValueError):
+            ReframeImaged(net, infer, decode, frame_model(), iterations=0)
+
+    def test_a_lost_reading_that_no_frame_fits_is_left_alone(self):
+        """A reading lost enough to put the landmarks upside down (only a negative scale fits the frame model):
+        nothing to frame it by, so it is passed on as it is (OrientImaged tries the other readings)."""
+        d = item(40, 60, (20, 30))
+        net, decode = RoundOnlyNet(), HeatmapToLandmarksd()
+        d = decode({**d, "pred": net(d["image"][None])[0]})
+        d["pred_mm"] = d["pred_mm"].flip(0)
+        with self.assertRaises(ValueError):
+            framing(d["pred_mm"].numpy(), (40.0, 60.0), frame_model())
+        out = ReframeImaged(net, infer, decode, frame_model())(d)
+        self.assertEqual(out["reframed"], 0)
+        torch.testing.assert_close(out["pred_mm"], d["pred_mm"])
+
+    def test_the_reading_chosen_is_framed_and_judged_framed(self):
+        """A landscape picture makes every reading of the whole image unsure: the orientation is chosen among them
+        (as it is), then framed, and framed it is sure, so no warning says the image is unsure."""
+        from bundle.orientation import OrientImaged
+
+        d = item(40, 60, (20, 30))
+        net, decode = RoundOnlyNet(), HeatmapToLandmarksd()
+        d = decode({**d, "pred": net(d["image"][None])[0]})
+        self.assertGreater(float(d["spread_mm"].mean()), 2.0)
+        reframe = ReframeImaged(net, infer, decode, frame_model())
+        with self.assertNoLogs("bundle.orientation", logging.WARNING):
+            out = OrientImaged(net, infer, decode, "auto", "bright", auto_spread_mm=2.0, reframe=reframe)(d)
+        self.assertEqual(out["reframed"], 1)
+        self.assertFalse(out["mirrored"] or out["inverted"])
+        self.assertGreater(float(out["reading_spread_mm"][0]), 2.0)  # the whole image as it is: unsure
+        self.assertFalse(bool(torch.isnan(out["reading_spread_mm"][1])))  # so the mirrored reading was tried
+        self.assertLess(float(out["spread_mm"].mean()), 2.0)
+        torch.testing.assert_close(out["pred_landmarks"], torch.tensor([[20.0, 30.0], [28.0, 30.0]]), atol=0.35, rtol=0)
+        with self.assertLogs("bundle.orientation", logging.WARNING):  # without the framing it stays unsure
+            OrientImaged(net, infer, decode, "auto", "bright", auto_spread_mm=2.0)(d)
+
+
+if __name__ == "__main__":
+    unittest.main()
