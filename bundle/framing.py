@@ -34,6 +34,7 @@ from .transforms import resize_image
 __all__ = ["FRAME_MEASURES", "fit_frame", "framing", "fit_frame_model", "out_of_range", "crop_box", "ReframeImaged"]
 
 FRAME_MEASURES = ("scale_y", "scale_x", "aspect", "centre_y", "centre_x")
+SPACING_FACTOR = 1.25  # a skull this much larger or smaller (mm) than any training skull: the pixel spacing is suspect
 logger = logging.getLogger(__name__)
 
 
@@ -53,8 +54,9 @@ def fit_frame(points_mm: np.ndarray, reference_mm: np.ndarray) -> tuple[float, n
 
 def framing(points_mm: np.ndarray, extent_mm: Sequence[float], model: dict) -> dict:
     """How an image of ``extent_mm`` ``(H, W)`` frames the landmarks ``points_mm``, against the frame model: the
-    measures :data:`FRAME_MEASURES` (module docstring) and ``box_mm``, the average frame placed on the landmarks
-    (``[y0, x0, y1, x1]`` mm)."""
+    measures :data:`FRAME_MEASURES` (module docstring), ``box_mm``, the average frame placed on the landmarks
+    (``[y0, x0, y1, x1]`` mm), and ``skull_scale``, the skull's size in mm relative to the average training image's
+    (far from 1 when the pixel spacing is wrong: unlike the other measures it depends on it)."""
     size = np.asarray(model["frame_size_mm"], float)
     extent = np.asarray(extent_mm, float)
     s, t = fit_frame(points_mm, np.asarray(model["frame_mean_mm"], float))
@@ -63,7 +65,7 @@ def framing(points_mm: np.ndarray, extent_mm: Sequence[float], model: dict) -> d
     box = s * size
     scale = box / extent
     centre = (t + box / 2 - extent / 2) / box
-    return {"scale_y": float(scale[0]), "scale_x": float(scale[1]), "aspect": float(scale[1] / scale[0]),
+    return {"scale_y": float(scale[0]), "scale_x": float(scale[1]), "aspect": float(scale[1] / scale[0]), "skull_scale": s,
             "centre_y": float(centre[0]), "centre_x": float(centre[1]), "box_mm": [*map(float, t), *map(float, t + box)]}
 
 
@@ -80,7 +82,7 @@ def fit_frame_model(shapes_mm: Sequence[np.ndarray], extents_mm: Sequence[Sequen
     return {"frame_mean_mm": np.round(model["frame_mean_mm"], 4).tolist(),
             "frame_size_mm": np.round(model["frame_size_mm"], 4).tolist(),
             "frame_range": {k: [round(min(m[k] for m in measures), 4), round(max(m[k] for m in measures), 4)]
-                            for k in FRAME_MEASURES}}
+                            for k in (*FRAME_MEASURES, "skull_scale")}}
 
 
 def out_of_range(measures: dict, frame_range: dict, margin: float) -> list[str]:
@@ -200,6 +202,7 @@ class ReframeImaged(Transform):
             other["reframed"] = d["reframed"] + 1
             d, measures = other, other_measures
         d["framing"] = {k: round(v, 4) for k, v in measures.items() if k != "box_mm"}
+        self._check_spacing(d, measures, name)
         why = "; ".join(first_outside) or "always"
         if d["reframed"]:
             logger.info("%s: framed unlike the training images (%s): read again in their frame (mean heatmap spread "
@@ -209,6 +212,20 @@ class ReframeImaged(Transform):
             logger.info("%s: framed unlike the training images (%s), but read again in their frame it is less sure: "
                         "kept as it is", name, why)
         return d
+
+    def _check_spacing(self, d: dict, measures: dict, name: str) -> None:
+        """Warn when the skull measures (in mm, through the pixel spacing) far larger or smaller than any training
+        skull: the spacing the file gave or the config assumed is then likely wrong, and the refinement pass, which
+        reads crops at a fixed size in mm, reads the wrong size."""
+        lo, hi = self.model["frame_range"].get("skull_scale", (None, None))
+        if lo is None or lo / SPACING_FACTOR <= measures["skull_scale"] <= hi * SPACING_FACTOR:
+            return
+        spacing = torch.as_tensor(d["spacing"]).float().cpu()
+        guess = (spacing / measures["skull_scale"]).tolist()
+        logger.warning("%s: the skull measures %.2f times the training images' average (they range %.2f to %.2f) at "
+                       "%.3g x %.3g mm per pixel: check the pixel spacing (the file's header, else --pixel_spacing_mm); "
+                       "an average skull would mean about %.3g x %.3g mm", name, measures["skull_scale"], lo, hi,
+                       *spacing.tolist(), *guess)
 
     def _read(self, d: dict, box_px: np.ndarray) -> dict:
         """The item as the global network reads the average frame ``box_px`` (original pixels, ``[y0, x0, y1,

@@ -162,6 +162,16 @@ class TestReframeImaged(unittest.TestCase):
         with self.assertRaises(ValueError):
             ReframeImaged(net, infer, decode, frame_model(), iterations=0)
 
+    def test_a_skull_of_the_wrong_size_in_mm_warns_of_the_pixel_spacing(self):
+        d = item(40, 30, (20, 15))
+        with self.assertNoLogs("bundle.framing", logging.WARNING):
+            self.assertAlmostEqual(run(d)["framing"]["skull_scale"], 1.0, delta=0.05)
+        d["spacing"] = torch.tensor([1.5, 1.5])  # what the file or the config claims: the landmarks 1.5 times too far apart
+        with self.assertLogs("bundle.framing", logging.WARNING) as logs:
+            out = run(d)
+        self.assertEqual(out["reframed"], 0)  # the framing does not depend on the spacing
+        self.assertRegex(logs.output[0], r"x.png: the skull measures 1\.[45]\d times .* check the pixel spacing.* about (0\.9|1\.0)\d* x (0\.9|1\.0)")
+
     def test_a_lost_reading_that_no_frame_fits_is_left_alone(self):
         """A reading lost enough to put the landmarks upside down (only a negative scale fits the frame model):
         nothing to frame it by, so it is passed on as it is (OrientImaged tries the other readings)."""
