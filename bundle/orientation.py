@@ -23,7 +23,7 @@ import torch
 from monai.transforms import Transform
 
 
-__all__ = ["FACES", "BONES", "READINGS", "orient", "describe", "OrientImaged", "RestoreOrientationd"]
+__all__ = ["FACES", "BONES", "READINGS", "orient", "describe", "OrientInputd", "OrientImaged", "RestoreOrientationd"]
 
 FACES = ("right", "left", "auto")
 BONES = ("bright", "dark", "auto")
@@ -40,10 +40,42 @@ def orient(image, mirrored: bool, inverted: bool) -> torch.Tensor:
     return 1.0 - image if inverted else image
 
 
+def check_settings(face: str, bone: str) -> tuple[str, str]:
+    face, bone = str(face).lower(), str(bone).lower()
+    if face not in FACES:
+        raise ValueError(f"face should be one of {FACES} (the way the faces look in the images), got {face!r}.")
+    if bone not in BONES:
+        raise ValueError(f"bone should be one of {BONES} (bright, as usual, or dark in a negative), got {bone!r}.")
+    return face, bone
+
+
+class OrientInputd(Transform):
+    """Pre-processing, last: read the image the way ``face: left`` / ``bone: dark`` ask before the evaluator's own
+    global pass, so that pass is the one used (without it, that pass read the image as it is for nothing and
+    :class:`OrientImaged` read it again). Mirrors and/or inverts the intensity-scaled images in ``image_keys`` and
+    records ``preoriented`` ``(2,)`` (bools: mirrored, inverted), which :class:`OrientImaged` takes as its starting
+    reading. ``"auto"`` and the trained ``right`` / ``bright`` change nothing here."""
+
+    def __init__(self, face: str = "auto", bone: str = "auto", image_keys: Sequence[str] = ("image", "image_fine")):
+        face, bone = check_settings(face, bone)
+        self.reading, self.image_keys = (face == "left", bone == "dark"), tuple(image_keys)
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        d = dict(data)
+        if self.reading == (False, False):
+            return d
+        for key in self.image_keys:
+            if key in d:
+                d[key] = orient(d[key], *self.reading)
+        d["preoriented"] = torch.tensor(self.reading)
+        return d
+
+
 class OrientImaged(Transform):
     """Post-processing, right after the decoding: read an image the way the networks learnt.
 
-    The item holds the global network's reading of the image as it is (``data["pred"]``), decoded. When ``face`` /
+    The item holds the global network's reading of the image as it is (``data["pred"]``; or as :class:`OrientInputd`
+    already read it, ``preoriented``), decoded. When ``face`` /
     ``bone`` ask for another reading, or ``"auto"`` finds this one unsure (mean ``spread_mm`` above
     ``auto_spread_mm``) and another surer (the others are read in turn until one is sure: mirrored, inverted,
     both), the item is replaced by the global network's reading of the image mirrored and/or inverted, decoded by the
@@ -69,11 +101,7 @@ class OrientImaged(Transform):
     def __init__(self, network: torch.nn.Module, inferer, decode, face: str = "right", bone: str = "bright",
                  auto_spread_mm: float = 15.0, reframe=None, pred_key: str = "pred",
                  image_keys: Sequence[str] = ("image", "image_fine")):
-        face, bone = str(face).lower(), str(bone).lower()
-        if face not in FACES:
-            raise ValueError(f"face should be one of {FACES} (the way the faces look in the images), got {face!r}.")
-        if bone not in BONES:
-            raise ValueError(f"bone should be one of {BONES} (bright, as usual, or dark in a negative), got {bone!r}.")
+        face, bone = check_settings(face, bone)
         if auto_spread_mm <= 0:
             raise ValueError(f"auto_spread_mm should be positive, got {auto_spread_mm}.")
         self.network, self.inferer, self.decode, self.face, self.bone = network, inferer, decode, face, bone
@@ -105,10 +133,13 @@ class OrientImaged(Transform):
         if self.bone == "auto":
             candidates += [(base[0], not base[1])] + ([(not base[0], not base[1])] if self.face == "auto" else [])
         items = {}
+        # the reading the input already is (OrientInputd: face left / bone dark applied before the evaluator's pass)
+        pre = tuple(bool(v) for v in torch.as_tensor(d.get("preoriented", (False, False))).flatten().tolist())
 
         def item(reading: tuple[bool, bool]) -> dict:
             if reading not in items:
-                items[reading] = d if reading == (False, False) else self._read(d, reading)
+                change = (reading[0] != pre[0], reading[1] != pre[1])  # from the input as it is
+                items[reading] = d if change == (False, False) else self._read(d, change)
             return items[reading]
 
         def spread(reading: tuple[bool, bool]) -> float:

@@ -5,7 +5,7 @@ import unittest
 
 import torch
 
-from bundle.orientation import OrientImaged, RestoreOrientationd, orient
+from bundle.orientation import OrientImaged, OrientInputd, RestoreOrientationd, orient
 from bundle.transforms import HeatmapToLandmarksd
 
 H, W, N = 40, 60, 2
@@ -88,6 +88,36 @@ class TestImageOrientation(unittest.TestCase):
         # a face that looks right, forced to be read mirrored, is read as the network reads a face looking left
         self.assertGreater(float(run(item(), "left")["spread_mm"].mean()), 5.0)
 
+    def test_a_forced_reading_is_applied_before_the_global_pass(self):
+        """face left / bone dark: OrientInputd (pre-processing) turns the input, so the evaluator's own pass reads it
+        as asked and no other pass is run; the results are those of the reading done afterwards."""
+        for mirrored, inverted, face, bone, passes in (
+            (True, False, "left", "bright", 1),
+            (True, True, "left", "dark", 1),
+            (False, True, "right", "dark", 1),
+            (True, False, "left", "auto", 1),  # sure as turned: no other reading
+            (True, True, "left", "auto", 2),   # still a negative as turned: read inverted too
+            (True, True, "auto", "dark", 2),
+            (False, True, "left", "auto", 2),  # wrongly forced: unsure as turned, inverted back is no better
+            (True, False, "auto", "auto", 2),  # nothing forced: as before, read as it is, then mirrored
+        ):
+            case = (mirrored, inverted, face, bone)
+            net, decode, calls = AsTrainedNet(), HeatmapToLandmarksd(), []
+            net.register_forward_pre_hook(lambda module, args: calls.append(1))
+            d = OrientInputd(face, bone)(item(mirrored, inverted))
+            d = decode({**d, "pred": net(d["image"][None])[0]})  # the evaluator's pass
+            d = OrientImaged(net, infer, decode, face, bone, auto_spread_mm=3.0)(d)
+            d = RestoreOrientationd()(d)
+            self.assertEqual(len(calls), passes, case)
+            if face != "left" or mirrored:  # the last but one case is read as it was forced, wrongly
+                self.assertEqual((bool(d["mirrored"]), bool(d["inverted"])), (mirrored, inverted), case)
+                x = W - 1 - DOT[1] if mirrored else DOT[1]
+                expected = torch.tensor([[DOT[0], x], [DOT[0] + 1, x]], dtype=torch.float32)
+                self.assertTrue(torch.allclose(d["pred_landmarks"], expected, atol=1e-3), (case, d["pred_landmarks"]))
+            self.assertTrue(torch.allclose(d["image_fine"], item(mirrored, inverted)["image_fine"]), case)
+            self.assertTrue(torch.allclose(d["image"], item(mirrored, inverted)["image"]), case)
+        self.assertNotIn("preoriented", OrientInputd("auto", "bright")(item()))  # nothing forced, nothing changed
+
     def test_other_readings_run_in_eval_mode(self):
         """The evaluator puts its network in eval mode only for its own pass; the post-processing finds it in
         training mode (MAHT-Net then returns its deep-supervision stack, dropout and batch norm would act)."""
@@ -118,6 +148,8 @@ class TestImageOrientation(unittest.TestCase):
         with self.assertRaises(ValueError) as cm:
             OrientImaged(AsTrainedNet(), infer, HeatmapToLandmarksd(), "right", "grey")
         self.assertIn("bone should be one of", str(cm.exception))
+        with self.assertRaises(ValueError):
+            OrientInputd("auto", "grey")
 
 
 if __name__ == "__main__":
