@@ -214,18 +214,21 @@ class ReframeImaged(Transform):
         return d
 
     def _check_spacing(self, d: dict, measures: dict, name: str) -> None:
-        """Warn when the skull measures (in mm, through the pixel spacing) far larger or smaller than any training
-        skull: the spacing the file gave or the config assumed is then likely wrong, and the refinement pass, which
-        reads crops at a fixed size in mm, reads the wrong size."""
+        """Warn (and add to the item's ``checks``, which report.html shows) when the skull measures (in mm, through
+        the pixel spacing) far larger or smaller than any training skull: the spacing the file gave or the config
+        assumed is then likely wrong, and the refinement pass, which reads crops at a fixed size in mm, reads the
+        wrong size."""
         lo, hi = self.model["frame_range"].get("skull_scale", (None, None))
         if lo is None or lo / SPACING_FACTOR <= measures["skull_scale"] <= hi * SPACING_FACTOR:
             return
         spacing = torch.as_tensor(d["spacing"]).float().cpu()
         guess = (spacing / measures["skull_scale"]).tolist()
-        logger.warning("%s: the skull measures %.2f times the training images' average (they range %.2f to %.2f) at "
-                       "%.3g x %.3g mm per pixel: check the pixel spacing (the file's header, else --pixel_spacing_mm); "
-                       "an average skull would mean about %.3g x %.3g mm", name, measures["skull_scale"], lo, hi,
-                       *spacing.tolist(), *guess)
+        check = (f"the skull measures {measures['skull_scale']:.2f} times the training images' average (they range "
+                 f"{lo:.2f} to {hi:.2f}) at {spacing[0]:.3g} x {spacing[1]:.3g} mm per pixel: check the pixel spacing "
+                 f"(the file's header, else --pixel_spacing_mm); an average skull would mean about {guess[0]:.3g} x "
+                 f"{guess[1]:.3g} mm")
+        logger.warning("%s: %s", name, check)
+        d["checks"] = [*d.get("checks", []), check]  # report.html shows it with the image
 
     def _read(self, d: dict, box_px: np.ndarray) -> dict:
         """The item as the global network reads the average frame ``box_px`` (original pixels, ``[y0, x0, y1,

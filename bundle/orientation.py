@@ -161,8 +161,10 @@ class OrientImaged(Transform):
         out = self.reframe(dict(item(chosen)))
         final = float(torch.as_tensor(out["spread_mm"]).float().mean()) if "spread_mm" in out else 0.0
         if len(candidates) > 1 and final > self.auto_spread_mm:
-            logger.warning("%s: the global pass is unsure of this image however it is read (mean heatmap spread "
-                           "%.1f mm): check its landmarks", d.get("image_name", "image"), final)
+            check = (f"the global pass is unsure of this image however it is read (mean heatmap spread {final:.1f} "
+                     "mm): check its landmarks")
+            logger.warning("%s: %s", d.get("image_name", "image"), check)
+            out["checks"] = [*out.get("checks", []), check]  # report.html shows it with the image
         out["mirrored"], out["inverted"] = chosen
         out["reading_spread_mm"] = spreads
         return out

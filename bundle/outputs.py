@@ -264,7 +264,8 @@ class OverlayImageLogger:
 def batch_report_html(entries: Sequence[dict], errors: Sequence[tuple[str, str]], title: str) -> str:
     """``report.html``: one page to review a batch. Per image (``entries``: ``{"image", "overlay" (file name or
     None), "landmarks": [(number, name, x, y, uncertainty_mm)], "analysis": [row of bundle.analysis.analyse],
-    "mirrored", "inverted", "reframed" (optional: how the image was read, bundle.orientation and bundle.framing)}``)
+    "mirrored", "inverted", "reframed" (optional: how the image was read, bundle.orientation and bundle.framing),
+    "checks" (optional: what to check in this image, the pipeline's warnings)}``)
     its overlay (click for full size), its cephalometric analysis with the types outside the normal range in bold,
     and its landmarks (folded); then the files that could not be read (``errors``: ``(image, message)``)."""
     from html import escape
@@ -272,11 +273,16 @@ def batch_report_html(entries: Sequence[dict], errors: Sequence[tuple[str, str]]
     out = ["<!DOCTYPE html><html><head><meta charset='utf-8'><title>" + escape(title) + "</title><style>"
            "body{font-family:sans-serif;margin:1.5em;max-width:1100px}table{border-collapse:collapse;margin:.4em 0}"
            "td,th{border:1px solid #bbb;padding:2px 8px;text-align:left}.img{display:flex;gap:1.5em;margin:1.2em 0;"
-           "border-top:1px solid #888;padding-top:1em}.img img{max-width:420px}</style></head><body>",
+           "border-top:1px solid #888;padding-top:1em}.img img{max-width:420px}.check{background:#fff3cd;"
+           "padding:4px 8px;border-left:4px solid #e0a800}</style></head><body>",
            f"<h1>{escape(title)}</h1>",
            f"<p>{len(entries)} image(s) read, {len(errors)} could not be read. Positions are pixels of the original "
            "image (x right, y down); <i>expected error</i> is the calibrated uncertainty. Types are the ISBI 2015 "
            "challenge's ranges (1: normal), not a diagnosis; a clinician reviews every landmark.</p>"]
+    flagged = [escape(str(e["image"])) for e in entries if e.get("checks")]
+    if flagged:
+        out.append(f"<p class='check'>{len(flagged)} image(s) to check first: "
+                   + ", ".join(f"<a href='#{n}'>{n}</a>" for n in flagged) + "</p>")
     for e in entries:
         name = escape(str(e["image"]))
         out.append(f"<div class='img' id='{name}'><div>")
@@ -291,6 +297,8 @@ def batch_report_html(entries: Sequence[dict], errors: Sequence[tuple[str, str]]
                  if e.get(key)]
         if notes:
             out.append(f"<p>{'; '.join(notes).capitalize()}.</p>")
+        for check in e.get("checks") or []:
+            out.append(f"<p class='check'>{escape(str(check))}</p>")
         if e.get("analysis"):
             out.append("<table><tr><th>measurement</th><th>value</th><th>type</th></tr>")
             for r in e["analysis"]:
@@ -542,7 +550,7 @@ class LandmarkOutputWriter:
                               "landmarks": [(i + 1, labels[i], float(x), float(y), float(u))
                                             for i, ((x, y), u) in enumerate(zip(xy, unc))],
                               "mirrored": bool(out.get("mirrored", False)), "inverted": bool(out.get("inverted", False)),
-                              "reframed": bool(out.get("reframed", False))})
+                              "reframed": bool(out.get("reframed", False)), "checks": list(out.get("checks") or [])})
         self._report()
 
     def _finish(self, engine) -> None:

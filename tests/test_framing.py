@@ -170,6 +170,8 @@ class TestReframeImaged(unittest.TestCase):
         with self.assertLogs("bundle.framing", logging.WARNING) as logs:
             out = run(d)
         self.assertEqual(out["reframed"], 0)  # the framing does not depend on the spacing
+        self.assertEqual(len(out["checks"]), 1)  # report.html shows it with the image
+        self.assertIn("check the pixel spacing", out["checks"][0])
         self.assertRegex(logs.output[0], r"x.png: the skull measures 1\.[45]\d times .* check the pixel spacing.* about (0\.9|1\.0)\d* x (0\.9|1\.0)")
 
     def test_a_lost_reading_that_no_frame_fits_is_left_alone(self):

@@ -138,6 +138,8 @@ class TestImageOrientation(unittest.TestCase):
         with self.assertLogs("bundle.orientation", "WARNING") as logs:
             d = run(d, "auto", "auto")
         self.assertIn("x.png: the global pass is unsure of this image however it is read", logs.output[0])
+        self.assertEqual(len(d["checks"]), 1)  # report.html shows it with the image
+        self.assertIn("check its landmarks", d["checks"][0])
         self.assertEqual((d["mirrored"], d["inverted"]), (False, False))
         self.assertFalse(torch.isnan(d["reading_spread_mm"]).any())  # all four were tried
 

@@ -15,8 +15,11 @@ class TestReport(unittest.TestCase):
         rows = analyse(face(sna=86.0, snb=78.0))  # SNA prognathic (type 2), ANB 8: Class II
         entries = [{"image": "a<1>.png", "overlay": "a<1>_overlay.png", "analysis": rows,
                     "landmarks": [(1, "Sella", 10.0, 20.0, 0.5), (2, "Nasion", 30.0, 40.0, 1.25)]},
-                   {"image": "b.png", "overlay": None, "analysis": None, "landmarks": [(1, "Sella", 1.0, 2.0, 3.0)]}]
+                   {"image": "b.png", "overlay": None, "analysis": None, "landmarks": [(1, "Sella", 1.0, 2.0, 3.0)],
+                    "checks": ["check the pixel spacing <0.15 mm>"]}]
         page = batch_report_html(entries, [("c.dcm", "no pixel spacing & <tags>")], "Landmarks of run")
+        self.assertIn("1 image(s) to check first: <a href='#b.png'>b.png</a>", page)  # linked from the top
+        self.assertIn("<p class='check'>check the pixel spacing &lt;0.15 mm&gt;</p>", page)  # and shown with the image
         self.assertIn("2 image(s) read, 1 could not be read", page)
         self.assertIn("<a href='a&lt;1&gt;_overlay.png'>", page)  # names escaped, overlay linked
         self.assertNotIn("a<1>", page)
