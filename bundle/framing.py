@@ -140,11 +140,14 @@ class ReframeImaged(Transform):
         margin: how far outside the training range a framing must lie before the image is read again.
         always: read every image again at least once (for measurement), not only those outside the range.
         iterations: the most times one image is read again.
+        sure_spread_mm: the pixel-spacing check only judges a reading at least this sure (mean heatmap spread):
+            the landmarks of a lost reading say nothing of the skull's size.
         landmark_names: the run's landmarks, to check the model is for them.
     """
 
     def __init__(self, network: torch.nn.Module, inferer, decode, frame_model=None, margin: float = 0.1,
-                 always: bool = False, iterations: int = 3, landmark_names: Sequence[str] | None = None,
+                 always: bool = False, iterations: int = 3, sure_spread_mm: float = 15.0,
+                 landmark_names: Sequence[str] | None = None,
                  pred_key: str = "pred", image_key: str = "image_fine"):
         if margin < 0:
             raise ValueError(f"margin should be 0 or more, got {margin}.")
@@ -157,6 +160,7 @@ class ReframeImaged(Transform):
             model = None
         self.network, self.inferer, self.decode, self.model = network, inferer, decode, model
         self.margin, self.always, self.iterations = float(margin), bool(always), int(iterations)
+        self.sure_spread_mm = float(sure_spread_mm)
         self.pred_key, self.image_key = pred_key, image_key
 
     def measure(self, d: Mapping) -> tuple[dict | None, list[str]]:
@@ -221,6 +225,8 @@ class ReframeImaged(Transform):
         lo, hi = self.model["frame_range"].get("skull_scale", (None, None))
         if lo is None or lo / SPACING_FACTOR <= measures["skull_scale"] <= hi * SPACING_FACTOR:
             return
+        if not float(torch.as_tensor(d["spread_mm"]).float().mean()) <= self.sure_spread_mm:
+            return  # a lost reading: OrientImaged says so
         spacing = torch.as_tensor(d["spacing"]).float().cpu()
         guess = (spacing / measures["skull_scale"]).tolist()
         check = (f"the skull measures {measures['skull_scale']:.2f} times the training images' average (they range "

@@ -1,13 +1,16 @@
 """A changed copy of an ISBI 2015-layout folder, to measure the pipeline on images unlike ISBI's: ``--mirror`` flips
 every image left to right (its faces look left), ``--invert`` makes it a negative (bone dark), ``--pad_width W`` puts
 it in the middle of a black canvas W pixels wide (a landscape picture), ``--pad_height H`` in the middle of one H
-pixels high (with both: a wide border all round); every annotated landmark moves with the image (mirrored:
-x -> W - 1 - x, pixel centres at integers; padded: x -> x + left margin, y -> y + top margin).
+pixels high (with both: a wide border all round), ``--crop Y0 X0 Y1 X1`` keeps only those rows and columns (first,
+before the rest; a tight crop, refused if it cuts off an annotated landmark); every annotated landmark moves with the
+image (cropped: x -> x - X0, y -> y - Y0; mirrored: x -> W - 1 - x, pixel centres at integers; padded: x -> x + left
+margin, y -> y + top margin).
 
     python scripts/variant_dataset.py ../shared/data/isbi2015 /tmp/isbi_mirror --mirror --folders Test1Data
     python scripts/variant_dataset.py ../shared/data/isbi2015 /tmp/isbi_negative --invert --folders Test1Data
     python scripts/variant_dataset.py ../shared/data/isbi2015 /tmp/isbi_wide --pad_width 3000 --folders Test1Data
     python scripts/variant_dataset.py ../shared/data/isbi2015 /tmp/isbi_border --pad_width 3000 --pad_height 3600 --folders Test1Data
+    python scripts/variant_dataset.py ../shared/data/isbi2015 /tmp/isbi_tight --crop 740 420 2360 1820 --folders Test1Data
 """
 
 from __future__ import annotations
@@ -28,11 +31,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--invert", action="store_true", help="make every image a negative (grey values 255 - v)")
     ap.add_argument("--pad_width", type=int, default=None, help="centre every image on a black canvas this wide")
     ap.add_argument("--pad_height", type=int, default=None, help="centre every image on a black canvas this high")
+    ap.add_argument("--crop", type=int, nargs=4, default=None, metavar=("Y0", "X0", "Y1", "X1"),
+                    help="keep rows Y0..Y1-1 and columns X0..X1-1 of every image (pixels)")
     ap.add_argument("--folders", nargs="+", default=["TrainingData", "Test1Data"], help="RawImage sub-folders to copy")
     ap.add_argument("--n_landmarks", type=int, default=19, help="annotation lines holding x,y (later lines are copied)")
     args = ap.parse_args(argv)
-    if not args.mirror and not args.invert and args.pad_width is None and args.pad_height is None:
-        ap.error("nothing to change: give --mirror, --invert, --pad_width and/or --pad_height")
+    if not args.mirror and not args.invert and args.pad_width is None and args.pad_height is None and args.crop is None:
+        ap.error("nothing to change: give --mirror, --invert, --pad_width, --pad_height and/or --crop")
     src, dst = Path(args.src), Path(args.dst)
     doctors = sorted(p.name for p in (src / "AnnotationsByMD").iterdir() if p.is_dir())
     n = 0
@@ -40,6 +45,12 @@ def main(argv: list[str] | None = None) -> int:
         (dst / "RawImage" / folder).mkdir(parents=True, exist_ok=True)
         for image_path in sorted((src / "RawImage" / folder).iterdir()):
             with Image.open(image_path) as im:
+                crop_y, crop_x = 0, 0
+                if args.crop is not None:
+                    crop_y, crop_x, y1, x1 = args.crop
+                    if not (0 <= crop_y < y1 <= im.height and 0 <= crop_x < x1 <= im.width):
+                        ap.error(f"--crop {args.crop} does not fit in {image_path} ({im.width} x {im.height} pixels)")
+                    im = im.crop((crop_x, crop_y, x1, y1))
                 width, height = im.width, im.height
                 out = ImageOps.mirror(im) if args.mirror else im.copy()
             if args.invert:
@@ -61,6 +72,9 @@ def main(argv: list[str] | None = None) -> int:
                 lines = ann.read_text().splitlines()
                 for i, line in enumerate(lines[: args.n_landmarks]):
                     x, y = (float(v) for v in line.replace(",", " ").split())
+                    x, y = x - crop_x, y - crop_y
+                    if not (0 <= x <= width - 1 and 0 <= y <= height - 1):
+                        ap.error(f"--crop {args.crop} cuts off landmark {i + 1} of {ann}")
                     x = width - 1 - x if args.mirror else x
                     lines[i] = f"{x + left:g},{y + top:g}"
                 (dst / "AnnotationsByMD" / doctor).mkdir(parents=True, exist_ok=True)

@@ -172,6 +172,8 @@ class TestReframeImaged(unittest.TestCase):
         self.assertEqual(out["reframed"], 0)  # the framing does not depend on the spacing
         self.assertEqual(len(out["checks"]), 1)  # report.html shows it with the image
         self.assertIn("check the pixel spacing", out["checks"][0])
+        with self.assertNoLogs("bundle.framing", logging.WARNING):  # a lost reading says nothing of the skull's size
+            run(d, sure_spread_mm=0.1)
         self.assertRegex(logs.output[0], r"x.png: the skull measures 1\.[45]\d times .* check the pixel spacing.* about (0\.9|1\.0)\d* x (0\.9|1\.0)")
 
     def test_a_lost_reading_that_no_frame_fits_is_left_alone(self):
