@@ -26,7 +26,7 @@ from typing import Hashable, Mapping, Sequence
 
 import numpy as np
 import torch
-from monai.transforms import Transform
+from monai.transforms import ScaleIntensityRangePercentiles, Transform
 
 from .shape import load_shape_model
 from .transforms import resize_image
@@ -109,14 +109,6 @@ def crop_box(image: torch.Tensor, box: Sequence[int]) -> torch.Tensor:
     return out
 
 
-def percentile_scale(image: torch.Tensor, lower: float = 0.5, upper: float = 99.5) -> torch.Tensor:
-    """What ``ScaleIntensityRangePercentilesd(lower, upper, 0, 1, clip=True)`` does to the network input."""
-    lo, hi = torch.quantile(image.flatten().float(), torch.tensor([lower / 100, upper / 100]))
-    if hi <= lo:
-        return image - lo
-    return ((image - lo) / (hi - lo)).clamp(0.0, 1.0)
-
-
 class ReframeImaged(Transform):
     """Post-processing, after the decoding: read an image again, framed as the training images were, when the global
     pass's landmarks show it framed otherwise. :class:`~bundle.orientation.OrientImaged` applies it to the reading it
@@ -162,6 +154,7 @@ class ReframeImaged(Transform):
         self.margin, self.always, self.iterations = float(margin), bool(always), int(iterations)
         self.sure_spread_mm = float(sure_spread_mm)
         self.pred_key, self.image_key = pred_key, image_key
+        self.scale_intensity = ScaleIntensityRangePercentiles(lower=0.5, upper=99.5, b_min=0.0, b_max=1.0, clip=True)
 
     def measure(self, d: Mapping) -> tuple[dict | None, list[str]]:
         """The framing measures of an item's decoded landmarks in the frame the global network read (the image, or
@@ -249,7 +242,7 @@ class ReframeImaged(Transform):
         extent = np.maximum(np.round((box_px[2:] - box_px[:2]) * fine_scale.numpy()).astype(int), 8)
         crop = crop_box(fine.cpu(), [*corner, *(corner + extent)])
         net_input, factor = resize_image(crop, size)
-        net_input = percentile_scale(net_input)
+        net_input = torch.as_tensor(self.scale_intensity(net_input))  # as the network input was
         device = next(self.network.parameters()).device
         with eval_mode(self.network):  # post-processing finds the network as the evaluator left it
             out = self.inferer(net_input[None].to(device), self.network)
