@@ -75,10 +75,9 @@ class OrientImaged(Transform):
     """Post-processing, right after the decoding: read an image the way the networks learnt.
 
     The item holds the global network's reading of the image as it is (``data["pred"]``; or as :class:`OrientInputd`
-    already read it, ``preoriented``), decoded. When ``face`` /
-    ``bone`` ask for another reading, or ``"auto"`` finds this one unsure (mean ``spread_mm`` above
-    ``auto_spread_mm``) and another surer (the others are read in turn until one is sure: mirrored, inverted,
-    both), the item is replaced by the global network's reading of the image mirrored and/or inverted, decoded by the
+    already read it, ``preoriented``), decoded. When ``face`` / ``bone`` ask for another reading, or ``"auto"`` finds
+    this one unsure (mean ``spread_mm`` above ``auto_spread_mm``) and another surer (the others are read in turn
+    until one is sure: mirrored, inverted, both), the item is replaced by the global network's reading of the image mirrored and/or inverted, decoded by the
     same ``decode``, with the images in ``image_keys`` (the network input and the refinement pass's copy) changed the
     same way, so the crop centres and the refinement read a face looking right with bright bone. With ``reframe``
     (a :class:`~bundle.framing.ReframeImaged`) the reading chosen is then framed as the training images were, when it
