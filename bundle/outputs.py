@@ -37,6 +37,7 @@ logger = logging.getLogger(__name__)
 
 LANDMARKS_CSV_HEADER = ["image", "landmark", "name", "x", "y", "x_mm", "y_mm", "uncertainty_mm"]
 MEASUREMENTS_CSV_HEADER = ["image", "measurement", "value", "unit", "type", "meaning"]
+CHECKS_CSV_HEADER = ["image", "check"]
 _SLICER_SCHEMA = "https://raw.githubusercontent.com/slicer/slicer/master/Modules/Loadable/Markups/Resources/Schema/markups-schema-v1.0.3.json#"
 
 
@@ -374,7 +375,9 @@ def pending_datalist(items: Sequence[dict], output_dir: str | Path, names: Seque
 class LandmarkOutputWriter:
     """Ignite handler for the inference evaluator: for each image it appends its rows to ``landmarks.csv``
     (flushed at once, so a crash loses nothing already written), writes ``<stem>.mrk.json`` and
-    ``<stem>_overlay.png``; an image that could not be read gets a row in ``errors.csv`` and the batch goes on.
+    ``<stem>_overlay.png``; an image that could not be read gets a row in ``errors.csv`` and the batch goes on; an
+    image the pipeline asks to check (its ``checks``: unsure however read, a suspect pixel spacing) gets a row per
+    check in ``checks.csv``.
     With the 19 ISBI landmarks it also appends the image's cephalometric analysis (:mod:`bundle.analysis`: ANB,
     SNB, SNA, ODI, APDI, FHI, FMA, MW with the anatomical type each indicates) to ``measurements.csv`` and writes
     the values on the overlay; other landmark sets get no analysis (logged once). ``report.html`` shows the batch on
@@ -422,9 +425,11 @@ class LandmarkOutputWriter:
         from .io import atomic_write_csv
 
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        kept, kept_measurements = {}, {}
+        kept, kept_measurements, kept_checks = {}, {}, {}
         if self.resume:  # the images an earlier run finished stay, and pending_datalist left them out of this one
             kept, kept_measurements = finished_images(self.output_dir, len(self.names), self.overlay)
+            kept_checks = {name: rows for name, rows in _rows_by_image(self.output_dir / "checks.csv", CHECKS_CSV_HEADER).items()
+                           if name in kept}
         else:
             earlier = _rows_by_image(self.output_dir / "landmarks.csv", LANDMARKS_CSV_HEADER)
             if earlier:
@@ -433,6 +438,7 @@ class LandmarkOutputWriter:
         atomic_write_csv(self.output_dir / "landmarks.csv",
                          [LANDMARKS_CSV_HEADER] + [r for rows in kept.values() for r in rows])
         atomic_write_csv(self.output_dir / "errors.csv", [["image", "error"]])  # failures are tried again
+        atomic_write_csv(self.output_dir / "checks.csv", [CHECKS_CSV_HEADER] + [r for rows in kept_checks.values() for r in rows])
         if self.analysis:
             atomic_write_csv(self.output_dir / "measurements.csv",
                              [MEASUREMENTS_CSV_HEADER] + [r for rows in kept_measurements.values() for r in rows])
@@ -441,12 +447,14 @@ class LandmarkOutputWriter:
                         len(self.names))
         self.n_ok = self.n_failed = 0
         self.n_kept = len(kept)
-        self._entries = [self._entry_from_rows(name, rows, kept_measurements.get(name)) for name, rows in kept.items()]
+        self._entries = [self._entry_from_rows(name, rows, kept_measurements.get(name), kept_checks.get(name))
+                         for name, rows in kept.items()]
         self._errors = []
         self._reported_at = float("-inf")
         self._report(force=True)
 
-    def _entry_from_rows(self, name: str, rows: list[list[str]], measurements: list[list[str]] | None) -> dict:
+    def _entry_from_rows(self, name: str, rows: list[list[str]], measurements: list[list[str]] | None,
+                         checks: list[list[str]] | None = None) -> dict:
         """A report entry of an image kept from an earlier run, from its CSV rows."""
         analysis = None
         if measurements:
@@ -454,7 +462,8 @@ class LandmarkOutputWriter:
                         for m in measurements]
         return {"image": name, "overlay": f"{name.split('.')[0]}_overlay.png" if self.overlay else None,
                 "analysis": analysis,
-                "landmarks": [(int(r[1]), r[2], float(r[3]), float(r[4]), float(r[7])) for r in rows]}
+                "landmarks": [(int(r[1]), r[2], float(r[3]), float(r[4]), float(r[7])) for r in rows],
+                "checks": [r[1] for r in checks or []]}
 
     def _write(self, engine) -> None:
         outputs = engine.state.output if isinstance(engine.state.output, list) else [engine.state.output]
@@ -511,6 +520,10 @@ class LandmarkOutputWriter:
         with open(self.output_dir / "landmarks.csv", "a", newline="") as f:
             csv.writer(f).writerows(rows)
             f.flush()
+        checks = [str(c) for c in out.get("checks") or []]
+        if checks:
+            with open(self.output_dir / "checks.csv", "a", newline="") as f:
+                csv.writer(f).writerows([[name, c] for c in checks])
         caption: list[str] = []
         analysis = None
         if self.analysis:
@@ -550,7 +563,7 @@ class LandmarkOutputWriter:
                               "landmarks": [(i + 1, labels[i], float(x), float(y), float(u))
                                             for i, ((x, y), u) in enumerate(zip(xy, unc))],
                               "mirrored": bool(out.get("mirrored", False)), "inverted": bool(out.get("inverted", False)),
-                              "reframed": bool(out.get("reframed", False)), "checks": list(out.get("checks") or [])})
+                              "reframed": bool(out.get("reframed", False)), "checks": checks})
         self._report()
 
     def _finish(self, engine) -> None:

@@ -112,6 +112,42 @@ class TestWriterGeometry(unittest.TestCase):
             self.assertTrue(np.allclose(back["landmarks"].numpy(), yx.numpy(), atol=1e-3))
 
 
+class TestChecks(unittest.TestCase):
+    def test_checks_are_listed_and_kept_on_resume(self):
+        """The pipeline's checks of an image (unsure however read, a suspect spacing) go to checks.csv and
+        report.html; a resumed run keeps those of the images it keeps."""
+        import csv
+        import tempfile
+        from pathlib import Path
+
+        import torch
+
+        from bundle import ISBI_LANDMARK_NAMES
+        from bundle.outputs import LandmarkOutputWriter
+
+        yx = torch.as_tensor(np.random.default_rng(0).uniform(5, 150, (19, 2)), dtype=torch.float32)
+        item = {"spacing": torch.tensor([0.1, 0.1])}
+        with tempfile.TemporaryDirectory() as tmp:
+            out_dir = Path(tmp) / "out"
+            writer = LandmarkOutputWriter(out_dir, ISBI_LANDMARK_NAMES, overlay=False, analysis=False)
+            writer._start(None)
+            for name, checks in (("a.png", ["check the pixel spacing"]), ("b.png", [])):
+                out = {"pred_landmarks": yx, "pred_mm": yx * 0.1, "uncertainty_mm": torch.ones(19), "checks": checks}
+                writer._write_one(name, name, out, item)
+            writer._report(force=True)
+            with open(out_dir / "checks.csv") as f:
+                self.assertEqual(list(csv.reader(f)), [["image", "check"], ["a.png", "check the pixel spacing"]])
+            self.assertIn("1 image(s) to check first: <a href='#a.png'>a.png</a>", (out_dir / "report.html").read_text())
+            resumed = LandmarkOutputWriter(out_dir, ISBI_LANDMARK_NAMES, overlay=False, analysis=False, resume=True)
+            resumed._start(None)
+            with open(out_dir / "checks.csv") as f:
+                self.assertEqual(list(csv.reader(f))[1:], [["a.png", "check the pixel spacing"]])
+            self.assertIn("<p class='check'>check the pixel spacing</p>", (out_dir / "report.html").read_text())
+            LandmarkOutputWriter(out_dir, ISBI_LANDMARK_NAMES, overlay=False, analysis=False)._start(None)
+            with open(out_dir / "checks.csv") as f:
+                self.assertEqual(list(csv.reader(f)), [["image", "check"]])  # a new run starts afresh
+
+
 class TestResumeGuards(unittest.TestCase):
     def test_foreign_csv_is_refused_and_replacing_is_said(self):
         """--resume never rewrites a landmarks.csv that is not ours; a run without it says what it replaces."""
