@@ -31,6 +31,7 @@ __all__ = [
     "EnsembleNetwork",
     "read_state_dict",
     "load_weights",
+    "read_in_eval_mode",
     "autocast_dtype",
     "cpu_has_native_bf16",
 ]
@@ -50,6 +51,19 @@ def load_weights(network: torch.nn.Module, path: str | Path, key: str = "model",
     to the network's types). Returns ``network``."""
     network.load_state_dict(read_state_dict(path, key, what))
     return network
+
+
+def read_in_eval_mode(network: torch.nn.Module, inferer, image: torch.Tensor) -> torch.Tensor:
+    """The output of ``network`` for one ``(C, H, W)`` image through ``inferer`` (its first output, without the batch
+    axis), on the network's device, in eval mode and without gradients whatever mode the network is in: an evaluator
+    sets eval mode for its own pass only, so post-processing that reads an image again finds the network as it was
+    (MAHT-Net in training mode returns its deep-supervision stack)."""
+    from monai.networks.utils import eval_mode
+
+    device = next(network.parameters()).device
+    with eval_mode(network):
+        out = inferer(torch.as_tensor(image)[None].to(device), network)
+    return (out if isinstance(out, torch.Tensor) else out[0])[0]
 
 
 def cpu_has_native_bf16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:

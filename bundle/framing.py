@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from monai.transforms import ScaleIntensityRangePercentiles, Transform
 
+from .engine import read_in_eval_mode
 from .shape import load_shape_model
 from .transforms import resize_image
 
@@ -232,8 +233,6 @@ class ReframeImaged(Transform):
     def _read(self, d: dict, box_px: np.ndarray) -> dict:
         """The item as the global network reads the average frame ``box_px`` (original pixels, ``[y0, x0, y1,
         x1]``), decoded."""
-        from monai.networks.utils import eval_mode
-
         fine = torch.as_tensor(d[self.image_key]).float()
         fine_scale = torch.as_tensor(d[self.image_key + "_scale"]).double().cpu()
         pred = torch.as_tensor(d[self.pred_key])
@@ -243,11 +242,8 @@ class ReframeImaged(Transform):
         crop = crop_box(fine.cpu(), [*corner, *(corner + extent)])
         net_input, factor = resize_image(crop, size)
         net_input = torch.as_tensor(self.scale_intensity(net_input))  # as the network input was
-        device = next(self.network.parameters()).device
-        with eval_mode(self.network):  # post-processing finds the network as the evaluator left it
-            out = self.inferer(net_input[None].to(device), self.network)
         other = dict(d)
-        other[self.pred_key] = (out if isinstance(out, torch.Tensor) else out[0])[0].to(pred.device)
+        other[self.pred_key] = read_in_eval_mode(self.network, self.inferer, net_input).to(pred.device)
         frame_scale = factor.double() * fine_scale
         origin = torch.as_tensor(corner, dtype=torch.float64) / fine_scale
         other["pred_frame"] = torch.stack([origin, frame_scale]).float()

@@ -22,6 +22,8 @@ from typing import Hashable, Mapping, Sequence
 import torch
 from monai.transforms import Transform
 
+from .engine import read_in_eval_mode
+
 
 __all__ = ["FACES", "BONES", "READINGS", "orient", "describe", "OrientInputd", "OrientImaged", "RestoreOrientationd"]
 
@@ -109,14 +111,9 @@ class OrientImaged(Transform):
 
     def _read(self, d: dict, reading: tuple[bool, bool]) -> dict:
         """The item as the global network reads the image mirrored and/or inverted, decoded."""
-        from monai.networks.utils import eval_mode
-
-        device = next(self.network.parameters()).device
-        # the evaluator puts the network in eval mode for its own pass only: post-processing finds it as it was
-        with eval_mode(self.network):
-            out = self.inferer(orient(d["image"], *reading)[None].to(device), self.network)
         other = dict(d)
-        other[self.pred_key] = (out if isinstance(out, torch.Tensor) else out[0])[0].to(torch.as_tensor(d[self.pred_key]).device)
+        out = read_in_eval_mode(self.network, self.inferer, orient(d["image"], *reading))
+        other[self.pred_key] = out.to(torch.as_tensor(d[self.pred_key]).device)
         for key in self.image_keys:
             if key in d:
                 other[key] = orient(d[key], *reading)

@@ -338,12 +338,11 @@ def _rows_by_image(path: Path, header: Sequence[str]) -> dict[str, list[list[str
     return out
 
 
-def finished_images(output_dir: str | Path, n_landmarks: int, overlay: bool = True
-                    ) -> tuple[dict[str, list[list[str]]], dict[str, list[list[str]]]]:
+def finished_images(output_dir: str | Path, n_landmarks: int, overlay: bool = True) -> dict[str, list[list[str]]]:
     """The images an earlier inference run into ``output_dir`` finished: all ``n_landmarks`` rows in
     ``landmarks.csv``, its ``<stem>.mrk.json`` and (with ``overlay``) its ``<stem>_overlay.png`` written (the writer's
-    last step). Returns their ``landmarks.csv`` and ``measurements.csv`` rows by image name; an image cut off half-way
-    is not among them and is done again."""
+    last step). Returns their ``landmarks.csv`` rows by image name; an image cut off half-way is not among them and is
+    done again."""
     out = Path(output_dir)
     landmarks = _rows_by_image(out / "landmarks.csv", LANDMARKS_CSV_HEADER)
     done = {}
@@ -352,8 +351,7 @@ def finished_images(output_dir: str | Path, n_landmarks: int, overlay: bool = Tr
         if (len(rows) == n_landmarks and (out / f"{stem}.mrk.json").is_file()
                 and (not overlay or (out / f"{stem}_overlay.png").is_file())):
             done[name] = rows
-    measurements = _rows_by_image(out / "measurements.csv", MEASUREMENTS_CSV_HEADER)
-    return done, {name: rows for name, rows in measurements.items() if name in done}
+    return done
 
 
 def pending_datalist(items: Sequence[dict], output_dir: str | Path, names: Sequence[str], resume=False,
@@ -365,7 +363,7 @@ def pending_datalist(items: Sequence[dict], output_dir: str | Path, names: Seque
     items = list(items)
     if not str2bool(str(resume), raise_exc=False):
         return items
-    done, _ = finished_images(output_dir, len(names), str2bool(str(overlay), raise_exc=False))
+    done = finished_images(output_dir, len(names), str2bool(str(overlay), raise_exc=False))
     pending = [item for item in items if Path(str(item["image"])).name not in done]
     logger.info("resuming in %s: %d of %d image(s) already done, %d to do", output_dir, len(items) - len(pending),
                 len(items), len(pending))
@@ -427,9 +425,13 @@ class LandmarkOutputWriter:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         kept, kept_measurements, kept_checks = {}, {}, {}
         if self.resume:  # the images an earlier run finished stay, and pending_datalist left them out of this one
-            kept, kept_measurements = finished_images(self.output_dir, len(self.names), self.overlay)
-            kept_checks = {name: rows for name, rows in _rows_by_image(self.output_dir / "checks.csv", CHECKS_CSV_HEADER).items()
-                           if name in kept}
+            kept = finished_images(self.output_dir, len(self.names), self.overlay)
+
+            def kept_rows(file: str, header: Sequence[str]) -> dict[str, list[list[str]]]:
+                return {n: rows for n, rows in _rows_by_image(self.output_dir / file, header).items() if n in kept}
+
+            kept_measurements = kept_rows("measurements.csv", MEASUREMENTS_CSV_HEADER)
+            kept_checks = kept_rows("checks.csv", CHECKS_CSV_HEADER)
         else:
             earlier = _rows_by_image(self.output_dir / "landmarks.csv", LANDMARKS_CSV_HEADER)
             if earlier:

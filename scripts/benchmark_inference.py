@@ -75,13 +75,13 @@ def time_config(config_files: list[str], images: list[str], warmup: int, overrid
             except (RuntimeError, FileNotFoundError):
                 loaded = False
     face = parser.get_parsed_content("face")
-    if not loaded:  # random weights are unsure of every image, which "auto" would read every other way too; trained
-        from bundle.orientation import OrientImaged  # ones are sure of ISBI-like images: time what those cost
-
+    if not loaded:  # random weights are unsure of every image, which "auto" would read every other way too, and
+        from bundle.orientation import OrientImaged  # place landmarks anywhere, which reframing would read again;
+        # trained ones are sure of ISBI-like images and frame them as in training: time what those cost
         face = "right"
         for t in post.transforms:
             if isinstance(t, OrientImaged):
-                t.face, t.bone = face, "bright"
+                t.face, t.bone, t.reframe = face, "bright", (lambda item: item)
     times = []
     with torch.inference_mode():
         for i, path in enumerate(images[:warmup] + images):

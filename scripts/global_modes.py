@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from monai.bundle import ConfigParser  # noqa: E402
 
-from bundle.engine import load_weights  # noqa: E402
+from bundle.engine import load_weights, read_in_eval_mode  # noqa: E402
 
 CONFIGS = ["train.yaml", "isbi_gpu.yaml", "maht_net.yaml", "evaluate.yaml"]
 BINS_MM = [0, 2, 3, 4, 6, 10, np.inf]
@@ -42,9 +42,7 @@ def global_pass(ckpt: str, fold: int, dataset_dir: str, shape_model: str | None 
     load_weights(net, ckpt).eval()
 
     def read(image: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            out = inferer(image[None], net)
-        logits = (out if isinstance(out, torch.Tensor) else out[0])[0].float()
+        logits = read_in_eval_mode(net, inferer, image).float()
         return logits[0] if logits.ndim == 4 else logits  # a deep-supervision stack, finest first
 
     return pre, items, read, decode
