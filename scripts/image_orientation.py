@@ -23,7 +23,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from bundle.orientation import READINGS, describe, orient  # noqa: E402
+from bundle.orientation import READINGS, RestoreOrientationd, describe, orient  # noqa: E402
 from global_modes import global_pass  # noqa: E402  (scripts/, beside this one)
 
 
@@ -37,10 +37,8 @@ def fold_rows(ckpt: str, fold: int, dataset_dir: str, shape_model: str | None, l
         for mirrored, inverted in READINGS:
             out = decode({**d, "pred": read(orient(d["image"], mirrored, inverted))})  # as OrientImaged decodes it
             spreads.append(float(out["spread_mm"].mean()))
-            pred_mm = out["pred_mm"].float().clone()
-            if mirrored:  # back into the image as it is
-                pred_mm[:, 1] = (float(d["orig_size"][1]) - 1) * float(d["spacing"][1]) - pred_mm[:, 1]
-            errors.append(float((pred_mm - out["true_mm"].float()).norm(dim=1).mean()))
+            back = RestoreOrientationd(image_keys=())({**out, "mirrored": mirrored})  # into the image as it is
+            errors.append(float((back["pred_mm"].float() - out["true_mm"].float()).norm(dim=1).mean()))
         rows.append(spreads + errors)
     return rows
 
