@@ -38,6 +38,8 @@ logger = logging.getLogger(__name__)
 LANDMARKS_CSV_HEADER = ["image", "landmark", "name", "x", "y", "x_mm", "y_mm", "uncertainty_mm"]
 MEASUREMENTS_CSV_HEADER = ["image", "measurement", "value", "unit", "type", "meaning"]
 CHECKS_CSV_HEADER = ["image", "check"]
+READINGS_CSV_HEADER = ["image", "reading"]  # how an image was read, where not as it is: mirrored, inverted, reframed
+READINGS = ("mirrored", "inverted", "reframed")
 _SLICER_SCHEMA = "https://raw.githubusercontent.com/slicer/slicer/master/Modules/Loadable/Markups/Resources/Schema/markups-schema-v1.0.3.json#"
 
 
@@ -375,7 +377,8 @@ class LandmarkOutputWriter:
     (flushed at once, so a crash loses nothing already written), writes ``<stem>.mrk.json`` and
     ``<stem>_overlay.png``; an image that could not be read gets a row in ``errors.csv`` and the batch goes on; an
     image the pipeline asks to check (its ``checks``: unsure however read, a suspect pixel spacing) gets a row per
-    check in ``checks.csv``.
+    check in ``checks.csv``, and an image not read as it is (mirrored, inverted, reframed) a row per reading in
+    ``readings.csv``.
     With the 19 ISBI landmarks it also appends the image's cephalometric analysis (:mod:`bundle.analysis`: ANB,
     SNB, SNA, ODI, APDI, FHI, FMA, MW with the anatomical type each indicates) to ``measurements.csv`` and writes
     the values on the overlay; other landmark sets get no analysis (logged once). ``report.html`` shows the batch on
@@ -423,7 +426,7 @@ class LandmarkOutputWriter:
         from .io import atomic_write_csv
 
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        kept, kept_measurements, kept_checks = {}, {}, {}
+        kept, kept_measurements, kept_checks, kept_readings = {}, {}, {}, {}
         if self.resume:  # the images an earlier run finished stay, and pending_datalist left them out of this one
             kept = finished_images(self.output_dir, len(self.names), self.overlay)
 
@@ -432,6 +435,7 @@ class LandmarkOutputWriter:
 
             kept_measurements = kept_rows("measurements.csv", MEASUREMENTS_CSV_HEADER)
             kept_checks = kept_rows("checks.csv", CHECKS_CSV_HEADER)
+            kept_readings = kept_rows("readings.csv", READINGS_CSV_HEADER)
         else:
             earlier = _rows_by_image(self.output_dir / "landmarks.csv", LANDMARKS_CSV_HEADER)
             if earlier:
@@ -441,6 +445,8 @@ class LandmarkOutputWriter:
                          [LANDMARKS_CSV_HEADER] + [r for rows in kept.values() for r in rows])
         atomic_write_csv(self.output_dir / "errors.csv", [["image", "error"]])  # failures are tried again
         atomic_write_csv(self.output_dir / "checks.csv", [CHECKS_CSV_HEADER] + [r for rows in kept_checks.values() for r in rows])
+        atomic_write_csv(self.output_dir / "readings.csv",
+                         [READINGS_CSV_HEADER] + [r for rows in kept_readings.values() for r in rows])
         if self.analysis:
             atomic_write_csv(self.output_dir / "measurements.csv",
                              [MEASUREMENTS_CSV_HEADER] + [r for rows in kept_measurements.values() for r in rows])
@@ -449,14 +455,14 @@ class LandmarkOutputWriter:
                         len(self.names))
         self.n_ok = self.n_failed = 0
         self.n_kept = len(kept)
-        self._entries = [self._entry_from_rows(name, rows, kept_measurements.get(name), kept_checks.get(name))
-                         for name, rows in kept.items()]
+        self._entries = [self._entry_from_rows(name, rows, kept_measurements.get(name), kept_checks.get(name),
+                                               kept_readings.get(name)) for name, rows in kept.items()]
         self._errors = []
         self._reported_at = float("-inf")
         self._report(force=True)
 
     def _entry_from_rows(self, name: str, rows: list[list[str]], measurements: list[list[str]] | None,
-                         checks: list[list[str]] | None = None) -> dict:
+                         checks: list[list[str]] | None = None, readings: list[list[str]] | None = None) -> dict:
         """A report entry of an image kept from an earlier run, from its CSV rows."""
         analysis = None
         if measurements:
@@ -465,7 +471,8 @@ class LandmarkOutputWriter:
         return {"image": name, "overlay": f"{name.split('.')[0]}_overlay.png" if self.overlay else None,
                 "analysis": analysis,
                 "landmarks": [(int(r[1]), r[2], float(r[3]), float(r[4]), float(r[7])) for r in rows],
-                "checks": [r[1] for r in checks or []]}
+                "checks": [r[1] for r in checks or []],
+                **{key: any(r[1] == key for r in readings or []) for key in READINGS}}
 
     def _write(self, engine) -> None:
         outputs = engine.state.output if isinstance(engine.state.output, list) else [engine.state.output]
@@ -526,6 +533,10 @@ class LandmarkOutputWriter:
         if checks:
             with open(self.output_dir / "checks.csv", "a", newline="") as f:
                 csv.writer(f).writerows([[name, c] for c in checks])
+        readings = {key: bool(out.get(key, False)) for key in READINGS}
+        if any(readings.values()):
+            with open(self.output_dir / "readings.csv", "a", newline="") as f:
+                csv.writer(f).writerows([[name, key] for key, on in readings.items() if on])
         caption: list[str] = []
         analysis = None
         if self.analysis:
@@ -564,8 +575,7 @@ class LandmarkOutputWriter:
         self._entries.append({"image": name, "overlay": f"{stem}_overlay.png" if self.overlay else None, "analysis": analysis,
                               "landmarks": [(i + 1, labels[i], float(x), float(y), float(u))
                                             for i, ((x, y), u) in enumerate(zip(xy, unc))],
-                              "mirrored": bool(out.get("mirrored", False)), "inverted": bool(out.get("inverted", False)),
-                              "reframed": bool(out.get("reframed", False)), "checks": checks})
+                              **readings, "checks": checks})
         self._report()
 
     def _finish(self, engine) -> None:

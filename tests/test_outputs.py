@@ -147,6 +147,43 @@ class TestChecks(unittest.TestCase):
             with open(out_dir / "checks.csv") as f:
                 self.assertEqual(list(csv.reader(f)), [["image", "check"]])  # a new run starts afresh
 
+    def test_readings_are_listed_and_kept_on_resume(self):
+        """How an image was read (mirrored, inverted, reframed) goes to readings.csv and report.html; a resumed run
+        keeps the readings of the images it keeps, so its report still says how they were read."""
+        import csv
+        import tempfile
+        from pathlib import Path
+
+        import torch
+
+        from bundle import ISBI_LANDMARK_NAMES
+        from bundle.outputs import LandmarkOutputWriter
+
+        yx = torch.as_tensor(np.random.default_rng(0).uniform(5, 150, (19, 2)), dtype=torch.float32)
+        item = {"spacing": torch.tensor([0.1, 0.1])}
+        mirrored_note = "The face looks left: read mirrored"
+        with tempfile.TemporaryDirectory() as tmp:
+            out_dir = Path(tmp) / "out"
+            writer = LandmarkOutputWriter(out_dir, ISBI_LANDMARK_NAMES, overlay=False, analysis=False)
+            writer._start(None)
+            for name, reading in (("a.png", {"mirrored": True, "reframed": torch.tensor(True)}), ("b.png", {})):
+                out = {"pred_landmarks": yx, "pred_mm": yx * 0.1, "uncertainty_mm": torch.ones(19), **reading}
+                writer._write_one(name, name, out, item)
+            writer._report(force=True)
+            with open(out_dir / "readings.csv") as f:
+                self.assertEqual(list(csv.reader(f)), [["image", "reading"], ["a.png", "mirrored"], ["a.png", "reframed"]])
+            report = (out_dir / "report.html").read_text()
+            self.assertEqual(report.count(mirrored_note), 1)
+            self.assertIn("cut to their frame", report)
+            resumed = LandmarkOutputWriter(out_dir, ISBI_LANDMARK_NAMES, overlay=False, analysis=False, resume=True)
+            resumed._start(None)
+            report = (out_dir / "report.html").read_text()
+            self.assertEqual(report.count(mirrored_note), 1)
+            self.assertIn("cut to their frame", report)
+            self.assertNotIn("read inverted", report)
+            with open(out_dir / "readings.csv") as f:
+                self.assertEqual(list(csv.reader(f))[1:], [["a.png", "mirrored"], ["a.png", "reframed"]])
+
 
 class TestResumeGuards(unittest.TestCase):
     def test_foreign_csv_is_refused_and_replacing_is_said(self):
