@@ -148,8 +148,9 @@ def read_image_geometry(path: str | Path) -> tuple[np.ndarray, tuple[float, floa
 
 
 def image_geometry(path: str | Path) -> np.ndarray:
-    """The ``pixel_to_lps`` matrix of :func:`read_image_geometry`, reading only the header where the format allows
-    (pictures, DICOM)."""
+    """The ``pixel_to_lps`` matrix of :func:`read_image_geometry`, reading only the header (pictures, DICOM, and
+    the formats ITK reads: NIfTI, MHA, NRRD); a file whose header cannot be read is read whole, so that the error
+    is :func:`read_image_geometry`'s."""
     path = Path(path)
     suffix = _suffix(path)
     if suffix in _PIL_SUFFIXES:
@@ -162,6 +163,22 @@ def image_geometry(path: str | Path) -> np.ndarray:
         except Exception as e:  # noqa: BLE001 - as read_image reports a corrupt file
             raise CephDataError(path, f"cannot read image ({type(e).__name__}: {e})") from e
         return _dicom_geometry(ds, _dicom_spacing(ds, path), path)
+    if path.is_file() and path.stat().st_size > 0:
+        try:
+            import itk
+
+            io = itk.ImageIOFactory.CreateImageIO(str(path), itk.CommonEnums.IOFileMode_ReadMode)
+            if io is not None:
+                io.SetFileName(str(path))
+                io.ReadImageInformation()  # the header alone
+                dim = io.GetNumberOfDimensions()
+                geometry = _itk_geometry([io.GetDimensions(i) for i in range(dim)], [io.GetSpacing(i) for i in range(dim)],
+                                         np.array([list(io.GetDirection(i)) for i in range(dim)], dtype=float).T,
+                                         [io.GetOrigin(i) for i in range(dim)])[1]
+                if geometry is not None:
+                    return geometry
+        except Exception:  # noqa: BLE001 - read_image_geometry below reports it
+            pass
     return read_image_geometry(path)[2]
 
 
@@ -220,20 +237,29 @@ def _read_itk(path: Path) -> tuple[np.ndarray, tuple[float, float] | None, np.nd
 
     img = itk.imread(str(path))
     arr = itk.array_from_image(img).astype(np.float32)  # array order: itk's axes reversed, (y, x) for a 2D image
-    dim = img.GetImageDimension()
-    size = [int(s) for s in img.GetLargestPossibleRegion().GetSize()]
-    sp = np.asarray(img.GetSpacing(), dtype=float)
-    axes = [i for i in range(dim) if size[i] > 1]  # the picture's axes, x first (a 3D file may hold one slice)
-    if len(axes) != 2:
+    spacing, geometry = _itk_geometry(list(img.GetLargestPossibleRegion().GetSize()), list(img.GetSpacing()),
+                                      itk.array_from_matrix(img.GetDirection()), list(img.GetOrigin()))
+    if geometry is None:
         return arr, None, PICTURE_GEOMETRY.copy()  # not a 2D picture: read_image says so
-    direction = itk.array_from_matrix(img.GetDirection())
-    origin = np.asarray(img.GetOrigin(), dtype=float)
+    return arr, spacing, geometry
+
+
+def _itk_geometry(size, spacing, direction, origin) -> tuple[tuple[float, float] | None, np.ndarray | None]:
+    """``(spacing (y, x), pixel_to_lps)`` from ITK's size, spacing, direction matrix (a column per axis) and origin,
+    an image's or its header's; ``(None, None)`` unless exactly two axes have more than one pixel (a 3D file may
+    hold one slice)."""
+    dim = len(size)
+    sp = np.asarray(spacing, dtype=float)
+    axes = [i for i in range(dim) if int(size[i]) > 1]  # the picture's axes, x first
+    if len(axes) != 2:
+        return None, None
+    direction = np.asarray(direction, dtype=float)
     geometry = np.zeros((3, 3))
     rows = min(dim, 3)
     geometry[:rows, 0] = direction[:rows, axes[0]] * sp[axes[0]]
     geometry[:rows, 1] = direction[:rows, axes[1]] * sp[axes[1]]
-    geometry[:rows, 2] = origin[:rows]
-    return arr, (float(sp[axes[1]]), float(sp[axes[0]])), geometry
+    geometry[:rows, 2] = np.asarray(origin, dtype=float)[:rows]
+    return (float(sp[axes[1]]), float(sp[axes[0]])), geometry
 
 
 def _check_landmarks(path: Path, xy: np.ndarray, n_landmarks: int | None) -> np.ndarray:
