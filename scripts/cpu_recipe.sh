@@ -3,25 +3,29 @@
 # configs/maht_net.yaml), then the local refinement network (configs/refine.yaml), then Test1 evaluation with and
 # without the refinement. REFINE_MEMBERS refinement networks (default 2) are trained one after the other, with
 # augmentation seeds 0, 1, ... on the same train / validation split, and ensembled (their crop heatmaps averaged).
-# Each stage gets a time budget (REFINE_MINUTES is per member); a stage whose model is already there is skipped, a
+# GLOBAL_MEMBERS global networks (default 2) are trained likewise (seeds 0, 1, ...; each with the global budget) and
+# ensembled (their heatmaps averaged) in every evaluation. Each stage gets a time budget (REFINE_MINUTES is per
+# member, GLOBAL_MINUTES per global member); a stage whose model is already there is skipped, a
 # killed stage resumes from its last checkpoint when the script runs again, and an evaluation whose metrics.json
 # exists is kept (delete OUT/eval_* to redo them).
 #   bash scripts/cpu_recipe.sh OUT GLOBAL_MINUTES REFINE_MINUTES [DATASET_DIR]
 #   e.g. bash scripts/cpu_recipe.sh runs/cpu_recipe 80 12 ../shared/data/isbi2015
 # REFINE_MINUTES 0 trains each refinement network for configs/refine.yaml's fixed 16 epochs instead of a budget.
 # REFIT=1 trains the refinement networks on all 150 Train images (configs/refit.yaml: no validation, the last epoch
-# is kept); the global model keeps its validation split, since at 400 x 320 it overfits and its best checkpoint
-# (chosen on validation) beats its last. The released CPU recipe: REFIT=1 bash scripts/cpu_recipe.sh OUT 35 0
+# is kept); the global models keep their validation split, since at 400 x 320 they overfit and the best checkpoint
+# (chosen on validation) beats the last. The released CPU recipe (about 95 minutes of training on 2 cores; Test1
+# 1.48 mm): REFIT=1 bash scripts/cpu_recipe.sh OUT 35 0
 # The refined evaluations centre each crop on the global estimate moved by the global model's training target's
 # offset from the senior annotation (OUT/centre_correction.json, from the annotations of the global model's
 # training images: scripts/fit_bias_correction.py --annotations; bundle/bias.py).
-# Writes OUT/global/, OUT/refine/, OUT/refine_s1/ ... (weights, logs, learning curves), OUT/centre_correction.json,
-# OUT/eval_coarse/ (global pass alone), OUT/eval_refined/ (with the refinement ensemble), OUT/eval_refined_1/ (the first member alone, when
+# Writes OUT/global/, OUT/global_s1/, OUT/refine/, OUT/refine_s1/ ... (weights, logs, learning curves), OUT/centre_correction.json,
+# OUT/eval_coarse/ (global pass alone), OUT/eval_refined/ (with the refinement ensemble), OUT/eval_refined_1/ (the first refinement member alone, when
 # there are several) and OUT/result.json (minutes per stage and the Test1 numbers, senior ground truth).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/setup_env.sh
 out="$1"; global_min="$2"; refine_min="$3"; data="${4:-../shared/data/isbi2015}"; members="${REFINE_MEMBERS:-2}"
+global_members="${GLOBAL_MEMBERS:-2}"
 mkdir -p "$out"
 global=(--config_file "['configs/train.yaml','configs/isbi_cpu.yaml','configs/maht_net.yaml']")
 refine_configs="'configs/train.yaml','configs/refine.yaml'"
@@ -42,6 +46,13 @@ stage() {  # name, minutes, config args...: train unless OUT/name/done exists; t
   echo $(( $(date +%s) - start )) > "$out/$name/done"
 }
 stage global "$global_min" "${global[@]}"
+global_ckpts=("'$out/global/model.pt'")
+for ((m = 1; m < global_members; m++)); do      # more global networks: other augmentation seeds, the same split
+  stage "global_s$m" "$global_min" "${global[@]}" --seed "$m" --split_seed 0
+  global_ckpts+=("'$out/global_s$m/model.pt'")
+done
+global_ensemble=()
+[ "$global_members" -gt 1 ] && global_ensemble=(--ensemble "[$(IFS=,; echo "${global_ckpts[*]}")]")
 refine_ckpts=()
 for ((m = 0; m < members; m++)); do
   name=refine; [ "$m" -gt 0 ] && name="refine_s$m"
@@ -55,7 +66,7 @@ evaluate() {  # eval dir name, extra overrides...: Test1, senior ground truth, u
   if [ -f "$out/$name/metrics.json" ]; then echo "$name: already evaluated ($out/$name/metrics.json)"; return; fi
   echo "$name: evaluating Test1"
   python -m monai.bundle run --config_file "['configs/train.yaml','configs/isbi_cpu.yaml','configs/maht_net.yaml','configs/evaluate.yaml']" \
-    --dataset_dir "$data" --output_dir "$out" --ckpt_path "$out/global/model.pt" --eval_dir "$out/$name" "$@" \
+    --dataset_dir "$data" --output_dir "$out" --ckpt_path "$out/global/model.pt" "${global_ensemble[@]}" --eval_dir "$out/$name" "$@" \
     > "$out/$name.log" 2>&1 || { tail -30 "$out/$name.log"; exit 1; }
 }
 # the global model trains on the mean of both doctors over its training split (configs/isbi_cpu.yaml keeps a
