@@ -9,7 +9,7 @@
 # killed stage resumes from its last checkpoint when the script runs again, and an evaluation whose metrics.json
 # exists is kept (delete OUT/eval_* to redo them).
 #   bash scripts/cpu_recipe.sh OUT GLOBAL_MINUTES REFINE_MINUTES [DATASET_DIR]
-#   e.g. bash scripts/cpu_recipe.sh runs/cpu_recipe 80 12 ../shared/data/isbi2015
+#   e.g. bash scripts/cpu_recipe.sh runs/cpu_recipe 35 12 ../shared/data/isbi2015
 # REFINE_MINUTES 0 trains each refinement network for configs/refine.yaml's fixed 16 epochs instead of a budget.
 # REFIT=1 trains the refinement networks on all 150 Train images (configs/refit.yaml: no validation, the last epoch
 # is kept); the global models keep their validation split, since at 400 x 320 they overfit and the best checkpoint
