@@ -1,0 +1,52 @@
+"""scripts/cpu_recipe.sh end to end on a small synthetic set: both global networks and the refinement network train,
+the evaluations average the two global networks, a second run keeps what the first finished."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import unittest
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class TestCpuRecipe(unittest.TestCase):
+    def test_two_global_networks_end_to_end(self):
+        tmp = Path(tempfile.mkdtemp())
+        try:
+            data, out = tmp / "synthetic", tmp / "recipe"
+            env = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONPATH": str(ROOT), "REFINE_MEMBERS": "1"}
+            env.pop("GLOBAL_MEMBERS", None)  # the default: two global networks
+            subprocess.run([sys.executable, "-m", "bundle.synthetic", "--out", str(data), "--n-train", "10",
+                            "--n-test", "3"], cwd=ROOT, env=env, check=True, capture_output=True)
+            # budgets of about a second: each stage trains its first epoch and stops
+            cmd = ["bash", "scripts/cpu_recipe.sh", str(out), "0.02", "0.02", str(data)]
+            res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+            self.assertEqual(res.returncode, 0, res.stdout[-3000:] + res.stderr[-3000:])
+            for stage in ("global", "global_s1", "refine"):
+                self.assertTrue((out / stage / "model.pt").is_file(), stage)
+                self.assertTrue((out / stage / "done").is_file(), stage)
+            self.assertFalse((out / "refine_s1").exists())
+            for name in ("eval_coarse", "eval_refined"):
+                log = "".join((out / f"{name}.log").read_text().split())  # the log wraps long values
+                self.assertIn(f">ensemble:['{out}/global/model.pt','{out}/global_s1/model.pt']", log, name)
+                metrics = json.loads((out / name / "metrics.json").read_text())
+                self.assertEqual(metrics["n_images"], 3)
+            result = json.loads((out / "result.json").read_text())
+            self.assertEqual(set(result["minutes"]), {"global", "global_s1", "refine", "training_total"})
+            self.assertIn("eval_refined", result)
+            # run again: every stage and evaluation is kept, nothing trains
+            again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+            self.assertEqual(again.returncode, 0, again.stdout[-3000:] + again.stderr[-3000:])
+            for stage in ("global", "global_s1", "refine"):
+                self.assertIn(f"{stage}: already trained", again.stdout)
+            self.assertIn("eval_refined: already evaluated", again.stdout)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    unittest.main()
