@@ -3,8 +3,9 @@
 Runs configs/inference.yaml on the first ``--n`` Test1 images (copied to a temporary input folder), reads the
 ``landmarks.csv`` it writes and compares it with the senior doctor's annotation (and the cephalometric analysis of
 the predictions with the annotation's: the share of measurement types that agree). Prints JSON; exits non-zero if
-the inference failed, a Slicer, overlay, ``measurements.csv`` or ``report.html`` output is missing, or the MRE
-exceeds ``--max_mre``. Skips (exit 0) when the data set is not there.
+the inference failed, a Slicer, overlay, ``measurements.csv``, ``checks.csv``, ``readings.csv`` or ``report.html``
+output is missing, or the MRE exceeds ``--max_mre``; lists the images inference asks to check and those it did not
+read as they are (ISBI's own images: none). Skips (exit 0) when the data set is not there.
 
     python scripts/check_isbi.py --dataset_dir ../shared/data/isbi2015 --n 10
 """
@@ -74,6 +75,12 @@ def main() -> int:
         with open(out / "measurements.csv") as f:  # the analysis inference wrote, against the senior's
             written = list(csv.DictReader(f))
         outputs_ok = outputs_ok and len(written) == 8 * len(images) and (out / "report.html").is_file()
+        listed = {}
+        for name in ("checks.csv", "readings.csv"):  # the images to check, the images not read as they are
+            outputs_ok = outputs_ok and (out / name).is_file()
+            if (out / name).is_file():
+                with open(out / name) as f:
+                    listed[name] = sorted({r["image"] for r in csv.DictReader(f)})
         agreement = measurement_agreement(np.stack(preds_mm), np.stack(truths_mm))
     report = {
         "images": len(images),
@@ -81,6 +88,8 @@ def main() -> int:
         "sdr_2mm": round(100 * float((errors <= 2.0).mean()), 1),
         "analysis_type_agreement_pct": agreement["mean_type_agreement_pct"],
         "slicer_overlay_analysis_and_report_files": outputs_ok,
+        "images_to_check": listed.get("checks.csv"),
+        "images_not_read_as_they_are": listed.get("readings.csv"),
         "wall_seconds_including_start_up": round(seconds, 1),
     }
     print(json.dumps(report, indent=2))
