@@ -98,12 +98,24 @@ def out_of_range(measures: dict, frame_range: dict, margin: float) -> list[str]:
     return out
 
 
-def crop_box(image: torch.Tensor, box: Sequence[int]) -> torch.Tensor:
-    """``image[..., y0:y1, x0:x1]`` of a ``(C, H, W)`` image with zeros where the box ``[y0, x0, y1, x1]`` (whole
-    pixels) leaves the image."""
+FILLS = ("zeros", "edge", "median")
+
+
+def crop_box(image: torch.Tensor, box: Sequence[int], fill: str = "zeros") -> torch.Tensor:
+    """``image[..., y0:y1, x0:x1]`` of a ``(C, H, W)`` image; where the box ``[y0, x0, y1, x1]`` (whole pixels)
+    leaves the image, ``fill``: ``zeros``, ``edge`` (the nearest edge pixel repeated) or ``median`` (the image's
+    median value)."""
+    if fill not in FILLS:
+        raise ValueError(f"fill should be one of {FILLS}, got {fill!r}.")
     y0, x0, y1, x1 = (int(v) for v in box)
     c, h, w = image.shape
+    if fill == "edge":
+        ys = torch.arange(y0, y1, device=image.device).clamp(0, h - 1)
+        xs = torch.arange(x0, x1, device=image.device).clamp(0, w - 1)
+        return image[:, ys][:, :, xs]
     out = image.new_zeros((c, y1 - y0, x1 - x0))
+    if fill == "median":
+        out += image.flatten(1).median(dim=1).values[:, None, None]
     sy0, sx0, sy1, sx1 = max(y0, 0), max(x0, 0), min(y1, h), min(x1, w)
     if sy1 > sy0 and sx1 > sx0:
         out[:, sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] = image[:, sy0:sy1, sx0:sx1]
@@ -118,7 +130,7 @@ class ReframeImaged(Transform):
 
     Measures the framing of the decoded global landmarks (:func:`framing`). When a measure lies outside the frame
     model's training range widened by ``margin`` (``always``: every image, once at least), cuts the average frame
-    placed on those landmarks from the refinement pass's copy of the image (``image_fine``, zeros outside the image),
+    placed on those landmarks from the refinement pass's copy of the image (``image_fine``; outside the image ``fill``),
     resizes it to the network input, scales its intensities as the input was, runs the global network on it, and
     decodes that with the same ``decode``. The new reading replaces the old when its mean heatmap spread is not
     larger, and is measured in turn, up to ``iterations`` times (a first pass lost in a wide frame finds the skull
@@ -136,12 +148,15 @@ class ReframeImaged(Transform):
         sure_spread_mm: the pixel-spacing check only judges a reading at least this sure (mean heatmap spread):
             the landmarks of a lost reading say nothing of the skull's size.
         landmark_names: the run's landmarks, to check the model is for them.
+        fill: what the frame holds where it leaves the image (:func:`crop_box`): ``zeros``, ``edge`` or ``median``.
     """
 
     def __init__(self, network: torch.nn.Module, inferer, decode, frame_model=None, margin: float = 0.1,
                  always: bool = False, iterations: int = 3, sure_spread_mm: float = 15.0,
-                 landmark_names: Sequence[str] | None = None,
+                 landmark_names: Sequence[str] | None = None, fill: str = "zeros",
                  pred_key: str = "pred", image_key: str = "image_fine"):
+        if fill not in FILLS:
+            raise ValueError(f"fill should be one of {FILLS}, got {fill!r}.")
         if margin < 0:
             raise ValueError(f"margin should be 0 or more, got {margin}.")
         if iterations < 1:
@@ -154,6 +169,7 @@ class ReframeImaged(Transform):
         self.network, self.inferer, self.decode, self.model = network, inferer, decode, model
         self.margin, self.always, self.iterations = float(margin), bool(always), int(iterations)
         self.sure_spread_mm = float(sure_spread_mm)
+        self.fill = fill
         self.pred_key, self.image_key = pred_key, image_key
         self.scale_intensity = ScaleIntensityRangePercentiles(lower=0.5, upper=99.5, b_min=0.0, b_max=1.0, clip=True)
 
@@ -239,7 +255,7 @@ class ReframeImaged(Transform):
         size = pred.shape[-2:]
         corner = np.floor(np.asarray(box_px[:2]) * fine_scale.numpy()).astype(int)  # fine pixels
         extent = np.maximum(np.round((box_px[2:] - box_px[:2]) * fine_scale.numpy()).astype(int), 8)
-        crop = crop_box(fine.cpu(), [*corner, *(corner + extent)])
+        crop = crop_box(fine.cpu(), [*corner, *(corner + extent)], self.fill)
         net_input, factor = resize_image(crop, size)
         net_input = torch.as_tensor(self.scale_intensity(net_input))  # as the network input was
         other = dict(d)

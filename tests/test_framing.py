@@ -100,6 +100,14 @@ class TestFrameMeasures(unittest.TestCase):
         out = crop_box(image, [-1, 2, 2, 6])
         self.assertEqual(tuple(out.shape), (1, 3, 4))
         torch.testing.assert_close(out[0], torch.tensor([[0, 0, 0, 0], [3, 4, 0, 0], [7, 8, 0, 0.0]]))
+        # the other fills: the nearest edge pixel repeated, the image's median
+        edge = crop_box(image, [-1, 2, 2, 6], "edge")
+        torch.testing.assert_close(edge[0], torch.tensor([[3, 4, 4, 4], [3, 4, 4, 4], [7, 8, 8, 8.0]]))
+        median = crop_box(image, [-1, 2, 2, 6], "median")
+        torch.testing.assert_close(median[0], torch.tensor([[6, 6, 6, 6], [3, 4, 6, 6], [7, 8, 6, 6.0]]))
+        torch.testing.assert_close(crop_box(image, [0, 1, 2, 3], "edge"), image[:, 0:2, 1:3])  # inside: the same
+        with self.assertRaises(ValueError):
+            crop_box(image, [0, 0, 2, 2], "reflect")
 
     def test_decoding_reads_the_heatmap_grid(self):
         logits = torch.full((1, 10, 10), -50.0)
@@ -109,6 +117,39 @@ class TestFrameMeasures(unittest.TestCase):
         d["pred_frame"] = torch.tensor([[100.0, 200.0], [0.25, 0.25]])
         torch.testing.assert_close(heatmap_grid(d)[0], torch.tensor([100.0, 200.0]))
         self.assertEqual(HeatmapToLandmarksd()(d)["pred_landmarks"].tolist(), [[100 + 17.5, 200 + 25.5]])
+
+
+class TestVariantDataset(unittest.TestCase):
+    def test_crop_to_landmarks(self):
+        """scripts/variant_dataset.py --crop_to_landmarks cuts each image to its landmarks' box plus the margin, and
+        the annotations move with it."""
+        import sys
+        import tempfile
+        from pathlib import Path
+
+        from PIL import Image
+
+        from bundle.synthetic import generate_synthetic_dataset
+
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+        import variant_dataset
+
+        with tempfile.TemporaryDirectory() as tmp:
+            src = generate_synthetic_dataset(Path(tmp) / "src", 2, 1)
+            variant_dataset.main([str(src), str(Path(tmp) / "dst"), "--crop_to_landmarks", "5"])
+            for image in sorted((src / "RawImage").glob("*/*")):
+                def points(root, doctor):
+                    lines = (root / "AnnotationsByMD" / doctor / f"{image.stem}.txt").read_text().splitlines()[:19]
+                    return np.array([[float(v) for v in line.split(",")] for line in lines])
+
+                both = np.concatenate([points(src, d) for d in ("400_senior", "400_junior")])
+                x0, y0 = np.floor(both.min(0)).astype(int) - 5
+                x1, y1 = np.ceil(both.max(0)).astype(int) + 6
+                with Image.open(image) as im:
+                    x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, im.width), min(y1, im.height)
+                with Image.open(Path(tmp) / "dst" / "RawImage" / image.parent.name / image.name) as out:
+                    self.assertEqual(out.size, (x1 - x0, y1 - y0))
+                np.testing.assert_allclose(points(Path(tmp) / "dst", "400_senior"), points(src, "400_senior") - [x0, y0])
 
 
 class TestReframeImaged(unittest.TestCase):

@@ -93,8 +93,10 @@ class TestShippedModel(unittest.TestCase):
                         landscape = post({**d, "pred": net(d["image"][None])[0]})
                     self.assertGreaterEqual(landscape["reframed"], 1)
                     wide_xy = landscape["pred_landmarks"].numpy()[:, ::-1] - [532, 0]
-                    # measured: median 0.23 mm from the landmarks found in the picture as drawn
-                    self.assertLess(float(np.median(np.linalg.norm(wide_xy - pred_xy, axis=1))) * 0.1, 0.5)
+                    # measured: median 0.83 mm from the landmarks found in the picture as drawn (0.23 mm with
+                    # reframe_fill zeros: the frame reaches above and below this drawn skull, where edge repeats it;
+                    # on Test1's landscape copy the two fills give 1.487 and 1.486 mm, docs/results/reframe_fill.json)
+                    self.assertLess(float(np.median(np.linalg.norm(wide_xy - pred_xy, axis=1))) * 0.1, 1.0)
         # trained on real radiographs only; on our drawn ones most landmarks still land near their structure.
         # Measured (median of the 57 errors / landmarks within 4 mm): 0.5.0 weights 5.6 mm / 24; 0.4.x 8.9 mm / 21;
         # a random network ~100 mm / 0.
