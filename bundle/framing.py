@@ -30,7 +30,7 @@ from monai.transforms import ScaleIntensityRangePercentiles, Transform
 
 from .engine import read_in_eval_mode
 from .shape import load_shape_model
-from .transforms import resize_image
+from .transforms import mean_spread_mm, resize_image
 
 __all__ = ["FRAME_MEASURES", "fit_frame", "framing", "fit_frame_model", "out_of_range", "crop_box", "ReframeImaged"]
 
@@ -200,14 +200,14 @@ class ReframeImaged(Transform):
         measures, outside = self.measure(d)
         if measures is None:
             return d
-        first_outside, first_spread = outside, float(torch.as_tensor(d["spread_mm"]).float().mean())
+        first_outside, first_spread = outside, mean_spread_mm(d)
         for i in range(self.iterations):
             if not outside and not (self.always and i == 0):
                 break
             spacing = torch.as_tensor(d["spacing"]).double().cpu().numpy()
             other = self._read(d, np.asarray(measures["box_mm"]) / np.tile(spacing, 2))
-            before = float(torch.as_tensor(d["spread_mm"]).float().mean())
-            after = float(torch.as_tensor(other["spread_mm"]).float().mean())
+            before = mean_spread_mm(d)
+            after = mean_spread_mm(other)
             if not after <= before:  # less sure (or no number at all: a blank crop)
                 break
             other_measures, outside = self.measure(other)
@@ -220,7 +220,7 @@ class ReframeImaged(Transform):
         why = "; ".join(first_outside) or "always"
         if d["reframed"]:
             logger.info("%s: framed unlike the training images (%s): read again in their frame (mean heatmap spread "
-                        "%.1f mm against %.1f%s)", name, why, float(torch.as_tensor(d["spread_mm"]).float().mean()),
+                        "%.1f mm against %.1f%s)", name, why, mean_spread_mm(d),
                         first_spread, f", {d['reframed']} times" if d["reframed"] > 1 else "")
         elif first_outside or self.always:
             logger.info("%s: framed unlike the training images (%s), but read again in their frame it is less sure: "
@@ -235,7 +235,7 @@ class ReframeImaged(Transform):
         lo, hi = self.model["frame_range"].get("skull_scale", (None, None))
         if lo is None or lo / SPACING_FACTOR <= measures["skull_scale"] <= hi * SPACING_FACTOR:
             return
-        if not float(torch.as_tensor(d["spread_mm"]).float().mean()) <= self.sure_spread_mm:
+        if not mean_spread_mm(d) <= self.sure_spread_mm:
             return  # a lost reading: OrientImaged says so
         spacing = torch.as_tensor(d["spacing"]).float().cpu()
         guess = (spacing / measures["skull_scale"]).tolist()

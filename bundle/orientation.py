@@ -23,6 +23,7 @@ import torch
 from monai.transforms import Transform
 
 from .engine import read_in_eval_mode
+from .transforms import mean_spread_mm
 
 
 __all__ = ["FACES", "BONES", "READINGS", "orient", "describe", "OrientInputd", "OrientImaged", "RestoreOrientationd"]
@@ -141,7 +142,7 @@ class OrientImaged(Transform):
         def spread(reading: tuple[bool, bool]) -> float:
             i = READINGS.index(reading)
             if torch.isnan(spreads[i]):
-                spreads[i] = float(torch.as_tensor(item(reading)["spread_mm"]).float().mean())
+                spreads[i] = mean_spread_mm(item(reading))
             return float(spreads[i])
 
         chosen = base
@@ -155,7 +156,7 @@ class OrientImaged(Transform):
                 logger.info("%s: read %s (mean heatmap spread %.1f mm, against %.1f mm as %s)", name, describe(chosen),
                             spread(chosen), spread(base), describe(base))
         out = self.reframe(dict(item(chosen)))
-        final = float(torch.as_tensor(out["spread_mm"]).float().mean()) if "spread_mm" in out else 0.0
+        final = mean_spread_mm(out) if "spread_mm" in out else 0.0
         if len(candidates) > 1 and final > self.auto_spread_mm:
             check = (f"the global pass is unsure of this image however it is read (mean heatmap spread {final:.1f} "
                      "mm): check its landmarks")

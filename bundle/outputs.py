@@ -490,10 +490,16 @@ class LandmarkOutputWriter:
 
     def _error(self, name: str, message: str) -> None:
         self.n_failed += 1
-        with open(self.output_dir / "errors.csv", "a", newline="") as f:
-            csv.writer(f).writerow([name, message])
+        self._append("errors.csv", [[name, message]])
         self._errors.append((name, message))
         self._report()
+
+    def _append(self, file: str, rows: Sequence[Sequence[object]]) -> None:
+        """Append ``rows`` to one of the output CSV files, flushed at once (nothing when there are none)."""
+        if rows:
+            with open(self.output_dir / file, "a", newline="") as f:
+                csv.writer(f).writerows(rows)
+                f.flush()
 
     def _report(self, force: bool = False) -> None:
         """Rewrite ``report.html`` (atomically) with every image so far, at most every ``REPORT_EVERY_S`` seconds
@@ -526,17 +532,11 @@ class LandmarkOutputWriter:
              f"{unc[i]:.3f}"]
             for i in range(len(xy))
         ]
-        with open(self.output_dir / "landmarks.csv", "a", newline="") as f:
-            csv.writer(f).writerows(rows)
-            f.flush()
+        self._append("landmarks.csv", rows)
         checks = [str(c) for c in out.get("checks") or []]
-        if checks:
-            with open(self.output_dir / "checks.csv", "a", newline="") as f:
-                csv.writer(f).writerows([[name, c] for c in checks])
+        self._append("checks.csv", [[name, c] for c in checks])
         readings = {key: bool(out.get(key, False)) for key in READINGS}
-        if any(readings.values()):
-            with open(self.output_dir / "readings.csv", "a", newline="") as f:
-                csv.writer(f).writerows([[name, key] for key, on in readings.items() if on])
+        self._append("readings.csv", [[name, key] for key, on in readings.items() if on])
         caption: list[str] = []
         analysis = None
         if self.analysis:
@@ -547,10 +547,8 @@ class LandmarkOutputWriter:
             except ValueError as e:  # degenerate landmarks (e.g. two at one point): the landmarks still stand
                 logger.warning("%s: no cephalometric analysis: %s", name, e)
             if analysis is not None:
-                with open(self.output_dir / "measurements.csv", "a", newline="") as f:
-                    csv.writer(f).writerows([[name, r["measurement"], f"{r['value']:.4f}", r["unit"], r["type"], r["meaning"]]
-                                             for r in analysis])
-                    f.flush()
+                self._append("measurements.csv", [[name, r["measurement"], f"{r['value']:.4f}", r["unit"], r["type"],
+                                                   r["meaning"]] for r in analysis])
                 caption = analysis_caption(analysis)
         stem = name.split(".")[0]
         geometry = item.get("pixel_to_lps")

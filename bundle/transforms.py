@@ -51,6 +51,7 @@ __all__ = [
     "resized_from_original",
     "original_from_resized",
     "heatmap_grid",
+    "mean_spread_mm",
 ]
 
 logger = logging.getLogger(__name__)
@@ -387,6 +388,12 @@ def expected_error_mm(spread_mm: torch.Tensor, calibration: tuple[float, torch.T
     """The calibrated expected radial error ``a * spread_mm + b``, floored at ``pixel_mm``: a linear fit can dip below
     zero, and no decoding is surer than one pixel of its own grid."""
     return torch.maximum(calibration[0] * spread_mm + calibration[1], pixel_mm)
+
+
+def mean_spread_mm(d: Mapping) -> float:
+    """The mean over the landmarks of a decoded item's heatmap spread (``spread_mm``, :class:`HeatmapToLandmarksd`):
+    how sure the global pass is of the reading as a whole."""
+    return float(torch.as_tensor(d["spread_mm"]).float().mean())
 
 
 def heatmap_grid(d: Mapping) -> tuple[torch.Tensor, torch.Tensor]:
