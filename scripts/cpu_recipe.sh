@@ -13,7 +13,7 @@
 # REFINE_MINUTES 0 trains each refinement network for configs/refine.yaml's fixed 16 epochs instead of a budget.
 # REFIT=1 trains the refinement networks on all 150 Train images (configs/refit.yaml: no validation, the last epoch
 # is kept); the global models keep their validation split, since at 400 x 320 they overfit and the best checkpoint
-# (chosen on validation) beats the last. The released CPU recipe (about 95 minutes of training on 2 cores; Test1
+# (chosen on validation) beats the last. The released CPU recipe (90.7 minutes of training on 2 cores; Test1
 # 1.48 mm): REFIT=1 bash scripts/cpu_recipe.sh OUT 35 0
 # The refined evaluations centre each crop on the global estimate moved by the global model's training target's
 # offset from the senior annotation (OUT/centre_correction.json, from the annotations of the global model's
