@@ -26,13 +26,15 @@ from typing import Hashable, Mapping, Sequence
 
 import numpy as np
 import torch
-from monai.transforms import ScaleIntensityRangePercentiles, Transform
+from monai.config import KeysCollection
+from monai.transforms import MapTransform, Randomizable, ScaleIntensityRangePercentiles, Transform
 
 from .engine import read_in_eval_mode
 from .shape import load_shape_model
 from .transforms import mean_spread_mm, resize_image
 
-__all__ = ["FRAME_MEASURES", "fit_frame", "framing", "fit_frame_model", "out_of_range", "crop_box", "ReframeImaged"]
+__all__ = ["FRAME_MEASURES", "fit_frame", "framing", "fit_frame_model", "out_of_range", "crop_box", "ReframeImaged",
+           "RandTightCropd"]
 
 FRAME_MEASURES = ("scale_y", "scale_x", "aspect", "centre_y", "centre_x")
 SPACING_FACTOR = 1.25  # a skull this much larger or smaller (mm) than any training skull: the pixel spacing is suspect
@@ -264,3 +266,62 @@ class ReframeImaged(Transform):
         origin = torch.as_tensor(corner, dtype=torch.float64) / fine_scale
         other["pred_frame"] = torch.stack([origin, frame_scale]).float()
         return self.decode(other)
+
+
+class RandTightCropd(Randomizable, MapTransform):
+    """Training augmentation: the picture cut to a random box around its landmarks, and ``fill`` (by default its
+    edge pixels repeated) beyond the box, in the same frame; the landmarks do not move. This is what
+    :class:`ReframeImaged` gives the global network when it reads a tightly cropped head again in the training
+    frame, which a network trained on whole ISBI pictures has never seen.
+
+    Each side of the box lies between ``min_margin`` (a fraction of the image side) beyond the outermost landmark
+    and the image's edge, uniformly (a side whose landmark lies nearer the edge than that is not cut).
+
+    Args:
+        prob: probability of applying it. At 0 it draws no random numbers, so runs without it replay exactly.
+        min_margin: the least margin kept around the landmarks, as a fraction of the image's height / width.
+        fill: ``edge``, ``zeros`` or ``median`` (:func:`crop_box`).
+    """
+
+    def __init__(self, keys: KeysCollection = "image", prob: float = 0.0, min_margin: float = 0.02, fill: str = "edge"):
+        MapTransform.__init__(self, keys)
+        if fill not in FILLS:
+            raise ValueError(f"fill should be one of {FILLS}, got {fill!r}.")
+        if not 0 <= prob <= 1:
+            raise ValueError(f"prob should be between 0 and 1, got {prob}.")
+        if min_margin < 0:
+            raise ValueError(f"min_margin should be 0 or more, got {min_margin}.")
+        self.prob, self.min_margin, self.fill = float(prob), float(min_margin), fill
+        self._fractions: np.ndarray | None = None
+
+    def randomize(self, data=None) -> None:
+        self._fractions = None
+        if self.prob > 0 and self.R.rand() < self.prob:
+            self._fractions = self.R.uniform(0.0, 1.0, 4)  # where each side lies between its least margin and the edge
+
+    def box(self, landmarks: torch.Tensor, size) -> list[int]:
+        """The drawn box ``[y0, x0, y1, x1]`` (whole pixels, inside the image) around ``landmarks`` ``(N, 2)`` ``(y,
+        x)`` of an image of ``size`` ``(H, W)``."""
+        h, w = int(size[0]), int(size[1])
+        pts = torch.as_tensor(landmarks, dtype=torch.float64).cpu().numpy()
+        lo, hi = pts.min(0), pts.max(0)
+        least = self.min_margin * np.array([h, w], float)
+        start = np.clip(lo - least, 0, None)  # the box's largest start and smallest end
+        end = np.clip(hi + least, None, [h - 1, w - 1])
+        f = self._fractions
+        y0, x0 = np.floor(start * (1 - f[:2])).astype(int)  # f = 0: the least margin; f = 1: the image's edge
+        y1, x1 = np.ceil(end + (np.array([h - 1, w - 1]) - end) * f[2:]).astype(int) + 1
+        return [int(max(y0, 0)), int(max(x0, 0)), int(min(y1, h)), int(min(x1, w))]
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        d = dict(data)
+        self.randomize()
+        if self._fractions is None or "landmarks" not in d:
+            return d
+        size = d[self.keys[0]].shape[-2:]
+        y0, x0, y1, x1 = self.box(d["landmarks"], size)
+        frame = [-y0, -x0, int(size[0]) - y0, int(size[1]) - x0]  # the whole frame, in the box's pixels
+        for key in self.key_iterator(d):
+            image = torch.as_tensor(d[key])
+            d[key] = crop_box(crop_box(image, [y0, x0, y1, x1]), frame, self.fill)
+        return d

@@ -7,7 +7,7 @@ import unittest
 import numpy as np
 import torch
 
-from bundle.framing import ReframeImaged, crop_box, fit_frame, fit_frame_model, framing, out_of_range
+from bundle.framing import RandTightCropd, ReframeImaged, crop_box, fit_frame, fit_frame_model, framing, out_of_range
 from bundle.transforms import HeatmapToLandmarksd, heatmap_grid
 
 NET_H, NET_W = 40, 30  # the stand-in network's input; the training frame is 40 x 30 mm at 1 mm pixels
@@ -117,6 +117,55 @@ class TestFrameMeasures(unittest.TestCase):
         d["pred_frame"] = torch.tensor([[100.0, 200.0], [0.25, 0.25]])
         torch.testing.assert_close(heatmap_grid(d)[0], torch.tensor([100.0, 200.0]))
         self.assertEqual(HeatmapToLandmarksd()(d)["pred_landmarks"].tolist(), [[100 + 17.5, 200 + 25.5]])
+
+
+class TestRandTightCrop(unittest.TestCase):
+    def setUp(self):
+        self.image = torch.rand(1, 60, 50) + 1  # no zeros: a zero fill shows
+        self.landmarks = torch.tensor([[20.0, 15.5], [38.2, 30.0], [25.0, 41.0]])
+
+    def test_the_head_kept_the_rest_filled_the_landmarks_still(self):
+        t = RandTightCropd(prob=1.0, min_margin=0.05)
+        boxes = set()
+        for seed in range(20):
+            t.set_random_state(seed)
+            d = t({"image": self.image, "landmarks": self.landmarks.clone()})
+            t.set_random_state(seed)
+            t.randomize()
+            y0, x0, y1, x1 = t.box(self.landmarks, (60, 50))
+            boxes.add((y0, x0, y1, x1))
+            # the box keeps at least the least margin (3 of 60 rows, 2.5 of 50 columns) beyond the outermost landmarks
+            self.assertTrue(y0 <= 20 - 3 and x0 <= 15.5 - 2.5 and y1 - 1 >= 38.2 + 3 and x1 - 1 >= 41 + 2.5, (y0, x0, y1, x1))
+            self.assertTrue(0 <= y0 and 0 <= x0 and y1 <= 60 and x1 <= 50)
+            out = d["image"]
+            self.assertEqual(tuple(out.shape), (1, 60, 50))
+            torch.testing.assert_close(out[:, y0:y1, x0:x1], self.image[:, y0:y1, x0:x1])  # the picture inside
+            ys, xs = torch.arange(60).clamp(y0, y1 - 1), torch.arange(50).clamp(x0, x1 - 1)
+            torch.testing.assert_close(out, self.image[:, ys][:, :, xs])  # its edge pixels beyond
+            torch.testing.assert_close(d["landmarks"], self.landmarks)
+        self.assertGreater(len(boxes), 10)  # random boxes
+        self.assertIn(True, [b != (0, 0, 60, 50) for b in boxes])
+
+    def test_zero_fill(self):
+        t = RandTightCropd(prob=1.0, min_margin=0.0, fill="zeros")
+        t.set_random_state(3)
+        out = t({"image": self.image, "landmarks": self.landmarks})["image"]
+        t.set_random_state(3)
+        t.randomize()
+        y0, x0, y1, x1 = t.box(self.landmarks, (60, 50))
+        self.assertEqual(int((out > 0).sum()), (y1 - y0) * (x1 - x0))
+
+    def test_off_by_default_and_draws_nothing(self):
+        """At prob 0 the image is untouched and the random stream is not used: trainings without it replay exactly."""
+        t = RandTightCropd()
+        t.set_random_state(7)
+        d = t({"image": self.image, "landmarks": self.landmarks})
+        self.assertIs(d["image"], self.image)
+        self.assertEqual(t.R.rand(), np.random.RandomState(7).rand())
+        with self.assertRaises(ValueError):
+            RandTightCropd(prob=1.0, fill="reflect")
+        with self.assertRaises(ValueError):
+            RandTightCropd(prob=1.5)
 
 
 class TestVariantDataset(unittest.TestCase):
