@@ -31,6 +31,7 @@ __all__ = ["FACES", "BONES", "READINGS", "orient", "describe", "OrientInputd", "
 FACES = ("right", "left", "auto")
 BONES = ("bright", "dark", "auto")
 READINGS = ((False, False), (True, False), (False, True), (True, True))  # (mirrored, inverted): as read first
+TIE_MM = 1e-3  # readings whose mean spreads differ by less are equally sure (float rounding differs between CPUs)
 logger = logging.getLogger(__name__)
 
 
@@ -150,7 +151,9 @@ class OrientImaged(Transform):
             for reading in candidates[1:]:  # the first sure reading ends the search (mirrored ones first)
                 if spread(reading) <= self.auto_spread_mm:
                     break
-            chosen = min((c for c in candidates if c in items), key=spread)  # the first of equals: the one asked for
+            for reading in candidates[1:]:  # the surest; of equals (within TIE_MM) the first: the one asked for
+                if reading in items and spread(reading) < spread(chosen) - TIE_MM:
+                    chosen = reading
             name = d.get("image_name", "image")
             if chosen != base:
                 logger.info("%s: read %s (mean heatmap spread %.1f mm, against %.1f mm as %s)", name, describe(chosen),

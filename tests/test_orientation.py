@@ -143,6 +143,34 @@ class TestImageOrientation(unittest.TestCase):
         self.assertEqual((d["mirrored"], d["inverted"]), (False, False))
         self.assertFalse(torch.isnan(d["reading_spread_mm"]).any())  # all four were tried
 
+    def test_a_reading_a_rounding_error_surer_is_not_chosen(self):
+        """Readings whose spreads differ by float rounding (a symmetric picture, summed in another order on another
+        CPU) are equally sure: the reading asked for is kept; one surer by more than TIE_MM is taken."""
+        from bundle.orientation import TIE_MM
+
+        class SpreadNet(torch.nn.Module):  # heatmaps of width sigma as read, sigma - gap mirrored (the stand-in
+            def __init__(self, gap):      # marks the mirrored input by a brighter right-hand column)
+                super().__init__()
+                self.gap, self.dummy = gap, torch.nn.Parameter(torch.zeros(1))
+
+            def forward(self, x):
+                yy, xx = torch.meshgrid(torch.arange(H, dtype=torch.float64), torch.arange(W, dtype=torch.float64), indexing="ij")
+                out = []
+                for img in x[:, 0]:
+                    sigma = 6.0 - (self.gap if img[:, -1].sum() > img[:, 0].sum() else 0.0)
+                    out.append(torch.stack([-((yy - 20) ** 2 + (xx - 30) ** 2) / (2 * sigma**2)] * N).float())
+                return torch.stack(out) + self.dummy
+
+        for gap, mirrored in ((1e-5, False), (100 * TIE_MM, True)):
+            net, decode = SpreadNet(gap), HeatmapToLandmarksd()
+            d = item()
+            d["image"] = torch.zeros(1, H, W)
+            d["image"][:, :, 0] = 1.0  # the left-hand column brighter: mirrored, the right
+            d = decode({**d, "pred": net(d["image"][None])[0]})
+            out = OrientImaged(net, infer, decode, "auto", "bright", auto_spread_mm=0.1)(d)
+            self.assertGreater(float(out["reading_spread_mm"][0]), float(out["reading_spread_mm"][1]))
+            self.assertEqual(out["mirrored"], mirrored, gap)
+
     def test_bad_settings(self):
         with self.assertRaises(ValueError) as cm:
             OrientImaged(AsTrainedNet(), infer, HeatmapToLandmarksd(), "up")
