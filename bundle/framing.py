@@ -151,11 +151,14 @@ class ReframeImaged(Transform):
             the landmarks of a lost reading say nothing of the skull's size.
         landmark_names: the run's landmarks, to check the model is for them.
         fill: what the frame holds where it leaves the image (:func:`crop_box`): ``zeros``, ``edge`` or ``median``.
+        intensity: the intensity scaling of the global network's input, applied to the reframed crop as to the image:
+            a dictionary transform (its first key is used; the configs pass their own) or an array transform; None:
+            the 0.5-99.5 percentiles to [0, 1], clipped, as ``configs/train.yaml``.
     """
 
     def __init__(self, network: torch.nn.Module, inferer, decode, frame_model=None, margin: float = 0.1,
                  always: bool = False, iterations: int = 3, sure_spread_mm: float = 15.0,
-                 landmark_names: Sequence[str] | None = None, fill: str = "zeros",
+                 landmark_names: Sequence[str] | None = None, fill: str = "zeros", intensity=None,
                  pred_key: str = "pred", image_key: str = "image_fine"):
         if fill not in FILLS:
             raise ValueError(f"fill should be one of {FILLS}, got {fill!r}.")
@@ -173,7 +176,11 @@ class ReframeImaged(Transform):
         self.sure_spread_mm = float(sure_spread_mm)
         self.fill = fill
         self.pred_key, self.image_key = pred_key, image_key
-        self.scale_intensity = ScaleIntensityRangePercentiles(lower=0.5, upper=99.5, b_min=0.0, b_max=1.0, clip=True)
+        if intensity is None:
+            intensity = ScaleIntensityRangePercentiles(lower=0.5, upper=99.5, b_min=0.0, b_max=1.0, clip=True)
+        self.intensity = intensity
+        # a dictionary transform, as the config's input chain has it, is applied to its first key
+        self.intensity_key = intensity.keys[0] if isinstance(intensity, MapTransform) else None
 
     def measure(self, d: Mapping) -> tuple[dict | None, list[str]]:
         """The framing measures of an item's decoded landmarks in the frame the global network read (the image, or
@@ -259,7 +266,10 @@ class ReframeImaged(Transform):
         extent = np.maximum(np.round((box_px[2:] - box_px[:2]) * fine_scale.numpy()).astype(int), 8)
         crop = crop_box(fine.cpu(), [*corner, *(corner + extent)], self.fill)
         net_input, factor = resize_image(crop, size)
-        net_input = torch.as_tensor(self.scale_intensity(net_input))  # as the network input was
+        if self.intensity_key is None:  # scaled as the network input was
+            net_input = torch.as_tensor(self.intensity(net_input))
+        else:
+            net_input = torch.as_tensor(self.intensity({self.intensity_key: net_input})[self.intensity_key])
         other = dict(d)
         other[self.pred_key] = read_in_eval_mode(self.network, self.inferer, net_input).to(pred.device)
         frame_scale = factor.double() * fine_scale

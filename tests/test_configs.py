@@ -36,6 +36,22 @@ class TestPipelineSettingsAgree(unittest.TestCase):
         self.assertIsNone(ev["refine_centre_correction"])
         self.assertIn("models/bias_correction.json", inf["refine_centre_correction"])
 
+    def test_reframed_crops_are_scaled_as_the_global_input(self):
+        """ReframeImaged scales its crop with the very transform of the config's global input chain, so a change of
+        the input scaling in the config reaches the reframed readings too."""
+        from monai.bundle import ConfigParser
+
+        inf = ConfigParser()
+        inf.read_config(str(CONFIGS / "inference.yaml"))
+        chain = inf.get_parsed_content("coarse_transforms")
+        self.assertIs(inf.get_parsed_content("reframe_image").intensity, chain[-1])
+        ev = ConfigParser()
+        ev.read_config([str(CONFIGS / f) for f in ("train.yaml", "isbi_gpu.yaml", "maht_net.yaml", "evaluate.yaml")])
+        scale = ev.get_parsed_content("train#deterministic_transforms")[2]
+        self.assertEqual(type(scale).__name__, "ScaleIntensityRangePercentilesd")
+        self.assertIs(ev.get_parsed_content("reframe_image").intensity, scale)
+        self.assertIn(scale, ev.get_parsed_content("validate#preprocessing").transforms)
+
 
 if __name__ == "__main__":
     unittest.main()

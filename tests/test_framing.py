@@ -216,6 +216,19 @@ class TestReframeImaged(unittest.TestCase):
         self.assertEqual(out["image"].shape, d["image"].shape)  # the overlay's images are left as they were
         torch.testing.assert_close(out["image_fine"], d["image_fine"])
 
+    def test_the_crop_is_scaled_by_the_intensity_transform_given(self):
+        """A dictionary transform (as the configs pass theirs) or an array transform scales the reframed crop."""
+        from monai.transforms import ScaleIntensityRangePercentilesd
+
+        d = item(40, 60, (20, 30))
+        default = run(d)
+        same = run(d, intensity=ScaleIntensityRangePercentilesd("img", 0.5, 99.5, 0.0, 1.0, clip=True))
+        torch.testing.assert_close(same["pred_landmarks"], default["pred_landmarks"])
+        self.assertEqual(same["reframed"], 1)
+        seen = []
+        run(d, intensity=lambda img: seen.append(tuple(img.shape)) or img * 0.9)  # 0.9: still bright enough to read
+        self.assertEqual(seen, [(1, NET_H, NET_W)])  # the network input, scaled once for the one reading again
+
     def test_an_image_framed_as_in_training_is_left_alone(self):
         d = item(40, 30, (20, 15))
         out = run(d)
