@@ -28,15 +28,16 @@ out="$1"; global_min="$2"; refine_min="$3"; data="${4:-../shared/data/isbi2015}"
 global_members="${GLOBAL_MEMBERS:-2}"
 mkdir -p "$out"
 # the budgets were set on a CPU with native bf16 (AVX-512 BF16 or AMX); elsewhere amp: auto trains in fp32, several
-# times slower per step, and the same minutes buy that many times fewer epochs
+# times slower per step: the global budgets fit fewer epochs, the refinement stages' fixed epochs take longer
 python - <<'PY' || true
 import torch
 from bundle.engine import cpu_has_native_bf16
 if not torch.cuda.is_available() and not cpu_has_native_bf16():
     print(f"note: this CPU ({torch.backends.cpu.get_cpu_capability()}) has no native bf16, so training runs in fp32, "
-          "several times slower per step than on the CPU the recipe's budgets and results were measured on (a global "
-          "MAHT-Net step at 400 x 320: 6.1 s on 2 AVX2 cores, about 1.7 s with native bf16); each time budget then "
-          "trains that many times fewer epochs and the result is worse (docs/README.md, 'Speed')")
+          "about 3.5 times slower per step than on the CPU the recipe was measured on. The global stages keep their "
+          "time budgets (fewer epochs: 11 instead of 41 on 2 AVX2 cores, as accurate there), but refinement stages "
+          "without one (REFINE_MINUTES 0) take about 5.7 times longer (72 minutes each there) and the recipe takes about "
+          "3.5 hours; a budget (REFINE_MINUTES) bounds them, untried (docs/README.md, 'Speed')")
 PY
 global=(--config_file "['configs/train.yaml','configs/isbi_cpu.yaml','configs/maht_net.yaml']")
 refine_configs="'configs/train.yaml','configs/refine.yaml'"
