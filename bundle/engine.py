@@ -34,6 +34,7 @@ __all__ = [
     "read_in_eval_mode",
     "autocast_dtype",
     "cpu_has_native_bf16",
+    "cpu_facts",
 ]
 
 
@@ -81,6 +82,19 @@ def cpu_has_native_bf16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
     except OSError:
         return False
     return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def cpu_facts(cpuinfo: str | Path = "/proc/cpuinfo") -> dict:
+    """What a timing on this CPU depends on, for benchmark reports: ``cpu_model`` (as Linux names it; empty
+    elsewhere), ``cpu_capability`` (the vector instructions torch uses: ``AVX2``, ``AVX512``, ...) and
+    ``cpu_native_bf16`` (:func:`cpu_has_native_bf16`: whether ``amp: auto`` runs bf16 here)."""
+    try:
+        lines = Path(cpuinfo).read_text().splitlines()
+    except OSError:
+        lines = []
+    model = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "")
+    return {"cpu_model": model, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "cpu_native_bf16": cpu_has_native_bf16(cpuinfo)}
 
 
 def autocast_dtype(precision: str, device: str | torch.device = "cpu") -> torch.dtype | None:

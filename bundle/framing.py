@@ -34,7 +34,7 @@ from .shape import load_shape_model
 from .transforms import mean_spread_mm, resize_image
 
 __all__ = ["FRAME_MEASURES", "fit_frame", "framing", "fit_frame_model", "out_of_range", "crop_box", "ReframeImaged",
-           "RandTightCropd"]
+           "RandTightCropd", "FILLS", "check_fill"]
 
 FRAME_MEASURES = ("scale_y", "scale_x", "aspect", "centre_y", "centre_x")
 SPACING_FACTOR = 1.25  # a skull this much larger or smaller (mm) than any training skull: the pixel spacing is suspect
@@ -103,12 +103,18 @@ def out_of_range(measures: dict, frame_range: dict, margin: float) -> list[str]:
 FILLS = ("zeros", "edge", "median")
 
 
+def check_fill(fill: str) -> str:
+    """``fill`` when it is one of :data:`FILLS`, else a ``ValueError`` naming them."""
+    if fill not in FILLS:
+        raise ValueError(f"fill should be one of {FILLS}, got {fill!r}.")
+    return fill
+
+
 def crop_box(image: torch.Tensor, box: Sequence[int], fill: str = "zeros") -> torch.Tensor:
     """``image[..., y0:y1, x0:x1]`` of a ``(C, H, W)`` image; where the box ``[y0, x0, y1, x1]`` (whole pixels)
     leaves the image, ``fill``: ``zeros``, ``edge`` (the nearest edge pixel repeated) or ``median`` (the image's
     median value)."""
-    if fill not in FILLS:
-        raise ValueError(f"fill should be one of {FILLS}, got {fill!r}.")
+    check_fill(fill)
     y0, x0, y1, x1 = (int(v) for v in box)
     c, h, w = image.shape
     if fill == "edge":
@@ -160,8 +166,7 @@ class ReframeImaged(Transform):
                  always: bool = False, iterations: int = 3, sure_spread_mm: float = 15.0,
                  landmark_names: Sequence[str] | None = None, fill: str = "zeros", intensity=None,
                  pred_key: str = "pred", image_key: str = "image_fine"):
-        if fill not in FILLS:
-            raise ValueError(f"fill should be one of {FILLS}, got {fill!r}.")
+        check_fill(fill)
         if margin < 0:
             raise ValueError(f"margin should be 0 or more, got {margin}.")
         if iterations < 1:
@@ -295,8 +300,7 @@ class RandTightCropd(Randomizable, MapTransform):
 
     def __init__(self, keys: KeysCollection = "image", prob: float = 0.0, min_margin: float = 0.02, fill: str = "edge"):
         MapTransform.__init__(self, keys)
-        if fill not in FILLS:
-            raise ValueError(f"fill should be one of {FILLS}, got {fill!r}.")
+        check_fill(fill)
         if not 0 <= prob <= 1:
             raise ValueError(f"prob should be between 0 and 1, got {prob}.")
         if min_margin < 0:

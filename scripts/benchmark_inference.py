@@ -32,15 +32,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def cpu_model() -> str:
-    """The CPU's model name as Linux reports it (empty elsewhere): timings depend on it."""
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        return ""
-    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "")
-
-
 def full_size_images(folder: str | None, n: int, tmp: Path) -> list[str]:
     if folder:
         files = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".bmp", ".png"))
@@ -129,7 +120,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    from bundle.engine import cpu_has_native_bf16
+    from bundle.engine import cpu_facts
 
     with tempfile.TemporaryDirectory() as tmp:
         images = full_size_images(args.images, args.n, Path(tmp))
@@ -149,9 +140,7 @@ def main() -> None:
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "cpu": platform.processor() or platform.machine(),
-        "cpu_model": cpu_model(),
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "cpu_native_bf16": cpu_has_native_bf16(),
+        **cpu_facts(),
         "results": results,
     }
     if len(results) > 1:

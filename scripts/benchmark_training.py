@@ -89,7 +89,7 @@ def main() -> None:
         overrides["image_size"] = args.image_size
     if args.batch_size:
         overrides["batch_size"] = args.batch_size
-    from bundle.engine import cpu_has_native_bf16
+    from bundle.engine import cpu_facts
 
     torch.set_num_threads(os.cpu_count() or 1)
     results = [measure(configs, overrides, p, args.steps, args.warmup) for p in args.precisions]
@@ -103,8 +103,7 @@ def main() -> None:
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "device": "cuda" if torch.cuda.is_available() else "cpu",
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "cpu_native_bf16": cpu_has_native_bf16(),
+        **cpu_facts(),
         "results": results,
     }, indent=2))
 

@@ -31,9 +31,10 @@ mkdir -p "$out"
 # times slower per step: the global budgets fit fewer epochs, the refinement stages' fixed epochs take longer
 python - <<'PY' || true
 import torch
-from bundle.engine import cpu_has_native_bf16
-if not torch.cuda.is_available() and not cpu_has_native_bf16():
-    print(f"note: this CPU ({torch.backends.cpu.get_cpu_capability()}) has no native bf16, so training runs in fp32, "
+from bundle.engine import cpu_facts
+cpu = cpu_facts()
+if not torch.cuda.is_available() and not cpu["cpu_native_bf16"]:
+    print(f"note: this CPU ({cpu['cpu_capability']}) has no native bf16, so training runs in fp32, "
           "about 3.5 times slower per step than on the CPU the recipe was measured on. The global stages keep their "
           "time budgets (fewer epochs: 11 instead of 41 on 2 AVX2 cores, as accurate there), but refinement stages "
           "without one (REFINE_MINUTES 0) take about 5.7 times longer (72 minutes each there) and the recipe takes about "

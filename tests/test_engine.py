@@ -47,6 +47,23 @@ class TestNativeBf16(unittest.TestCase):
                 self.assertFalse(cpu_has_native_bf16(Path(tmp) / "missing"))
         self.assertIsInstance(cpu_has_native_bf16(), bool)
 
+    def test_cpu_facts_for_benchmark_reports(self):
+        import tempfile
+        from pathlib import Path
+        from types import SimpleNamespace
+        from unittest import mock
+
+        from bundle.engine import cpu_facts
+
+        with tempfile.TemporaryDirectory() as tmp:
+            info = Path(tmp) / "cpuinfo"
+            info.write_text("processor\t: 0\nmodel name\t: AMD EPYC 7B13\nflags\t\t: fpu avx2\n")
+            with mock.patch("bundle.engine.torch.ops", SimpleNamespace()):
+                facts = cpu_facts(info)
+                self.assertEqual((facts["cpu_model"], facts["cpu_native_bf16"]), ("AMD EPYC 7B13", False))
+                self.assertEqual(cpu_facts(Path(tmp) / "missing")["cpu_model"], "")
+        self.assertEqual(facts["cpu_capability"], torch.backends.cpu.get_cpu_capability())
+
 
 
 class TestImageProgressBar(unittest.TestCase):
