@@ -14,6 +14,9 @@
 #                                        # (MINUTES + 3 minutes stays the hard limit)
 #   REFIT=1 ...                          # both stages train on all 150 Train images (configs/refit.yaml) and keep
 #                                        # their last epoch; with EPOCHS=32 this is the shipped global model's recipe
+#   EXTRA="configs/strong_aug.yaml" ...  # more configs layered after the global model's (space-separated)
+#   KEEP=last ...                        # the global model's last epoch (from checkpoint_last.pt) instead of its
+#                                        # best validation epoch; with EPOCHS=32 and --val_fold K a cross-validation fold
 # The cache at factor 2 (0.2 mm pixels) serves both stages: the global model resizes it to its 800 x 640 input,
 # the refinement network trains at 0.2 mm. A time-budgeted training re-fits its epochs to the budget after every
 # epoch (--time_budget_reestimate), so it ends in time however the trainings share the GPU; a hard limit of
@@ -31,6 +34,8 @@ REFINE_CACHE="${REFINE_CACHE:-$CACHE}"
 REFINE_ARGS="${REFINE_ARGS:-}"
 EPOCHS="${EPOCHS:-}"
 REFIT="${REFIT:-0}"
+EXTRA="${EXTRA:-}"
+KEEP="${KEEP:-best}"
 WORKERS="${WORKERS:-6}"                         # dataloader processes per training (16 cores on the lent machine)
 mkdir -p "$OUT"
 if ! python3 -c "import monai, ignite, fire" 2>/dev/null; then
@@ -41,6 +46,7 @@ export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=4
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else '')"
 configs="'configs/train.yaml','configs/isbi_gpu.yaml'"
 [ -n "$NETWORK" ] && configs="$configs,'$NETWORK'"
+for extra in $EXTRA; do configs="$configs,'$extra'"; done
 refine_configs="'configs/train.yaml','configs/refine.yaml'"
 if [ "$REFIT" != "0" ]; then configs="$configs,'configs/refit.yaml'"; refine_configs="$refine_configs,'configs/refit.yaml'"; fi
 if [ -n "$EPOCHS" ]; then length=(--max_epochs "$EPOCHS" --time_budget_minutes 0); else
@@ -69,24 +75,27 @@ for log in train refine; do
 done
 [ "$global_rc" = 0 ] || { echo "global training exited with $global_rc"; tail -30 "$OUT/train.log"; }
 [ "$refine_rc" = 0 ] || { echo "refinement training exited with $refine_rc"; tail -30 "$OUT/refine.log"; }
-python3 - "$OUT" "$seconds" "$refine_seconds" "$global_rc" "$refine_rc" <<'PY'
+python3 - "$OUT" "$seconds" "$refine_seconds" "$global_rc" "$refine_rc" "$KEEP" <<'PY'
 import json, os, sys, torch
-out, seconds, refine_seconds, global_rc, refine_rc = sys.argv[1], *map(int, sys.argv[2:])
+out, seconds, refine_seconds, global_rc, refine_rc, keep = sys.argv[1], *map(int, sys.argv[2:6]), sys.argv[6]
 
 def half(src, dst):
     state = torch.load(src, map_location="cpu")
+    if isinstance(state.get("model"), dict):  # checkpoint_last.pt: the network's weights are under "model"
+        state = state["model"]
     torch.save({k: v.half() if v.is_floating_point() else v for k, v in state.items()}, dst)
 
-def stage(train_dir, dst, wall, rc):
-    if not os.path.isfile(f"{train_dir}/model.pt"):
+def stage(train_dir, dst, wall, rc, src="model.pt"):
+    if not os.path.isfile(f"{train_dir}/{src}"):
         return {"exit_code": rc, "wall_seconds": wall, "model": None}
-    half(f"{train_dir}/model.pt", f"{out}/{dst}")
+    half(f"{train_dir}/{src}", f"{out}/{dst}")
     curve = json.load(open(f"{train_dir}/learning_curve.json"))
-    return {"exit_code": rc, "wall_seconds": wall, "model": dst, "best": min(curve, key=lambda p: p["val_mre"]),
+    return {"exit_code": rc, "wall_seconds": wall, "model": dst, "kept": src, "best": min(curve, key=lambda p: p["val_mre"]),
             "curve": curve}
 
 result = {"device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
-          "global": stage(f"{out}/train", "model_fp16.pt", seconds, global_rc)}
+          "global": stage(f"{out}/train", "model_fp16.pt", seconds, global_rc,
+                          "checkpoint_last.pt" if keep == "last" else "model.pt")}
 if refine_seconds:
     result["refine"] = stage(f"{out}/refine_train", "refine_fp16.pt", refine_seconds, refine_rc)
 json.dump(result, open(f"{out}/result.json", "w"), indent=1)

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# The device command of 2026-11-27, session f (rule: docs/results/decision_rules_2026_11_27f.md): seven trainings at
+# once on one GPU, each scripts/gpu_recipe.sh's shipped global recipe (MAHT-Net, 800 x 640, 32 epochs, last epoch
+# kept) or refinement recipe (configs/refine.yaml as it stands, best validation epoch):
+#   b0, b1: the global recipe as it ships on cross-validation folds 0 and 1 (split seed 0), each with its fold's
+#           refinement network (r0, r1), so the whole pipeline can be evaluated on images none of them saw;
+#   a0, a1: the same global recipe with configs/strong_aug.yaml (the candidate) on folds 0 and 1;
+#   ra:     the whole GPU recipe with the candidate (REFIT=1: both stages on all 150 Train images), what would ship
+#           if the rule adopts it.
+# MINUTES=7 makes each training's hard limit 10 minutes (scripts/gpu_recipe.sh). Results: the fp16 weights in $OUT
+# (5 global, 3 refinement networks), the curves and timings (result.json of each) printed at the end.
+#   bash scripts/gpu_session_f.sh            # on the lent GPU, with cache/isbi_f2 and .whl carried
+#   SMOKE=1 bash scripts/gpu_session_f.sh    # a tiny run of the same commands on a CPU (checks the plumbing)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT="${OUT:-runs/gpu_f_out}"; W="${W:-runs/gpu_f}"
+mkdir -p "$OUT" "$W"
+if ! python3 -c "import monai, ignite, fire" 2>/dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+  export PYTHONPATH="/tmp/site:${PYTHONPATH:-}"
+fi
+common=(CACHE=cache/isbi_f2 NETWORK=configs/maht_net.yaml EPOCHS=32 MINUTES=7 KEEP=last WORKERS=2)
+tiny=(); rtiny=""
+if [ "${SMOKE:-0}" != "0" ]; then
+  common=(CACHE=cache/isbi_f2 NETWORK=configs/maht_net.yaml EPOCHS=1 MINUTES=7 KEEP=last WORKERS=0)
+  tiny=(--data_limit 4 --full_image_size "[128,96]" --batch_size 2 --amp none --warmup_epochs 0)
+  rtiny="--data_limit 4 --max_epochs 1 --amp none"
+fi
+command -v nvidia-smi >/dev/null && { nvidia-smi --query-gpu=name,memory.total --format=csv,noheader;
+  nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader -l 30 > "$W/smi.log" 2>&1 & smi=$!; }
+s="--seed 0 --split_seed 0"
+# each job copies its weights to $OUT as soon as it ends, so a command stopped at its limit still returns them
+job() {  # job NAME VAR=VALUE... -- RECIPE ARGS...
+  local name=$1; shift; local vars=(); while [ "$1" != "--" ]; do vars+=("$1"); shift; done; shift
+  env "${common[@]}" "${vars[@]}" OUT="$W/$name" bash scripts/gpu_recipe.sh "$@" "${tiny[@]}" > "$W/$name.out" 2>&1
+  [ -f "$W/$name/model_fp16.pt" ] && cp "$W/$name/model_fp16.pt" "$OUT/${name}_model.pt"
+  [ -f "$W/$name/refine_fp16.pt" ] && cp "$W/$name/refine_fp16.pt" "$OUT/${name}_refine.pt"
+  echo "$name ended after $SECONDS s"
+}
+r="--seed 1 --split_seed 0 --num_workers 2 $rtiny"
+pids=()
+job b0 REFINE=1 REFINE_ARGS="$r --val_fold 0" -- $s --val_fold 0 & pids+=($!)
+job b1 REFINE=1 REFINE_ARGS="$r --val_fold 1" -- $s --val_fold 1 & pids+=($!)
+job a0 REFINE=0 EXTRA=configs/strong_aug.yaml WORKERS=3 -- $s --val_fold 0 & pids+=($!)
+job a1 REFINE=0 EXTRA=configs/strong_aug.yaml WORKERS=3 -- $s --val_fold 1 & pids+=($!)
+# the whole GPU recipe (REFIT=1: both stages on all 150 Train images) with the candidate: what would ship
+job ra REFINE=1 REFIT=1 REFINE_ARGS="$r" EXTRA=configs/strong_aug.yaml WORKERS=3 -- --seed 0 & pids+=($!)
+wait "${pids[@]}"
+[ -n "${smi:-}" ] && kill "$smi"
+for n in b0 b1 a0 a1 ra; do echo "== $n"; grep -E "time budget|Metrics|Error" "$W/$n/train.log" | tail -5; done
+# the curves and timings come back in the output (8 files at most come back: the weights)
+python3 -c "import json,sys; print(json.dumps({n: json.load(open(f'$W/{n}/result.json')) for n in sys.argv[1:]
+  if __import__('os').path.isfile(f'$W/{n}/result.json')}, separators=(',', ':')))" b0 b1 a0 a1 ra
+cat "$W/smi.log" 2>/dev/null | tr '\n' ';'
+ls -la "$OUT"
