@@ -97,6 +97,15 @@ def cpu_facts(cpuinfo: str | Path = "/proc/cpuinfo") -> dict:
             "cpu_native_bf16": cpu_has_native_bf16(cpuinfo)}
 
 
+def cpu_recipe_members(cpuinfo: str | Path = "/proc/cpuinfo") -> int:
+    """How many global and refinement networks ``scripts/cpu_recipe.sh`` trains by default: 2 of each (ensembled)
+    where training runs in bf16 (a CUDA GPU, or a CPU with native bf16: 90.7 minutes on 2 such cores), 1 of each on
+    a CPU without it, where fp32 steps take about 3.5 times longer and two of each would take about 3.5 hours on
+    2 cores instead of the recipe's 2 (docs/README.md, "Speed")."""
+    native = torch.cuda.is_available() or cpu_has_native_bf16(cpuinfo)
+    return 2 if native else 1
+
+
 def autocast_dtype(precision: str, device: str | torch.device = "cpu") -> torch.dtype | None:
     """``"bf16"`` -> ``torch.bfloat16``, ``"fp16"`` -> ``torch.float16``, ``"none"`` -> None; ``"auto"``: bf16 where
     ``device`` computes in it natively (a CUDA GPU with bf16, a CPU with AVX-512 BF16 / AMX), else None."""

@@ -4,7 +4,8 @@
 # without the refinement. REFINE_MEMBERS refinement networks (default 2) are trained one after the other, with
 # augmentation seeds 0, 1, ... on the same train / validation split, and ensembled (their crop heatmaps averaged).
 # GLOBAL_MEMBERS global networks (default 2) are trained likewise (seeds 0, 1, ...; each with the global budget) and
-# ensembled (their heatmaps averaged) in every evaluation. Each stage gets a time budget (REFINE_MINUTES is per
+# ensembled (their heatmaps averaged) in every evaluation. On a CPU without native bf16 (fp32 training, about 3.5 times
+# slower a step) both defaults are 1, so the recipe keeps to about 2 hours (bundle.engine.cpu_recipe_members). Each stage gets a time budget (REFINE_MINUTES is per
 # member, GLOBAL_MINUTES per global member); a stage whose model is already there is skipped, a
 # killed stage resumes from its last checkpoint when the script runs again, and an evaluation whose metrics.json
 # exists is kept (delete OUT/eval_* to redo them).
@@ -13,8 +14,8 @@
 # REFINE_MINUTES 0 trains each refinement network for configs/refine.yaml's fixed 16 epochs instead of a budget.
 # REFIT=1 trains the refinement networks on all 150 Train images (configs/refit.yaml: no validation, the last epoch
 # is kept); the global models keep their validation split, since at 400 x 320 they overfit and the best checkpoint
-# (chosen on validation) beats the last. The released CPU recipe (90.7 minutes of training on 2 cores; Test1
-# 1.48 mm): REFIT=1 bash scripts/cpu_recipe.sh OUT 35 0
+# (chosen on validation) beats the last. The released CPU recipe (90.7 minutes of training on 2 cores with native
+# bf16; Test1 1.48 mm): REFIT=1 bash scripts/cpu_recipe.sh OUT 35 0
 # The refined evaluations centre each crop on the global estimate moved by the global model's training target's
 # offset from the senior annotation (OUT/centre_correction.json, from the annotations of the global model's
 # training images: scripts/fit_bias_correction.py --annotations; bundle/bias.py).
@@ -24,21 +25,25 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/setup_env.sh
-out="$1"; global_min="$2"; refine_min="$3"; data="${4:-../shared/data/isbi2015}"; members="${REFINE_MEMBERS:-2}"
-global_members="${GLOBAL_MEMBERS:-2}"
+out="$1"; global_min="$2"; refine_min="$3"; data="${4:-../shared/data/isbi2015}"
+# two of each where bf16 is native, one of each elsewhere (bundle.engine.cpu_recipe_members)
+default_members=$(python -c "from bundle.engine import cpu_recipe_members; print(cpu_recipe_members())")
+members="${REFINE_MEMBERS:-$default_members}"; global_members="${GLOBAL_MEMBERS:-$default_members}"
 mkdir -p "$out"
 # the budgets were set on a CPU with native bf16 (AVX-512 BF16 or AMX); elsewhere amp: auto trains in fp32, several
 # times slower per step: the global budgets fit fewer epochs, the refinement stages' fixed epochs take longer
-python - <<'PY' || true
+python - "$global_members" "$members" <<'PY' || true
+import sys
 import torch
 from bundle.engine import cpu_facts
 cpu = cpu_facts()
 if not torch.cuda.is_available() and not cpu["cpu_native_bf16"]:
-    print(f"note: this CPU ({cpu['cpu_capability']}) has no native bf16, so training runs in fp32, "
-          "about 3.5 times slower per step than on the CPU the recipe was measured on. The global stages keep their "
-          "time budgets (fewer epochs: 11 instead of 41 on 2 AVX2 cores, as accurate there), but refinement stages "
-          "without one (REFINE_MINUTES 0) take about 5.7 times longer (72 minutes each there) and the recipe takes about "
-          "3.5 hours; a budget (REFINE_MINUTES) bounds them, untried (docs/README.md, 'Speed')")
+    print(f"note: this CPU ({cpu['cpu_capability']}) has no native bf16, so training runs in fp32, about 3.5 times "
+          "slower per step than on the CPU the recipe was first measured on. The global stages keep their time budgets "
+          "(11 epochs instead of 41 on 2 AVX2 cores, as accurate there); a refinement stage without one "
+          "(REFINE_MINUTES 0) takes about 72 minutes there instead of 13. So the recipe trains one global and one "
+          "refinement network by default on such a CPU (GLOBAL_MEMBERS=2 REFINE_MEMBERS=2 for two of each, about 3.5 "
+          f"hours there); now: {sys.argv[1]} global, {sys.argv[2]} refinement (docs/README.md, 'Speed')")
 PY
 global=(--config_file "['configs/train.yaml','configs/isbi_cpu.yaml','configs/maht_net.yaml']")
 refine_configs="'configs/train.yaml','configs/refine.yaml'"

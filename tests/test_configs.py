@@ -53,5 +53,35 @@ class TestPipelineSettingsAgree(unittest.TestCase):
         self.assertIn(scale, ev.get_parsed_content("validate#preprocessing").transforms)
 
 
+class TestStrongAugmentation(unittest.TestCase):
+    def test_layers_on_the_recipe_and_is_off_by_default(self):
+        """configs/strong_aug.yaml changes the global recipe's augmentation as its header says; without it the boxes
+        of noise and the tight crops are off, and a box of noise leaves the landmarks where they were."""
+        import torch
+        from monai.bundle import ConfigParser
+
+        names = ["train.yaml", "isbi_gpu.yaml", "maht_net.yaml"]
+        plain, strong = ConfigParser(), ConfigParser()
+        plain.read_config([str(CONFIGS / f) for f in names])
+        strong.read_config([str(CONFIGS / f) for f in names + ["strong_aug.yaml"]])
+        p = {type(t).__name__: t for t in plain.get_parsed_content("train#random_transforms")}
+        s = {type(t).__name__: t for t in strong.get_parsed_content("train#random_transforms")}
+        self.assertEqual(list(p), list(s))
+        self.assertEqual((p["RandCoarseDropoutd"].prob, p["RandTightCropd"].prob), (0.0, 0.0))
+        self.assertEqual((s["RandCoarseDropoutd"].prob, s["RandTightCropd"].prob), (0.5, 0.2))
+        self.assertEqual((p["RandAffineLandmarksd"].rotate_range, p["RandAffineLandmarksd"].scale_range), (0.17, 0.1))
+        self.assertEqual((s["RandAffineLandmarksd"].rotate_range, s["RandAffineLandmarksd"].scale_range), (0.26, 0.2))
+        self.assertEqual((p["RandElasticLandmarksd"].prob, s["RandElasticLandmarksd"].prob), (0.3, 0.5))
+        cut = s["RandCoarseDropoutd"].dropper
+        self.assertEqual((tuple(cut.spatial_size), tuple(cut.max_spatial_size)), ((50, 40), (160, 128)))  # at 800 x 640
+        s["RandCoarseDropoutd"].set_random_state(0)
+        s["RandCoarseDropoutd"].prob = 1.0
+        image, landmarks = torch.full((1, 800, 640), 0.5), torch.tensor([[100.0, 200.0], [700.0, 500.0]])
+        image[0, 0, 0], image[0, 0, 1] = 0.0, 1.0  # the noise is drawn within the image's range
+        out = s["RandCoarseDropoutd"]({"image": image.clone(), "landmarks": landmarks.clone()})
+        self.assertGreater(int((out["image"] != 0.5).sum()), 50 * 40 // 2)  # noise in at least one box
+        self.assertTrue(torch.equal(out["landmarks"], landmarks))
+
+
 if __name__ == "__main__":
     unittest.main()

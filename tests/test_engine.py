@@ -64,6 +64,25 @@ class TestNativeBf16(unittest.TestCase):
                 self.assertEqual(cpu_facts(Path(tmp) / "missing")["cpu_model"], "")
         self.assertEqual(facts["cpu_capability"], torch.backends.cpu.get_cpu_capability())
 
+    def test_cpu_recipe_shape_follows_native_bf16(self):
+        """Two global and two refinement networks where bf16 is native, one of each elsewhere (2 hours, not 3.5)."""
+        import tempfile
+        from pathlib import Path
+        from types import SimpleNamespace
+        from unittest import mock
+
+        from bundle.engine import cpu_recipe_members
+
+        with tempfile.TemporaryDirectory() as tmp:
+            with_bf16, without = Path(tmp) / "bf16", Path(tmp) / "avx2"
+            with_bf16.write_text("flags\t\t: fpu avx512f avx512_bf16\n")
+            without.write_text("flags\t\t: fpu avx2\n")
+            with mock.patch("bundle.engine.torch.ops", SimpleNamespace()), \
+                    mock.patch("bundle.engine.torch.cuda.is_available", return_value=False):
+                self.assertEqual((cpu_recipe_members(with_bf16), cpu_recipe_members(without)), (2, 1))
+            with mock.patch("bundle.engine.torch.cuda.is_available", return_value=True):
+                self.assertEqual(cpu_recipe_members(without), 2)
+
 
 
 class TestImageProgressBar(unittest.TestCase):
