@@ -4,18 +4,19 @@
 # without the refinement. REFINE_MEMBERS refinement networks (default 2) are trained one after the other, with
 # augmentation seeds 0, 1, ... on the same train / validation split, and ensembled (their crop heatmaps averaged).
 # GLOBAL_MEMBERS global networks (default 2) are trained likewise (seeds 0, 1, ...; each with the global budget) and
-# ensembled (their heatmaps averaged) in every evaluation. On a CPU without native bf16 (fp32 training, about 3.5 times
-# slower a step) both defaults are 1, so the recipe keeps to about 2 hours (bundle.engine.cpu_recipe_members). Each stage gets a time budget (REFINE_MINUTES is per
-# member, GLOBAL_MINUTES per global member); a stage whose model is already there is skipped, a
-# killed stage resumes from its last checkpoint when the script runs again, and an evaluation whose metrics.json
-# exists is kept (delete OUT/eval_* to redo them).
+# ensembled (their heatmaps averaged) in every evaluation. On a CPU without native bf16 (fp32 training, about 3.5
+# times slower a step) both defaults are 1, so the recipe keeps to about 2 hours (bundle.engine.cpu_recipe_members).
+# Each stage gets a time budget (REFINE_MINUTES is per member, GLOBAL_MINUTES per global member); a stage whose model
+# is already there is skipped, a killed stage resumes from its last checkpoint when the script runs again, and an
+# evaluation whose metrics.json exists is kept (delete OUT/eval_* to redo them).
 #   bash scripts/cpu_recipe.sh OUT GLOBAL_MINUTES REFINE_MINUTES [DATASET_DIR]
 #   e.g. bash scripts/cpu_recipe.sh runs/cpu_recipe 35 12 ../shared/data/isbi2015
 # REFINE_MINUTES 0 trains each refinement network for configs/refine.yaml's fixed 16 epochs instead of a budget.
 # REFIT=1 trains the refinement networks on all 150 Train images (configs/refit.yaml: no validation, the last epoch
 # is kept); the global models keep their validation split, since at 400 x 320 they overfit and the best checkpoint
 # (chosen on validation) beats the last. The released CPU recipe (90.7 minutes of training on 2 cores with native
-# bf16; Test1 1.48 mm): REFIT=1 bash scripts/cpu_recipe.sh OUT 35 0
+# bf16; Test1 1.48 mm): REFIT=1 bash scripts/cpu_recipe.sh OUT 35 0; on 2 AVX2 cores without it (one network of
+# each, 106.4 minutes of training; Test1 1.505 mm): REFIT=1 bash scripts/cpu_recipe.sh OUT 35 75
 # The refined evaluations centre each crop on the global estimate moved by the global model's training target's
 # offset from the senior annotation (OUT/centre_correction.json, from the annotations of the global model's
 # training images: scripts/fit_bias_correction.py --annotations; bundle/bias.py).
