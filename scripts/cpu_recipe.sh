@@ -33,24 +33,22 @@ members="${REFINE_MEMBERS:-$default_members}"; global_members="${GLOBAL_MEMBERS:
 mkdir -p "$out"
 # the budgets were set on a CPU with native bf16 (AVX-512 BF16 or AMX); elsewhere amp: auto trains in fp32, several
 # times slower per step: the global budgets fit fewer epochs, the refinement stages' fixed epochs take longer
-python - "$global_members" "$members" <<'PY' || true
-import sys
-import torch
-from bundle.engine import cpu_facts
-cpu = cpu_facts()
-if not torch.cuda.is_available() and not cpu["cpu_native_bf16"]:
-    print(f"note: this CPU ({cpu['cpu_capability']}) has no native bf16, so training runs in fp32, about 3.5 times "
-          "slower per step than on the CPU the recipe was first measured on. The global stages keep their time budgets "
-          "(11 epochs instead of 41 on 2 AVX2 cores, as accurate there); a refinement stage without one "
-          "(REFINE_MINUTES 0) takes about 72 minutes there instead of 13. So the recipe trains one global and one "
-          "refinement network by default on such a CPU (GLOBAL_MEMBERS=2 REFINE_MEMBERS=2 for two of each, about 3.5 "
-          f"hours there); now: {sys.argv[1]} global, {sys.argv[2]} refinement (docs/README.md, 'Speed')")
-PY
+if [ "$default_members" = 1 ]; then
+  echo "note: this CPU has no native bf16, so training runs in fp32, about 3.5 times slower per step than on the CPU" \
+    "the recipe was first measured on. The global stages keep their time budgets (11 epochs instead of 41 on 2 AVX2" \
+    "cores, as accurate there); a refinement stage without one (REFINE_MINUTES 0) takes about 72 minutes there" \
+    "instead of 13. So the recipe trains one global and one refinement network by default on such a CPU" \
+    "(GLOBAL_MEMBERS=2 REFINE_MEMBERS=2 for two of each, about 3.5 hours there); now: $global_members global," \
+    "$members refinement (docs/README.md, 'Speed')"
+fi
 global=(--config_file "['configs/train.yaml','configs/isbi_cpu.yaml','configs/maht_net.yaml']")
 refine_configs="'configs/train.yaml','configs/refine.yaml'"
 [ "${REFIT:-0}" != "0" ] && refine_configs="$refine_configs,'configs/refit.yaml'"
 refine=(--config_file "[$refine_configs]")
 
+failed() {  # log: its last lines, then the first error raised (MONAI's config wrapper buries it in the traceback)
+  tail -30 "$1"; echo "$1: $(grep -m1 -E '^[A-Za-z.]*(Error|Exception): ' "$1")"; exit 1
+}
 stage() {  # name, minutes, config args...: train unless OUT/name/done exists; time it
   local name="$1" minutes="$2"; shift 2
   if [ -f "$out/$name/done" ]; then echo "$name: already trained ($out/$name/done)"; return; fi
@@ -61,7 +59,7 @@ stage() {  # name, minutes, config args...: train unless OUT/name/done exists; t
   echo "$name: python -m monai.bundle run training $* --dataset_dir $data --output_dir $out/$name ${length[*]} --resume $resume"
   local start; start=$(date +%s)
   python -m monai.bundle run training "$@" --dataset_dir "$data" --output_dir "$out/$name" "${length[@]}" \
-    --progress_bar False --resume "$resume" > "$out/$name.log" 2>&1 || { tail -30 "$out/$name.log"; exit 1; }
+    --progress_bar False --resume "$resume" > "$out/$name.log" 2>&1 || failed "$out/$name.log"
   echo $(( $(date +%s) - start )) > "$out/$name/done"
 }
 stage global "$global_min" "${global[@]}"
@@ -86,7 +84,7 @@ evaluate() {  # eval dir name, extra overrides...: Test1, senior ground truth, u
   echo "$name: evaluating Test1"
   python -m monai.bundle run --config_file "['configs/train.yaml','configs/isbi_cpu.yaml','configs/maht_net.yaml','configs/evaluate.yaml']" \
     --dataset_dir "$data" --output_dir "$out" --ckpt_path "$out/global/model.pt" "${global_ensemble[@]}" --eval_dir "$out/$name" "$@" \
-    > "$out/$name.log" 2>&1 || { tail -30 "$out/$name.log"; exit 1; }
+    > "$out/$name.log" 2>&1 || failed "$out/$name.log"
 }
 # the global model trains on the mean of both doctors over its training split (configs/isbi_cpu.yaml keeps a
 # validation part: val_fraction 0.2, split seed 0); its offset from the senior annotation moves the crop centres

@@ -23,7 +23,7 @@ fi
 common=(CACHE=cache/isbi_f2 NETWORK=configs/maht_net.yaml EPOCHS=32 MINUTES=7 KEEP=last WORKERS=2)
 tiny=(); rtiny=""
 if [ "${SMOKE:-0}" != "0" ]; then
-  common=(CACHE=cache/isbi_f2 NETWORK=configs/maht_net.yaml EPOCHS=1 MINUTES=7 KEEP=last WORKERS=0)
+  common+=(EPOCHS=1 WORKERS=0)  # env keeps the last of a name given twice
   tiny=(--data_limit 4 --full_image_size "[128,96]" --batch_size 2 --amp none --warmup_epochs 0)
   rtiny="--data_limit 4 --max_epochs 1 --amp none"
 fi

@@ -84,7 +84,6 @@ class TestNativeBf16(unittest.TestCase):
                 self.assertEqual(cpu_recipe_members(without), 2)
 
 
-
 class TestImageProgressBar(unittest.TestCase):
     def test_counts_the_images_of_an_evaluator_and_can_be_off(self):
         """Inference and evaluation show a bar over the images; 'false' from the command line attaches nothing."""
