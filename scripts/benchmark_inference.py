@@ -9,6 +9,8 @@ like with like; one with the refinement on is timed again with ``refine: false``
     python scripts/benchmark_inference.py --images ../shared/data/isbi2015/RawImage/Test1Data --n 10
     python scripts/benchmark_inference.py --override configs/inference_unet.yaml   # and the U-Net baseline
     python scripts/benchmark_inference.py --variant amp=none    # and the shipped pipeline in full precision
+    python scripts/benchmark_inference.py --override configs/inference_fast.yaml \
+        --override configs/inference_fast.yaml+configs/inference_unet.yaml   # the fast CPU profile, and a U-Net in it
 """
 
 from __future__ import annotations
@@ -114,7 +116,7 @@ def main() -> None:
     ap.add_argument("--images", default=None, help="folder of full-size images (default: synthetic 2400x1935 JPEGs)")
     ap.add_argument("--n", type=int, default=5, help="images to time")
     ap.add_argument("--warmup", type=int, default=1)
-    ap.add_argument("--override", action="append", default=[], help="extra config layered on inference.yaml (repeat)")
+    ap.add_argument("--override", action="append", default=[], help="extra config layered on inference.yaml (repeat; 'a.yaml+b.yaml' layers both)")
     ap.add_argument("--variant", action="append", default=[], metavar="KEY=VALUE",
                     help="also time inference.yaml with these overrides ('key=value;key=value', YAML values; repeatable)")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
@@ -126,7 +128,7 @@ def main() -> None:
         images = full_size_images(args.images, args.n, Path(tmp))
         base = [str(ROOT / "configs" / "inference.yaml")]
         results = []
-        for configs in [base] + [base + [extra] for extra in args.override]:
+        for configs in [base] + [base + extra.split("+") for extra in args.override]:
             results.append(time_config(configs, images, args.warmup, {"num_workers": 0}))
             if results[-1]["refine"]:
                 results.append(time_config(configs, images, args.warmup, {"num_workers": 0, "refine": False}))

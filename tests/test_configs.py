@@ -83,5 +83,16 @@ class TestStrongAugmentation(unittest.TestCase):
         self.assertTrue(torch.equal(out["landmarks"], landmarks))
 
 
+class TestFastProfile(unittest.TestCase):
+    def test_overrides_inference_settings_only(self):
+        """inference_fast.yaml changes settings inference.yaml has (a misspelt key would be ignored silently), and
+        its global input is the size its weights were trained at (configs/isbi_cpu.yaml)."""
+        fast = yaml.safe_load((CONFIGS / "inference_fast.yaml").read_text())
+        inf = yaml.safe_load((CONFIGS / "inference.yaml").read_text())
+        self.assertLessEqual(set(fast), set(inf))
+        self.assertEqual(fast["image_size"], yaml.safe_load((CONFIGS / "isbi_cpu.yaml").read_text())["full_image_size"])
+        self.assertEqual(fast["refine_shifts"], [])
+
+
 if __name__ == "__main__":
     unittest.main()

@@ -83,6 +83,26 @@ class TestNativeBf16(unittest.TestCase):
             with mock.patch("bundle.engine.torch.cuda.is_available", return_value=True):
                 self.assertEqual(cpu_recipe_members(without), 2)
 
+    def test_inference_names_the_fast_profile_where_it_runs_in_fp32(self):
+        """The shipped 800 x 640 pipeline in fp32 on a CPU points to configs/inference_fast.yaml; nowhere else."""
+        import tempfile
+        from pathlib import Path
+        from types import SimpleNamespace
+        from unittest import mock
+
+        from bundle.engine import cpu_speed_note
+
+        with tempfile.TemporaryDirectory() as tmp:
+            with_bf16, without = Path(tmp) / "bf16", Path(tmp) / "avx2"
+            with_bf16.write_text("flags\t\t: fpu avx512f avx512_bf16\n")
+            without.write_text("flags\t\t: fpu avx2\n")
+            with mock.patch("bundle.engine.torch.ops", SimpleNamespace()):
+                self.assertIn("configs/inference_fast.yaml", cpu_speed_note("auto", "cpu", [800, 640], without))
+                self.assertIn("configs/inference_fast.yaml", cpu_speed_note("none", "cpu", (800, 640), with_bf16))
+                self.assertIsNone(cpu_speed_note("auto", "cpu", [800, 640], with_bf16))
+                self.assertIsNone(cpu_speed_note("auto", "cpu", [400, 320], without))  # the fast profile itself
+                self.assertIsNone(cpu_speed_note("auto", "cuda:0", [800, 640], without))
+
 
 class TestImageProgressBar(unittest.TestCase):
     def test_counts_the_images_of_an_evaluator_and_can_be_off(self):
