@@ -34,6 +34,7 @@ __all__ = [
     "read_in_eval_mode",
     "autocast_dtype",
     "cpu_has_native_bf16",
+    "bf16_is_native",
     "cpu_facts",
     "cpu_recipe_members",
     "cpu_speed_note",
@@ -86,6 +87,16 @@ def cpu_has_native_bf16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+def bf16_is_native(device: str | torch.device = "cpu", cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
+    """Whether ``device`` computes bf16 natively: a CUDA GPU that supports it, a CPU with AVX-512 BF16 or AMX
+    (:func:`cpu_has_native_bf16`). The one decision behind ``amp: auto`` (:func:`autocast_dtype`), the CPU recipe's
+    shape (:func:`cpu_recipe_members`) and inference's hint (:func:`cpu_speed_note`)."""
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return dev.type == "cpu" and cpu_has_native_bf16(cpuinfo)
+
+
 def cpu_facts(cpuinfo: str | Path = "/proc/cpuinfo") -> dict:
     """What a timing on this CPU depends on, for benchmark reports: ``cpu_model`` (as Linux names it; empty
     elsewhere), ``cpu_capability`` (the vector instructions torch uses: ``AVX2``, ``AVX512``, ...) and
@@ -104,8 +115,7 @@ def cpu_recipe_members(cpuinfo: str | Path = "/proc/cpuinfo") -> int:
     where training runs in bf16 (a CUDA GPU, or a CPU with native bf16: 90.7 minutes on 2 such cores), 1 of each on
     a CPU without it, where fp32 steps take about 3.5 times longer and two of each would take about 3.5 hours on
     2 cores instead of the recipe's 2 (docs/README.md, "Speed")."""
-    native = torch.cuda.is_available() or cpu_has_native_bf16(cpuinfo)
-    return 2 if native else 1
+    return 2 if torch.cuda.is_available() or bf16_is_native("cpu", cpuinfo) else 1
 
 
 def cpu_speed_note(precision: str, device: str | torch.device, image_size, cpuinfo: str | Path = "/proc/cpuinfo") -> str | None:
@@ -113,11 +123,10 @@ def cpu_speed_note(precision: str, device: str | torch.device, image_size, cpuin
     native bf16, or ``precision`` none): there it takes about 4 s per full image on 2 cores, and
     ``configs/inference_fast.yaml`` under 1 s (docs/README.md, "Speed"). None elsewhere (a GPU, a CPU with native
     bf16, or another input size, such as the fast profile's)."""
-    dev = torch.device(device)
-    if dev.type != "cpu" or [int(s) for s in image_size] != [800, 640]:
+    if torch.device(device).type != "cpu" or [int(s) for s in image_size] != [800, 640]:
         return None
     precision = str(precision).lower()
-    if precision in ("bf16", "fp16") or precision == "auto" and cpu_has_native_bf16(cpuinfo):
+    if precision in ("bf16", "fp16") or precision == "auto" and bf16_is_native("cpu", cpuinfo):
         return None
     return ("this CPU computes the networks in fp32 (no native bf16): about 4 s per full-size image on 2 cores. "
             "Layering configs/inference_fast.yaml (--config_file \"['configs/inference.yaml','configs/inference_fast.yaml']\") "
@@ -129,12 +138,7 @@ def autocast_dtype(precision: str, device: str | torch.device = "cpu") -> torch.
     ``device`` computes in it natively (a CUDA GPU with bf16, a CPU with AVX-512 BF16 / AMX), else None."""
     precision = str(precision).lower()
     if precision == "auto":
-        dev = torch.device(device)
-        if dev.type == "cuda":
-            native = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-        else:
-            native = dev.type == "cpu" and cpu_has_native_bf16()
-        return torch.bfloat16 if native else None
+        return torch.bfloat16 if bf16_is_native(device) else None
     table = {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None, "fp32": None}
     if precision not in table:
         raise ValueError(f"precision should be one of auto, bf16, fp16, none; got {precision!r}.")
