@@ -119,8 +119,8 @@ def cpu_recipe_members(cpuinfo: str | Path = "/proc/cpuinfo") -> int:
 
 
 def cpu_speed_note(precision: str, device: str | torch.device, image_size, cpuinfo: str | Path = "/proc/cpuinfo") -> str | None:
-    """What inference says before it starts when the shipped 800 x 640 pipeline is about to run in fp32 on a CPU (no
-    native bf16, or ``precision`` none): there it takes about 4 s per full image on 2 cores, and
+    """What inference says (logs, and returns) before it starts when the shipped 800 x 640 pipeline is about to run in
+    fp32 on a CPU (no native bf16, or ``precision`` none): there it takes about 4 s per full image on 2 cores, and
     ``configs/inference_fast.yaml`` under 1 s (docs/README.md, "Speed"). None elsewhere (a GPU, a CPU with native
     bf16, or another input size, such as the fast profile's)."""
     if torch.device(device).type != "cpu" or [int(s) for s in image_size] != [800, 640]:
@@ -128,9 +128,11 @@ def cpu_speed_note(precision: str, device: str | torch.device, image_size, cpuin
     precision = str(precision).lower()
     if precision in ("bf16", "fp16") or precision == "auto" and bf16_is_native("cpu", cpuinfo):
         return None
-    return ("this CPU computes the networks in fp32 (no native bf16): about 4 s per full-size image on 2 cores. "
+    note = ("this CPU computes the networks in fp32 (no native bf16): about 4 s per full-size image on 2 cores. "
             "Layering configs/inference_fast.yaml (--config_file \"['configs/inference.yaml','configs/inference_fast.yaml']\") "
             "takes under 1 s there, at about 0.06 mm more error on ISBI Test1: 1.54 against 1.48 mm (docs/README.md, 'Speed').")
+    logging.getLogger(__name__).info(note)
+    return note
 
 
 def autocast_dtype(precision: str, device: str | torch.device = "cpu") -> torch.dtype | None:

@@ -38,10 +38,7 @@ EXTRA="${EXTRA:-}"
 KEEP="${KEEP:-best}"
 WORKERS="${WORKERS:-6}"                         # dataloader processes per training (16 cores on the lent machine)
 mkdir -p "$OUT"
-if ! python3 -c "import monai, ignite, fire" 2>/dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-  export PYTHONPATH="/tmp/site:${PYTHONPATH:-}"
-fi
+. scripts/device_packages.sh
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=4
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else '')"
 configs="'configs/train.yaml','configs/isbi_gpu.yaml'"

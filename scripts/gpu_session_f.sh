@@ -16,10 +16,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-runs/gpu_f_out}"; W="${W:-runs/gpu_f}"
 mkdir -p "$OUT" "$W"
-if ! python3 -c "import monai, ignite, fire" 2>/dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-  export PYTHONPATH="/tmp/site:${PYTHONPATH:-}"
-fi
+. scripts/device_packages.sh || exit 1  # before the trainings start side by side
 common=(CACHE=cache/isbi_f2 NETWORK=configs/maht_net.yaml EPOCHS=32 MINUTES=7 KEEP=last WORKERS=2)
 tiny=(); rtiny=""
 if [ "${SMOKE:-0}" != "0" ]; then

@@ -29,79 +29,66 @@ class TestPrecision(unittest.TestCase):
 
 
 class TestNativeBf16(unittest.TestCase):
-    def test_falls_back_to_cpu_flags_without_the_private_op(self):
+    """bundle.engine's CPU decisions, on stand-in cpuinfo files: one with AVX-512 BF16, one without."""
+
+    def setUp(self):
         import tempfile
         from pathlib import Path
+
+        tmp = tempfile.TemporaryDirectory()
+        self.addCleanup(tmp.cleanup)
+        self.dir = Path(tmp.name)
+        self.with_bf16, self.without = self.dir / "bf16", self.dir / "avx2"
+        self.with_bf16.write_text("flags\t\t: fpu sse avx2 avx512f avx512_bf16 amx_tile\n")
+        self.without.write_text("processor\t: 0\nmodel name\t: AMD EPYC 7B13\nflags\t\t: fpu sse avx2 avx512f\n")
+
+    @staticmethod
+    def flags_only():
+        """A torch build without oneDNN's private check, so the cpuinfo flags decide."""
         from types import SimpleNamespace
         from unittest import mock
 
+        return mock.patch("bundle.engine.torch.ops", SimpleNamespace())
+
+    def test_falls_back_to_cpu_flags_without_the_private_op(self):
         from bundle.engine import cpu_has_native_bf16
 
-        with tempfile.TemporaryDirectory() as tmp:
-            with_bf16, without = Path(tmp) / "a", Path(tmp) / "b"
-            with_bf16.write_text("flags\t\t: fpu sse avx2 avx512f avx512_bf16 amx_tile\n")
-            without.write_text("flags\t\t: fpu sse avx2 avx512f\n")
-            with mock.patch("bundle.engine.torch.ops", SimpleNamespace()):  # a torch build without the op
-                self.assertTrue(cpu_has_native_bf16(with_bf16))
-                self.assertFalse(cpu_has_native_bf16(without))
-                self.assertFalse(cpu_has_native_bf16(Path(tmp) / "missing"))
+        with self.flags_only():
+            self.assertTrue(cpu_has_native_bf16(self.with_bf16))
+            self.assertFalse(cpu_has_native_bf16(self.without))
+            self.assertFalse(cpu_has_native_bf16(self.dir / "missing"))
         self.assertIsInstance(cpu_has_native_bf16(), bool)
 
     def test_cpu_facts_for_benchmark_reports(self):
-        import tempfile
-        from pathlib import Path
-        from types import SimpleNamespace
-        from unittest import mock
-
         from bundle.engine import cpu_facts
 
-        with tempfile.TemporaryDirectory() as tmp:
-            info = Path(tmp) / "cpuinfo"
-            info.write_text("processor\t: 0\nmodel name\t: AMD EPYC 7B13\nflags\t\t: fpu avx2\n")
-            with mock.patch("bundle.engine.torch.ops", SimpleNamespace()):
-                facts = cpu_facts(info)
-                self.assertEqual((facts["cpu_model"], facts["cpu_native_bf16"]), ("AMD EPYC 7B13", False))
-                self.assertEqual(cpu_facts(Path(tmp) / "missing")["cpu_model"], "")
+        with self.flags_only():
+            facts = cpu_facts(self.without)
+            self.assertEqual((facts["cpu_model"], facts["cpu_native_bf16"]), ("AMD EPYC 7B13", False))
+            self.assertEqual(cpu_facts(self.dir / "missing")["cpu_model"], "")
         self.assertEqual(facts["cpu_capability"], torch.backends.cpu.get_cpu_capability())
 
     def test_cpu_recipe_shape_follows_native_bf16(self):
         """Two global and two refinement networks where bf16 is native, one of each elsewhere (2 hours, not 3.5)."""
-        import tempfile
-        from pathlib import Path
-        from types import SimpleNamespace
         from unittest import mock
 
         from bundle.engine import cpu_recipe_members
 
-        with tempfile.TemporaryDirectory() as tmp:
-            with_bf16, without = Path(tmp) / "bf16", Path(tmp) / "avx2"
-            with_bf16.write_text("flags\t\t: fpu avx512f avx512_bf16\n")
-            without.write_text("flags\t\t: fpu avx2\n")
-            with mock.patch("bundle.engine.torch.ops", SimpleNamespace()), \
-                    mock.patch("bundle.engine.torch.cuda.is_available", return_value=False):
-                self.assertEqual((cpu_recipe_members(with_bf16), cpu_recipe_members(without)), (2, 1))
-            with mock.patch("bundle.engine.torch.cuda.is_available", return_value=True):
-                self.assertEqual(cpu_recipe_members(without), 2)
+        with self.flags_only(), mock.patch("bundle.engine.torch.cuda.is_available", return_value=False):
+            self.assertEqual((cpu_recipe_members(self.with_bf16), cpu_recipe_members(self.without)), (2, 1))
+        with mock.patch("bundle.engine.torch.cuda.is_available", return_value=True):
+            self.assertEqual(cpu_recipe_members(self.without), 2)
 
     def test_inference_names_the_fast_profile_where_it_runs_in_fp32(self):
         """The shipped 800 x 640 pipeline in fp32 on a CPU points to configs/inference_fast.yaml; nowhere else."""
-        import tempfile
-        from pathlib import Path
-        from types import SimpleNamespace
-        from unittest import mock
-
         from bundle.engine import cpu_speed_note
 
-        with tempfile.TemporaryDirectory() as tmp:
-            with_bf16, without = Path(tmp) / "bf16", Path(tmp) / "avx2"
-            with_bf16.write_text("flags\t\t: fpu avx512f avx512_bf16\n")
-            without.write_text("flags\t\t: fpu avx2\n")
-            with mock.patch("bundle.engine.torch.ops", SimpleNamespace()):
-                self.assertIn("configs/inference_fast.yaml", cpu_speed_note("auto", "cpu", [800, 640], without))
-                self.assertIn("configs/inference_fast.yaml", cpu_speed_note("none", "cpu", (800, 640), with_bf16))
-                self.assertIsNone(cpu_speed_note("auto", "cpu", [800, 640], with_bf16))
-                self.assertIsNone(cpu_speed_note("auto", "cpu", [400, 320], without))  # the fast profile itself
-                self.assertIsNone(cpu_speed_note("auto", "cuda:0", [800, 640], without))
+        with self.flags_only():
+            self.assertIn("configs/inference_fast.yaml", cpu_speed_note("auto", "cpu", [800, 640], self.without))
+            self.assertIn("configs/inference_fast.yaml", cpu_speed_note("none", "cpu", (800, 640), self.with_bf16))
+            self.assertIsNone(cpu_speed_note("auto", "cpu", [800, 640], self.with_bf16))
+            self.assertIsNone(cpu_speed_note("auto", "cpu", [400, 320], self.without))  # the fast profile itself
+            self.assertIsNone(cpu_speed_note("auto", "cuda:0", [800, 640], self.without))
 
 
 class TestImageProgressBar(unittest.TestCase):
