@@ -27,7 +27,7 @@ from typing import Hashable, Mapping, Sequence
 import numpy as np
 import torch
 from monai.config import KeysCollection
-from monai.transforms import MapTransform, Randomizable, ScaleIntensityRangePercentiles, Transform
+from monai.transforms import MapTransform, Randomizable, ScaleIntensityRangePercentilesd, Transform
 
 from .engine import read_in_eval_mode
 from .shape import load_shape_model
@@ -158,7 +158,7 @@ class ReframeImaged(Transform):
         landmark_names: the run's landmarks, to check the model is for them.
         fill: what the frame holds where it leaves the image (:func:`crop_box`): ``zeros``, ``edge`` or ``median``.
         intensity: the intensity scaling of the global network's input, applied to the reframed crop as to the image:
-            a dictionary transform (its first key is used; the configs pass their own) or an array transform; None:
+            a dictionary transform, applied to its first key (the configs pass the one of their input chain); None:
             the 0.5-99.5 percentiles to [0, 1], clipped, as ``configs/train.yaml``.
     """
 
@@ -182,10 +182,11 @@ class ReframeImaged(Transform):
         self.fill = fill
         self.pred_key, self.image_key = pred_key, image_key
         if intensity is None:
-            intensity = ScaleIntensityRangePercentiles(lower=0.5, upper=99.5, b_min=0.0, b_max=1.0, clip=True)
-        self.intensity = intensity
-        # a dictionary transform, as the config's input chain has it, is applied to its first key
-        self.intensity_key = intensity.keys[0] if isinstance(intensity, MapTransform) else None
+            intensity = ScaleIntensityRangePercentilesd("image", lower=0.5, upper=99.5, b_min=0.0, b_max=1.0, clip=True)
+        if not isinstance(intensity, MapTransform):
+            raise TypeError(f"intensity should be a dictionary transform (as in the config's input chain), got "
+                            f"{type(intensity).__name__}.")
+        self.intensity, self.intensity_key = intensity, intensity.keys[0]
 
     def measure(self, d: Mapping) -> tuple[dict | None, list[str]]:
         """The framing measures of an item's decoded landmarks in the frame the global network read (the image, or
@@ -271,10 +272,7 @@ class ReframeImaged(Transform):
         extent = np.maximum(np.round((box_px[2:] - box_px[:2]) * fine_scale.numpy()).astype(int), 8)
         crop = crop_box(fine.cpu(), [*corner, *(corner + extent)], self.fill)
         net_input, factor = resize_image(crop, size)
-        if self.intensity_key is None:  # scaled as the network input was
-            net_input = torch.as_tensor(self.intensity(net_input))
-        else:
-            net_input = torch.as_tensor(self.intensity({self.intensity_key: net_input})[self.intensity_key])
+        net_input = torch.as_tensor(self.intensity({self.intensity_key: net_input})[self.intensity_key])  # as the input was
         other = dict(d)
         other[self.pred_key] = read_in_eval_mode(self.network, self.inferer, net_input).to(pred.device)
         frame_scale = factor.double() * fine_scale

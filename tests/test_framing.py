@@ -217,8 +217,9 @@ class TestReframeImaged(unittest.TestCase):
         torch.testing.assert_close(out["image_fine"], d["image_fine"])
 
     def test_the_crop_is_scaled_by_the_intensity_transform_given(self):
-        """A dictionary transform (as the configs pass theirs) or an array transform scales the reframed crop."""
-        from monai.transforms import ScaleIntensityRangePercentilesd
+        """The dictionary transform given (the configs pass their input chain's) scales the reframed crop, on its
+        first key; an array transform is refused at once."""
+        from monai.transforms import Lambdad, ScaleIntensityRangePercentiles, ScaleIntensityRangePercentilesd
 
         d = item(40, 60, (20, 30))
         default = run(d)
@@ -226,8 +227,10 @@ class TestReframeImaged(unittest.TestCase):
         torch.testing.assert_close(same["pred_landmarks"], default["pred_landmarks"])
         self.assertEqual(same["reframed"], 1)
         seen = []
-        run(d, intensity=lambda img: seen.append(tuple(img.shape)) or img * 0.9)  # 0.9: still bright enough to read
+        run(d, intensity=Lambdad("x", lambda img: seen.append(tuple(img.shape)) or img * 0.9))  # 0.9: still readable
         self.assertEqual(seen, [(1, NET_H, NET_W)])  # the network input, scaled once for the one reading again
+        with self.assertRaisesRegex(TypeError, "dictionary transform.*ScaleIntensityRangePercentiles"):
+            run(d, intensity=ScaleIntensityRangePercentiles(0.5, 99.5, 0.0, 1.0, clip=True))
 
     def test_an_image_framed_as_in_training_is_left_alone(self):
         d = item(40, 30, (20, 15))
