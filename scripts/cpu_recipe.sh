@@ -16,7 +16,7 @@
 # is kept); the global models keep their validation split, since at 400 x 320 they overfit and the best checkpoint
 # (chosen on validation) beats the last. The released CPU recipe (90.7 minutes of training on 2 cores with native
 # bf16; Test1 1.48 mm): REFIT=1 bash scripts/cpu_recipe.sh OUT 35 0; on 2 AVX2 cores without it (one network of
-# each, 106.4 minutes of training; Test1 1.505 mm): REFIT=1 bash scripts/cpu_recipe.sh OUT 35 75
+# each, 114.6 minutes of training; Test1 1.497 mm): REFIT=1 bash scripts/cpu_recipe.sh OUT 45 75
 # The refined evaluations centre each crop on the global estimate moved by the global model's training target's
 # offset from the senior annotation (OUT/centre_correction.json, from the annotations of the global model's
 # training images: scripts/fit_bias_correction.py --annotations; bundle/bias.py).
@@ -35,11 +35,12 @@ mkdir -p "$out"
 # times slower per step: the global budgets fit fewer epochs, the refinement stages' fixed epochs take longer
 if [ "$default_members" = 1 ]; then
   echo "note: this CPU has no native bf16, so training runs in fp32, about 3.5 times slower per step than on the CPU" \
-    "the recipe was first measured on. The global stages keep their time budgets (11 epochs instead of 41 on 2 AVX2" \
-    "cores, as accurate there); a refinement stage without one (REFINE_MINUTES 0) takes about 72 minutes there" \
+    "the recipe was first measured on. The global stages keep their time budgets (35 minutes fit 11 epochs on 2 AVX2" \
+    "cores instead of 41); a refinement stage without one (REFINE_MINUTES 0) takes about 72 minutes there" \
     "instead of 13. So the recipe trains one global and one refinement network by default on such a CPU" \
     "(GLOBAL_MEMBERS=2 REFINE_MEMBERS=2 for two of each, about 3.5 hours there); now: $global_members global," \
-    "$members refinement (docs/README.md, 'Speed')"
+    "$members refinement. Measured on 2 AVX2 cores: REFIT=1 bash scripts/cpu_recipe.sh OUT 45 75, 114.6 minutes" \
+    "of training, Test1 1.497 mm (docs/README.md, 'Speed')"
 fi
 global=(--config_file "['configs/train.yaml','configs/isbi_cpu.yaml','configs/maht_net.yaml']")
 refine_configs="'configs/train.yaml','configs/refine.yaml'"
