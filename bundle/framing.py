@@ -186,7 +186,7 @@ class ReframeImaged(Transform):
         if not isinstance(intensity, MapTransform):
             raise TypeError(f"intensity should be a dictionary transform (as in the config's input chain), got "
                             f"{type(intensity).__name__}.")
-        self.intensity, self.intensity_key = intensity, intensity.keys[0]
+        self.intensity = intensity
 
     def measure(self, d: Mapping) -> tuple[dict | None, list[str]]:
         """The framing measures of an item's decoded landmarks in the frame the global network read (the image, or
@@ -272,7 +272,8 @@ class ReframeImaged(Transform):
         extent = np.maximum(np.round((box_px[2:] - box_px[:2]) * fine_scale.numpy()).astype(int), 8)
         crop = crop_box(fine.cpu(), [*corner, *(corner + extent)], self.fill)
         net_input, factor = resize_image(crop, size)
-        net_input = torch.as_tensor(self.intensity({self.intensity_key: net_input})[self.intensity_key])  # as the input was
+        key = self.intensity.keys[0]  # scaled as the network input was
+        net_input = torch.as_tensor(self.intensity({key: net_input})[key])
         other = dict(d)
         other[self.pred_key] = read_in_eval_mode(self.network, self.inferer, net_input).to(pred.device)
         frame_scale = factor.double() * fine_scale
