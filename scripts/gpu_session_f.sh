@@ -9,6 +9,8 @@
 #           if the rule adopts it.
 # MINUTES=7 makes each training's hard limit 10 minutes (scripts/gpu_recipe.sh). Results: the fp16 weights in $OUT
 # (5 global, 3 refinement networks), the curves and timings (result.json of each) printed at the end.
+# Run once, 2026-11-28 (session i), on a lent H200: 554.6 s, every training ended by itself; the rule did not adopt
+# the candidate (docs/results/gpu_session_2026_11_28i.json).
 #   bash scripts/gpu_session_f.sh            # on the lent GPU, with cache/isbi_f2 and .whl carried
 #   SMOKE=1 bash scripts/gpu_session_f.sh    # a tiny run of the same commands on a CPU (checks the plumbing)
 #   ONLY="b0 a0" bash scripts/gpu_session_f.sh   # a subset (on an H100's 80 GB: six 800 x 640 trainings used 77.8 GB)
