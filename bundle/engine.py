@@ -118,12 +118,13 @@ def cpu_recipe_members(cpuinfo: str | Path = "/proc/cpuinfo") -> int:
     return 2 if torch.cuda.is_available() or bf16_is_native("cpu", cpuinfo) else 1
 
 
-def cpu_speed_note(precision: str, device: str | torch.device, image_size, cpuinfo: str | Path = "/proc/cpuinfo") -> str | None:
+def cpu_speed_note(precision: str, device: str | torch.device, enabled: bool = True,
+                   cpuinfo: str | Path = "/proc/cpuinfo") -> str | None:
     """What inference says (logs, and returns) before it starts when the shipped 800 x 640 pipeline is about to run in
     fp32 on a CPU (no native bf16, or ``precision`` none): there it takes about 4 s per full image on 2 cores, and
     ``configs/inference_fast.yaml`` under 1 s (docs/README.md, "Speed"). None elsewhere (a GPU, a CPU with native
-    bf16, or another input size, such as the fast profile's)."""
-    if torch.device(device).type != "cpu" or [int(s) for s in image_size] != [800, 640]:
+    bf16) and where ``enabled`` is false: the config's ``fast_profile_hint``, which the fast profile turns off."""
+    if not str2bool(str(enabled), raise_exc=False) or torch.device(device).type != "cpu":
         return None
     precision = str(precision).lower()
     if precision in ("bf16", "fp16") or precision == "auto" and bf16_is_native("cpu", cpuinfo):

@@ -84,11 +84,25 @@ class TestNativeBf16(unittest.TestCase):
         from bundle.engine import cpu_speed_note
 
         with self.flags_only():
-            self.assertIn("configs/inference_fast.yaml", cpu_speed_note("auto", "cpu", [800, 640], self.without))
-            self.assertIn("configs/inference_fast.yaml", cpu_speed_note("none", "cpu", (800, 640), self.with_bf16))
-            self.assertIsNone(cpu_speed_note("auto", "cpu", [800, 640], self.with_bf16))
-            self.assertIsNone(cpu_speed_note("auto", "cpu", [400, 320], self.without))  # the fast profile itself
-            self.assertIsNone(cpu_speed_note("auto", "cuda:0", [800, 640], self.without))
+            self.assertIn("configs/inference_fast.yaml", cpu_speed_note("auto", "cpu", True, self.without))
+            self.assertIn("configs/inference_fast.yaml", cpu_speed_note("none", "cpu", "true", self.with_bf16))
+            self.assertIsNone(cpu_speed_note("auto", "cpu", True, self.with_bf16))
+            self.assertIsNone(cpu_speed_note("auto", "cpu", "False", self.without))  # the fast profile itself
+            self.assertIsNone(cpu_speed_note("auto", "cuda:0", True, self.without))
+
+    def test_only_the_shipped_profile_asks_for_the_hint(self):
+        """inference.yaml turns the hint on; the fast profile, layered after it, turns it off."""
+        from pathlib import Path
+
+        from monai.bundle import ConfigParser
+
+        root = Path(__file__).resolve().parents[1]
+        hints = []
+        for files in (["inference.yaml"], ["inference.yaml", "inference_fast.yaml"]):
+            parser = ConfigParser()
+            parser.read_config([str(root / "configs" / f) for f in files])
+            hints.append(parser["fast_profile_hint"])
+        self.assertEqual(hints, [True, False])
 
 
 class TestImageProgressBar(unittest.TestCase):
