@@ -6,6 +6,8 @@
 #   w0, w1: cross-validation folds 0 and 1 (split seed 0), compared with session i's b0, b1 (the shipped recipe);
 #   wr:     the refit on all 150 Train images (REFIT=1), what would ship if the rule adopts the candidate.
 # Results: the fp16 weights in $OUT (xz, in halves), the curves and timings (result.json of each) printed at the end.
+# Run once, 2026-11-28 (session j), on a lent H200: 415 s, every training ended by itself (40, 42, 39 epochs); the rule
+# did not adopt the wide network (docs/results/gpu_session_2026_11_28j.json).
 #   OUT=$OUT W=/tmp/w bash scripts/gpu_session_j.sh   # on the lent GPU, with cache/isbi_f2 and .whl carried
 #   SMOKE=1 bash scripts/gpu_session_j.sh            # a tiny run of the same commands on a CPU (checks the plumbing)
 set -uo pipefail

@@ -118,11 +118,15 @@ class TestShippedModel(unittest.TestCase):
                         landscape = post({**d, "pred": net(d["image"][None])[0]})
                     self.assertGreaterEqual(landscape["reframed"], 1)
                     wide_xy = landscape["pred_landmarks"].numpy()[:, ::-1] - [532, 0]
-                    # measured: median 0.83 mm from the landmarks found in the picture as drawn (0.23 mm with
-                    # reframe_fill zeros: the frame reaches above and below this drawn skull, where edge repeats it;
-                    # on Test1's landscape copy the two fills give 1.487 and 1.486 mm, docs/results/reframe_fill.json)
-                    self.assertLess(float(np.median(np.linalg.norm(wide_xy - pred_xy, axis=1))) * 0.1, 1.0)
-        # measured (median of the 57 errors / landmarks within 4 mm): 0.5.0 weights 5.6 mm / 24; 0.4.x 8.9 mm / 21
+                    # read in its frame it is found about as well as drawn (median error against the drawn truth):
+                    # measured 2.77 mm landscape against 4.19 mm drawn with the 0.5.11 pair, 13.3 mm without
+                    # reframing (reframe: false); 1.83 against 2.00 mm with the 0.5.10 pair. The two readings of a
+                    # drawn skull can differ by more than either misses it (0.5.11: 2.2 mm median apart), so the
+                    # check is against the truth, not between them.
+                    wide_mm = float(np.median(np.linalg.norm(wide_xy - truth_xy, axis=1))) * 0.1
+                    drawn_mm = float(np.median(np.linalg.norm(pred_xy - truth_xy, axis=1))) * 0.1
+                    self.assertLess(wide_mm, drawn_mm + 1.0)
+        # measured (median of the 57 errors / landmarks within 4 mm): 0.5.11 weights 4.3 mm / 27; 0.5.0 5.6 mm / 24; 0.4.x 8.9 mm / 21
         assert_transfers(self, errors)
 
 
@@ -141,7 +145,8 @@ class TestFastProfile(unittest.TestCase):
                 _, _, d, _, _, err = read_drawn(self, pipeline, tmp, seed)
                 self.assertEqual(tuple(d["image"].shape[-2:]), (400, 320))
                 errors.append(err)
-        # measured: median 4.2 mm, 28 of the 57 within 4 mm (0.5.8 weights: 8.4 mm, 20)
+        # measured: median 3.7 mm, 30 of the 57 within 4 mm with 0.5.11's refinement network (0.5.9's pair: 4.2 mm, 28;
+        # 0.5.8 weights: 8.4 mm, 20)
         assert_transfers(self, errors)
 
 
