@@ -1,4 +1,4 @@
-# Sourced by the device scripts (scripts/gpu_recipe.sh, scripts/gpu_session_f.sh) from the repository root: the lent
+# Sourced by the device scripts (scripts/gpu_recipe.sh, scripts/device_session.sh) from the repository root: the lent
 # GPU machine has PyTorch but not MONAI, pytorch-ignite or fire, so the wheels carried in .whl/ go into /tmp/site
 # (once; a later script finds them through PYTHONPATH, which this exports).
 if ! python3 -c "import monai, ignite, fire" 2>/dev/null; then

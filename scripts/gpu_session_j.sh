@@ -13,40 +13,25 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-runs/gpu_j_out}"; W="${W:-runs/gpu_j}"
-mkdir -p "$OUT" "$W"
-. scripts/device_packages.sh || exit 1  # before the trainings start side by side
 common=(CACHE=cache/isbi_f2 NETWORK=configs/maht_net.yaml EXTRA=configs/maht_net_wide.yaml MINUTES=6.5 KEEP=last
         REFINE=0 WORKERS=4)
-tiny=()
-if [ "${SMOKE:-0}" != "0" ]; then
-  common+=(EPOCHS=1 WORKERS=0)  # env keeps the last of a name given twice
-  tiny=(--data_limit 4 --full_image_size "[128,96]" --batch_size 2 --amp none --warmup_epochs 0)
-fi
-command -v nvidia-smi >/dev/null && { nvidia-smi --query-gpu=name,memory.total --format=csv,noheader;
-  nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader -l 30 > "$W/smi.log" 2>&1 & smi=$!; }
-s="--seed 0 --split_seed 0"
-# each job copies its weights to $OUT as soon as it ends, so a command stopped at its limit still returns them
-job() {  # job NAME VAR=VALUE... -- RECIPE ARGS...
-  local name=$1; shift; local vars=(); while [ "$1" != "--" ]; do vars+=("$1"); shift; done; shift
-  env "${common[@]}" "${vars[@]}" OUT="$W/$name" bash scripts/gpu_recipe.sh "$@" "${tiny[@]}" > "$W/$name.out" 2>&1
-  # 24 MB of fp16 weights each: at most 8 files of 16 MiB, 64 MiB in all come back, so xz and halves
-  # (back here: cat NAME_model.pt.xz.* | xz -d > NAME_model.pt)
-  [ -f "$W/$name/model_fp16.pt" ] && python3 -c "import lzma, sys
+. scripts/device_session.sh  # job, want, session_end, results_json, session_summary; SMOKE=1's tiny settings
+# 24 MB of fp16 weights each: at most 8 files of 16 MiB, 64 MiB in all come back, so xz and halves
+# (back here: cat NAME_model.pt.xz.* | xz -d > NAME_model.pt)
+save_weights() {
+  [ -f "$W/$1/model_fp16.pt" ] || return 0
+  python3 -c "import lzma, sys
 data = lzma.compress(open(sys.argv[1], 'rb').read(), preset=9)
 half = len(data) // 2 + 1
 for i in range(2):
-    open(f'{sys.argv[2]}.{i:02d}', 'wb').write(data[i * half:(i + 1) * half])" "$W/$name/model_fp16.pt" "$OUT/${name}_model.pt.xz"
-  echo "$name ended after $SECONDS s"
+    open(f'{sys.argv[2]}.{i:02d}', 'wb').write(data[i * half:(i + 1) * half])" "$W/$1/model_fp16.pt" "$OUT/${1}_model.pt.xz"
 }
+s="--seed 0 --split_seed 0"
 pids=(); ONLY="${ONLY:-w0 w1 wr}"
-want() { [[ " $ONLY " == *" $1 "* ]]; }
 want w0 && job w0 -- $s --val_fold 0 & pids+=($!)
 want w1 && job w1 -- $s --val_fold 1 & pids+=($!)
 want wr && job wr REFIT=1 -- --seed 0 & pids+=($!)
 [ ${#pids[@]} -gt 0 ] && wait "${pids[@]}"
-[ -n "${smi:-}" ] && kill "$smi"
-for n in $ONLY; do echo "== $n"; grep -E "time budget|Metrics|Error" "$W/$n/train.log" | tail -4; done
-python3 -c "import json,sys; print(json.dumps({n: json.load(open(f'$W/{n}/result.json')) for n in sys.argv[1:]
-  if __import__('os').path.isfile(f'$W/{n}/result.json')}, separators=(',', ':')))" w0 w1 wr > "$OUT/results.json"
-cat "$W/smi.log" 2>/dev/null | tr '\n' ';'; echo
-ls -la "$OUT"
+session_end $ONLY
+results_json w0 w1 wr > "$OUT/results.json"
+session_summary

@@ -124,8 +124,7 @@ class TestShippedModel(unittest.TestCase):
                     # drawn skull can differ by more than either misses it (0.5.11: 2.2 mm median apart), so the
                     # check is against the truth, not between them.
                     wide_mm = float(np.median(np.linalg.norm(wide_xy - truth_xy, axis=1))) * 0.1
-                    drawn_mm = float(np.median(np.linalg.norm(pred_xy - truth_xy, axis=1))) * 0.1
-                    self.assertLess(wide_mm, drawn_mm + 1.0)
+                    self.assertLess(wide_mm, float(np.median(err)) + 1.0)  # err: the drawn reading's, in mm
         # measured (median of the 57 errors / landmarks within 4 mm): 0.5.11 weights 4.3 mm / 27; 0.5.0 5.6 mm / 24; 0.4.x 8.9 mm / 21
         assert_transfers(self, errors)
 
