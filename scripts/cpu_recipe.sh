@@ -11,6 +11,8 @@
 # evaluation whose metrics.json exists is kept (delete OUT/eval_* to redo them).
 #   bash scripts/cpu_recipe.sh OUT GLOBAL_MINUTES REFINE_MINUTES [DATASET_DIR]
 #   e.g. bash scripts/cpu_recipe.sh runs/cpu_recipe 35 12 ../shared/data/isbi2015
+# SEED=K (default 0) starts every stage's augmentation and initialisation seeds at K instead of 0 (another draw of
+# the same recipe; the train / validation split stays split seed 0).
 # REFINE_MINUTES 0 trains each refinement network for configs/refine.yaml's fixed 16 epochs instead of a budget.
 # REFIT=1 trains the refinement networks on all 150 Train images (configs/refit.yaml: no validation, the last epoch
 # is kept); the global models keep their validation split, since at 400 x 320 they overfit and the best checkpoint
@@ -30,6 +32,7 @@ out="$1"; global_min="$2"; refine_min="$3"; data="${4:-../shared/data/isbi2015}"
 # two of each where bf16 is native, one of each elsewhere (bundle.engine.cpu_recipe_members)
 default_members=$(python -c "from bundle.engine import cpu_recipe_members; print(cpu_recipe_members())")
 members="${REFINE_MEMBERS:-$default_members}"; global_members="${GLOBAL_MEMBERS:-$default_members}"
+seed0="${SEED:-0}"
 mkdir -p "$out"
 # the budgets were set on a CPU with native bf16 (AVX-512 BF16 or AMX); elsewhere amp: auto trains in fp32, several
 # times slower per step: the global budgets fit fewer epochs, the refinement stages' fixed epochs take longer
@@ -63,10 +66,10 @@ stage() {  # name, minutes, config args...: train unless OUT/name/done exists; t
     --progress_bar False --resume "$resume" > "$out/$name.log" 2>&1 || failed "$out/$name.log"
   echo $(( $(date +%s) - start )) > "$out/$name/done"
 }
-stage global "$global_min" "${global[@]}"
+stage global "$global_min" "${global[@]}" --seed "$seed0" --split_seed 0
 global_ckpts=("'$out/global/model.pt'")
 for ((m = 1; m < global_members; m++)); do      # more global networks: other augmentation seeds, the same split
-  stage "global_s$m" "$global_min" "${global[@]}" --seed "$m" --split_seed 0
+  stage "global_s$m" "$global_min" "${global[@]}" --seed "$((seed0 + m))" --split_seed 0
   global_ckpts+=("'$out/global_s$m/model.pt'")
 done
 global_ensemble=()
@@ -74,7 +77,7 @@ global_ensemble=()
 refine_ckpts=()
 for ((m = 0; m < members; m++)); do
   name=refine; [ "$m" -gt 0 ] && name="refine_s$m"
-  stage "$name" "$refine_min" "${refine[@]}" --seed "$m" --split_seed 0
+  stage "$name" "$refine_min" "${refine[@]}" --seed "$((seed0 + m))" --split_seed 0
   refine_ckpts+=("'$out/$name/model.pt'")
 done
 ensemble="[$(IFS=,; echo "${refine_ckpts[*]}")]"
