@@ -94,5 +94,29 @@ class TestFastProfile(unittest.TestCase):
         self.assertEqual(fast["refine_shifts"], [])
 
 
+class TestMeasuredNumbersFollowMetadata(unittest.TestCase):
+    def test_fast_profile_numbers_are_the_metadata_ones(self):
+        """The fast profile's Test1 cost is stated in four places for users; configs/metadata.json eval_metrics holds
+        the measured numbers, inference's hint is written from them, and the hand-written copies (inference_fast.yaml's
+        header, README, docs' "Not yet done") must be changed with them when the weights change."""
+        import json
+
+        from bundle.engine import cpu_speed_note
+
+        metrics = json.loads((CONFIGS / "metadata.json").read_text())["eval_metrics"]
+        full = f"{metrics['isbi2015_test1_senior_mre_mm']:.2f}"
+        fast = f"{metrics['isbi2015_test1_senior_mre_mm_fast_profile']:.2f}"
+        root = CONFIGS.parent
+
+        def flat(text):  # line breaks and comment marks as single spaces
+            return " ".join(text.replace("#", " ").split())
+
+        self.assertIn(f"ISBI Test1 {fast} mm against {full}", flat((CONFIGS / "inference_fast.yaml").read_text()))
+        self.assertIn(f"Test1 {fast} mm against {full}", flat((root / "README.md").read_text()))
+        self.assertIn(f"at {fast} mm instead of {full} on Test1", flat((root / "docs" / "README.md").read_text()))
+        note = cpu_speed_note("none", "cpu", True)
+        self.assertIn(f"{fast} against {full} mm (configs/metadata.json", note)
+
+
 if __name__ == "__main__":
     unittest.main()
