@@ -144,11 +144,13 @@ def cpu_speed_note(precision: str, device: str | torch.device, enabled: bool = T
         return None
     metrics = shipped_metrics()
     full, fast = metrics.get("isbi2015_test1_senior_mre_mm"), metrics.get("isbi2015_test1_senior_mre_mm_fast_profile")
-    cost = (f", at {fast - full:.2f} mm more error on ISBI Test1: {fast:.2f} against {full:.2f} mm (configs/metadata.json; "
-            if isinstance(full, (int, float)) and isinstance(fast, (int, float)) else " (")
+    cost, source = "", "docs/README.md, 'Speed'"
+    if isinstance(full, (int, float)) and isinstance(fast, (int, float)):  # the measured numbers, from metadata.json
+        cost = f", at {fast - full:.2f} mm more error on ISBI Test1: {fast:.2f} against {full:.2f} mm"
+        source = f"configs/metadata.json; {source}"
     note = ("this CPU computes the networks in fp32 (no native bf16): about 4 s per full-size image on 2 cores. "
             "Layering configs/inference_fast.yaml (--config_file \"['configs/inference.yaml','configs/inference_fast.yaml']\") "
-            f"takes under 1 s there{cost}docs/README.md, 'Speed').")
+            f"takes under 1 s there{cost} ({source}).")
     logging.getLogger(__name__).info(note)
     return note
 
