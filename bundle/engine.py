@@ -132,11 +132,13 @@ def shipped_metrics(metadata: str | Path | None = None) -> dict:
 
 
 def cpu_speed_note(precision: str, device: str | torch.device, enabled: bool = True,
-                   cpuinfo: str | Path = "/proc/cpuinfo") -> str | None:
+                   cpuinfo: str | Path = "/proc/cpuinfo", runtime: str = "pytorch") -> str | None:
     """What inference says (logs, and returns) before it starts when the shipped 800 x 640 pipeline is about to run in
     fp32 on a CPU (no native bf16, or ``precision`` none): there it takes about 4 s per full image on 2 cores, and
     ``configs/inference_fast.yaml`` under 1 s (docs/README.md, "Speed"). None elsewhere (a GPU, a CPU with native
-    bf16) and where ``enabled`` is false: the config's ``fast_profile_hint``, which the fast profile turns off."""
+    bf16) and where ``enabled`` is false: the config's ``fast_profile_hint``, which the fast profile turns off. With
+    ``runtime`` "pytorch" it also names ``runtime: openvino`` (bundle/runtime.py), the same landmarks in about 0.7 times
+    the time there."""
     if not str2bool(str(enabled), raise_exc=False) or torch.device(device).type != "cpu":
         return None
     precision = str(precision).lower()
@@ -148,7 +150,12 @@ def cpu_speed_note(precision: str, device: str | torch.device, enabled: bool = T
     if isinstance(full, (int, float)) and isinstance(fast, (int, float)):  # the measured numbers, from metadata.json
         cost = f", at {fast - full:.2f} mm more error on ISBI Test1: {fast:.2f} against {full:.2f} mm"
         source = f"configs/metadata.json; {source}"
-    note = ("this CPU computes the networks in fp32 (no native bf16): about 4 s per full-size image on 2 cores. "
+    if str(runtime).lower() == "openvino":
+        speed = "this CPU has no native bf16, so OpenVINO runs the networks in fp32: about 2.6 s per full-size image on 2 cores. "
+    else:
+        speed = ("this CPU computes the networks in fp32 (no native bf16): about 4 s per full-size image on 2 cores "
+                 "(--runtime openvino: the same landmarks in about 2.6 s, after pip install -r requirements-openvino.txt). ")
+    note = (f"{speed}"
             "Layering configs/inference_fast.yaml (--config_file \"['configs/inference.yaml','configs/inference_fast.yaml']\") "
             f"takes under 1 s there{cost} ({source}).")
     logging.getLogger(__name__).info(note)

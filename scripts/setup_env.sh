@@ -5,7 +5,7 @@ set -e
 _root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 _venv="${CEPH_VENV:-$_root/.venv}"
 _stamp="$_venv/.requirements.sha256"
-_want="$(cat "$_root/requirements.txt" "$_root/requirements-dev.txt" | sha256sum | cut -d' ' -f1)"
+_want="$(cat "$_root/requirements.txt" "$_root/requirements-openvino.txt" "$_root/requirements-dev.txt" | sha256sum | cut -d' ' -f1)"
 if [ ! -x "$_venv/bin/python" ] || [ "$(cat "$_stamp" 2>/dev/null)" != "$_want" ]; then
   echo "setting up $_venv (pinned packages from requirements-dev.txt) ..."
   python3 -m venv "$_venv"

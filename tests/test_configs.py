@@ -2,6 +2,7 @@
 stands alone): the settings they share must not drift apart, or Test1 numbers would describe another pipeline than
 the one users run."""
 
+import json
 import unittest
 from pathlib import Path
 
@@ -12,7 +13,7 @@ SAME = ["refine_spacing_mm", "refine_context_factor", "crop_size", "refine_coars
         "shape_z_max", "bias_correction", "refine_ckpt_path", "refine_network_def", "refine_network", "fine_transforms",
         "centre_correction", "correct_bias", "use_refine", "tta", "ensemble", "refine_ensemble", "face",
         "bone", "orientation_auto_spread_mm", "restore_orientation", "reframe", "reframe_margin", "reframe_fill", "frame_model",
-        "use_reframe", "orient_input"]
+        "use_reframe", "orient_input", "runtime", "network_runtime"]
 # intended differences: evaluation fits calibrations (inference applies them), evaluation can iterate the refinement
 # for experiments, and only inference moves the crop centres by default (evaluate.yaml evaluates any checkpoint)
 ONLY_INFERENCE = {"calibration"}
@@ -114,6 +115,51 @@ class TestMeasuredNumbersFollowMetadata(unittest.TestCase):
         self.assertIn(f"at {fast} mm instead of {full} on Test1", flat((root / "docs" / "README.md").read_text()))
         note = cpu_speed_note("none", "cpu", True)
         self.assertIn(f"{fast} against {full} mm (configs/metadata.json", note)
+
+    def test_cpu_recipe_numbers_are_the_measured_ones(self):
+        """The AVX2 CPU recipe's two draws are not shipped weights, so their numbers live in their result JSON
+        (docs/results/cpu_recipe_avx2_45*_result.json, written from the runs); the copies for users (the script's
+        header and start-up message, README, docs' "Speed" and "Not yet done") must say the same minutes and MRE."""
+        root = CONFIGS.parent
+
+        def flat(text):
+            return " ".join(text.replace("#", " ").replace('"', " ").split())
+
+        script = flat((root / "scripts" / "cpu_recipe.sh").read_text())
+        readme = flat((root / "README.md").read_text())
+        docs = (root / "docs" / "README.md").read_text()
+        not_yet_done = flat(docs[docs.index("## Not yet done"):])
+        speed = flat(docs[docs.index("## Speed"):docs.index("### The fast CPU profile")])
+        for name in ("cpu_recipe_avx2_45_result.json", "cpu_recipe_avx2_45_s1_result.json"):
+            result = json.loads((root / "docs" / "results" / name).read_text())
+            minutes = f"{result['minutes']['training_total']:.1f} minutes"
+            mre = result["test1_both_passes"]["mre_mm"]
+            with self.subTest(result=name):
+                self.assertEqual(script.count(f"{minutes}"), 2, "the header comment and the start-up message")
+                self.assertEqual(script.count(f"{mre:.3f} mm"), 2, "the header comment and the start-up message")
+                self.assertIn(minutes, readme)
+                self.assertIn(f"{mre:.3f} mm", readme)
+                self.assertIn(minutes, not_yet_done)
+                self.assertIn(f"{mre:.3f} mm", not_yet_done)
+                self.assertIn(f"{mre:.4f} mm", speed)
+
+
+class TestMetadataPackages(unittest.TestCase):
+    def test_versions_are_the_pinned_ones(self):
+        """metadata.json's package versions (required, and optional: runtime: openvino) are the requirements files' pins."""
+        root = CONFIGS.parent
+        pins = {}
+        for name in ("requirements.txt", "requirements-openvino.txt"):
+            for line in (root / name).read_text().splitlines():
+                package, sep, version = line.split("#")[0].strip().partition("==")
+                if sep:
+                    pins[package.lower()] = version
+        meta = json.loads((CONFIGS / "metadata.json").read_text())
+        listed = {**meta["required_packages_version"], **meta["optional_packages_version"],
+                  "monai": meta["monai_version"], "torch": meta["pytorch_version"], "numpy": meta["numpy_version"]}
+        for package, version in listed.items():
+            self.assertEqual(pins.get(package.lower()), version, package)
+        self.assertEqual(set(meta["optional_packages_version"]), {"openvino", "onnx"})
 
 
 if __name__ == "__main__":

@@ -89,6 +89,11 @@ class TestNativeBf16(unittest.TestCase):
             self.assertIsNone(cpu_speed_note("auto", "cpu", True, self.with_bf16))
             self.assertIsNone(cpu_speed_note("auto", "cpu", "False", self.without))  # the fast profile itself
             self.assertIsNone(cpu_speed_note("auto", "cuda:0", True, self.without))
+            # it names the faster runtime, and says what to expect once it is chosen
+            self.assertIn("--runtime openvino", cpu_speed_note("auto", "cpu", True, self.without))
+            on = cpu_speed_note("auto", "cpu", True, self.without, runtime="openvino")
+            self.assertIn("OpenVINO runs the networks in fp32", on)
+            self.assertNotIn("--runtime openvino", on)
 
     def test_only_the_shipped_profile_asks_for_the_hint(self):
         """inference.yaml turns the hint on; the fast profile, layered after it, turns it off."""

@@ -129,6 +129,44 @@ class TestShippedModel(unittest.TestCase):
         assert_transfers(self, errors)
 
 
+@unittest.skipUnless((ROOT / "models" / "model.pt").is_file(), "no shipped weights")
+class TestShippedModelInOpenVINO(unittest.TestCase):
+    def test_same_landmarks_as_pytorch(self):
+        """inference.yaml as a user runs it, with --runtime openvino (bundle/runtime.py): both shipped networks run in
+        OpenVINO and every landmark of a drawn cephalogram is where PyTorch puts it (measured on 10 Test1 images:
+        within 0.00003 mm; the CSV rounds to 0.01 pixel)."""
+        import csv
+        import tempfile
+
+        from monai.bundle import ConfigWorkflow
+        from PIL import Image
+
+        from bundle.runtime import OpenVINOForward
+
+        rows = {}
+        with tempfile.TemporaryDirectory() as tmp:
+            image, _ = synthesize_cephalogram(np.random.default_rng(3), (2400, 1935))
+            (Path(tmp) / "in").mkdir()
+            Image.fromarray(image).save(Path(tmp) / "in" / "ceph3.jpg", quality=95)
+            for runtime in ("pytorch", "openvino"):
+                out = Path(tmp) / runtime
+                wf = ConfigWorkflow(workflow_type="infer", config_file=str(ROOT / "configs" / "inference.yaml"),
+                                    logging_file=False, meta_file=str(ROOT / "configs" / "metadata.json"),
+                                    bundle_root=str(ROOT), input_dir=str(Path(tmp) / "in"), output_dir=str(out),
+                                    num_workers=0, overlay=False, progress_bar=False, runtime=runtime)
+                wf.initialize()
+                wf.run()
+                ran_in_openvino = [isinstance(n.forward, OpenVINOForward) for n in (
+                    wf.parser.get_parsed_content("network"), wf.parser.get_parsed_content("refine_network").backbone)]
+                self.assertEqual(ran_in_openvino, [runtime == "openvino"] * 2)
+                wf.finalize()
+                with open(out / "landmarks.csv") as f:
+                    rows[runtime] = [(float(r["x"]), float(r["y"])) for r in csv.DictReader(f)]
+        self.assertEqual(len(rows["pytorch"]), 19)
+        difference = np.abs(np.array(rows["openvino"]) - np.array(rows["pytorch"])).max()
+        self.assertLessEqual(float(difference), 0.011)
+
+
 @unittest.skipUnless((ROOT / "models" / "model_fast.pt").is_file(), "no fast-profile weights")
 class TestFastProfile(unittest.TestCase):
     def test_loads_and_finds_landmarks(self):

@@ -291,6 +291,26 @@ class TestBundleWorkflow(unittest.TestCase):
         for k, (x, y) in single.items():
             self.assertAlmostEqual(ensembled[k][0], x, delta=0.01)
             self.assertAlmostEqual(ensembled[k][1], y, delta=0.01)
+        # runtime: openvino (bundle/runtime.py) runs both networks in OpenVINO after the weights are loaded: the same
+        # landmarks as PyTorch's (the CSV's 0.01-pixel rounding apart)
+        ev = ConfigWorkflow(
+            workflow_type="eval", config_file=[str(CONFIGS / "train.yaml"), str(CONFIGS / "evaluate.yaml")],
+            logging_file=False, meta_file=str(CONFIGS / "metadata.json"), refine=True, refine_ckpt_path=refine_ckpt,
+            runtime="openvino", amp="none", eval_dir=str(self.tmp / "eval_refined_openvino"), **self.common, **crops,
+        )
+        ev.initialize()
+        ev.run()
+        from bundle.runtime import OpenVINOForward
+
+        self.assertIsInstance(ev.parser.get_parsed_content("network").forward, OpenVINOForward)
+        self.assertIsInstance(ev.parser.get_parsed_content("refine_network").backbone.forward, OpenVINOForward)
+        ev.finalize()
+        with open(self.tmp / "eval_refined_openvino" / "predictions.csv") as f:
+            openvino = {(r["image"], r["landmark"]): (float(r["x_pred"]), float(r["y_pred"])) for r in csv.DictReader(f)}
+        self.assertEqual(openvino.keys(), single.keys())
+        for k, (x, y) in single.items():
+            self.assertAlmostEqual(openvino[k][0], x, delta=0.011)
+            self.assertAlmostEqual(openvino[k][1], y, delta=0.011)
         out = self.tmp / "out_refined"
         wf = ConfigWorkflow(
             workflow_type="infer", config_file=UNET_INFERENCE, logging_file=False,
