@@ -137,8 +137,8 @@ def cpu_speed_note(precision: str, device: str | torch.device, enabled: bool = T
     fp32 on a CPU (no native bf16, or ``precision`` none): there it takes about 4 s per full image on 2 cores, and
     ``configs/inference_fast.yaml`` under 1 s (docs/README.md, "Speed"). None elsewhere (a GPU, a CPU with native
     bf16) and where ``enabled`` is false: the config's ``fast_profile_hint``, which the fast profile turns off. With
-    ``runtime`` "pytorch" it also names ``runtime: openvino`` (bundle/runtime.py), the same landmarks in about 0.7 times
-    the time there."""
+    ``runtime`` "pytorch" it also names ``runtime: openvino`` (bundle/runtime.py), landmarks within 0.06 mm in about 0.7
+    times the time there."""
     if not str2bool(str(enabled), raise_exc=False) or torch.device(device).type != "cpu":
         return None
     precision = str(precision).lower()
@@ -154,7 +154,7 @@ def cpu_speed_note(precision: str, device: str | torch.device, enabled: bool = T
         speed = "this CPU has no native bf16, so OpenVINO runs the networks in fp32: about 2.6 s per full-size image on 2 cores. "
     else:
         speed = ("this CPU computes the networks in fp32 (no native bf16): about 4 s per full-size image on 2 cores "
-                 "(--runtime openvino: the same landmarks in about 2.6 s, after pip install -r requirements-openvino.txt). ")
+                 "(--runtime openvino: landmarks within 0.06 mm in about 2.6 s, after pip install -r requirements-openvino.txt). ")
     note = (f"{speed}"
             "Layering configs/inference_fast.yaml (--config_file \"['configs/inference.yaml','configs/inference_fast.yaml']\") "
             f"takes under 1 s there{cost} ({source}).")

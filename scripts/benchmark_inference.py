@@ -153,7 +153,7 @@ def main() -> None:
     ap.add_argument("--variant", action="append", default=[], metavar="KEY=VALUE",
                     help="also time inference.yaml with these overrides ('key=value;key=value', YAML values; repeatable)")
     ap.add_argument("--runtime", action="append", default=[], choices=["onnxruntime", "openvino"],
-                    help="also time the shipped pipeline with both networks run by this runtime (fp32; repeatable)")
+                    help="also time the shipped pipeline and each --override with both networks run by this runtime (fp32; repeatable)")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
