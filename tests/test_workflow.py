@@ -358,6 +358,24 @@ class TestBundleWorkflow(unittest.TestCase):
             a, _ = heatmap_to_landmarks(net(x), log_scale=True)
             b, _ = heatmap_to_landmarks(ts(x), log_scale=True)
         self.assertLess(float((a - b).abs().max()), 1e-3)
+        # MONAI's onnx_export, with the options README gives (the TorchScript-based exporter, which needs onnx but not
+        # onnxscript): an ONNX file that OpenVINO reads and runs to the same landmarks
+        from monai.bundle import onnx_export
+        import openvino
+
+        onnx_path = self.tmp / "model.onnx"
+        onnx_export(
+            net_id="network_def", filepath=str(onnx_path), ckpt_file=str(self.runs / "model.pt"),
+            meta_file=str(CONFIGS / "metadata.json"), config_file=UNET_INFERENCE, input_shape=[1, 1, 64, 48],
+            use_trace=True, converter_kwargs={"dynamo": False, "opset_version": 17},
+            bundle_root=str(ROOT), image_size=[64, 48], **UNET_AS_TRAINED,
+        )
+        compiled = openvino.Core().compile_model(str(onnx_path), "CPU")
+        x1 = x[:1]
+        with torch.no_grad():
+            a, _ = heatmap_to_landmarks(net(x1), log_scale=True)
+        b, _ = heatmap_to_landmarks(torch.from_numpy(compiled({0: x1.numpy()})[0]), log_scale=True)
+        self.assertLess(float((a - b).abs().max()), 1e-3)
 
 
 if __name__ == "__main__":
