@@ -8,6 +8,7 @@ output is missing, or the MRE exceeds ``--max_mre``; lists the images inference 
 read as they are (ISBI's own images: none). Skips (exit 0) when the data set is not there.
 
     python scripts/check_isbi.py --dataset_dir ../shared/data/isbi2015 --n 10
+    python scripts/check_isbi.py --n 10 --runtime openvino    # both networks run by OpenVINO
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ def main() -> int:
     ap.add_argument("--n", type=int, default=10, help="Test1 images to run")
     ap.add_argument("--max_mre", type=float, default=3.0, help="fail above this MRE (mm)")
     ap.add_argument("--config_file", default="configs/inference.yaml")
+    ap.add_argument("--runtime", default="pytorch", choices=["pytorch", "openvino"],
+                    help="the networks' runtime (openvino: pip install -r requirements-openvino.txt)")
     args = ap.parse_args()
     test_dir = Path(args.dataset_dir) / "RawImage" / "Test1Data"
     if not test_dir.is_dir():
@@ -51,7 +54,7 @@ def main() -> int:
         t0 = time.perf_counter()
         res = subprocess.run(
             [sys.executable, "-m", "monai.bundle", "run", "--config_file", args.config_file,
-             "--input_dir", str(inp), "--output_dir", str(out)],
+             "--input_dir", str(inp), "--output_dir", str(out), "--runtime", args.runtime],
             cwd=ROOT, capture_output=True, text=True,
         )
         seconds = time.perf_counter() - t0
@@ -84,6 +87,8 @@ def main() -> int:
         agreement = measurement_agreement(np.stack(preds_mm), np.stack(truths_mm))
     report = {
         "images": len(images),
+        "config_file": args.config_file,
+        "runtime": args.runtime,
         "mre_mm": round(float(errors.mean()), 3),
         "sdr_2mm": round(100 * float((errors <= 2.0).mean()), 1),
         "analysis_type_agreement_pct": agreement["mean_type_agreement_pct"],
