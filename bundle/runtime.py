@@ -71,9 +71,10 @@ def run_in_openvino(module: torch.nn.Module, input_shape: Sequence[int], threads
     PyTorch's). With ``check`` its output on a random input must match PyTorch's (max |difference| at most 1e-3 of
     the output's largest magnitude + 1e-3), or it stays a PyTorch module and a ``RuntimeError`` says so."""
     openvino = import_openvino()
-    if next(module.parameters()).device.type != "cpu":
-        raise ValueError(f"runtime: openvino runs the {name} network on the CPU, but it is on "
-                         f"{next(module.parameters()).device}: use runtime: pytorch there")
+    device = next(module.parameters()).device
+    if device.type != "cpu":
+        raise ValueError(f"runtime: openvino runs the {name} network on the CPU, but it is on {device}: use runtime: "
+                         f"pytorch there")
     core = openvino.Core()
     settings = {"INFERENCE_NUM_THREADS": int(threads or torch.get_num_threads()), "INFERENCE_PRECISION_HINT": "f32",
                 "PERFORMANCE_HINT": "LATENCY"}

@@ -93,10 +93,11 @@ def time_config(config_files: list[str], images: list[str], warmup: int, overrid
     # members were loaded when the network was built); weights of another architecture than the variant's
     # (e.g. a U-Net variant and the shipped MAHT-Net file) leave it with random weights, which times the same
     engine = SimpleNamespace(state=SimpleNamespace(epoch=0, max_epochs=None))
-    loaded = True
+    loaded, networks = True, []
     for handler in parser.get_parsed_content("handlers"):
         if isinstance(handler, NetworkRuntime):  # runtime: openvino, after the weights (as in the bundle's handlers)
             handler(engine)
+            networks = handler.networks
         if isinstance(handler, CheckpointLoader):
             try:
                 handler(engine)
@@ -104,8 +105,7 @@ def time_config(config_files: list[str], images: list[str], warmup: int, overrid
                 loaded = False
     face = parser.get_parsed_content("face")
     if runtime == "onnxruntime":
-        handler = next(h for h in parser.get_parsed_content("handlers") if isinstance(h, NetworkRuntime))
-        for module, shape, _ in handler.networks:
+        for module, shape, _ in networks:
             run_in_onnxruntime(module, shape, torch.get_num_threads(), tmp)
     if not loaded:  # random weights are unsure of every image, which "auto" would read every other way too, and
         from bundle.orientation import OrientImaged  # place landmarks anywhere, which reframing would read again;

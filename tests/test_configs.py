@@ -95,6 +95,11 @@ class TestFastProfile(unittest.TestCase):
         self.assertEqual(fast["refine_shifts"], [])
 
 
+def flat(text: str) -> str:
+    """Line breaks, comment marks and shell quotes as single spaces: hand-written copies are compared as prose."""
+    return " ".join(text.replace("#", " ").replace('"', " ").split())
+
+
 class TestMeasuredNumbersFollowMetadata(unittest.TestCase):
     def test_fast_profile_numbers_are_the_metadata_ones(self):
         """The fast profile's Test1 cost is stated in four places for users; configs/metadata.json eval_metrics holds
@@ -107,9 +112,6 @@ class TestMeasuredNumbersFollowMetadata(unittest.TestCase):
         fast = f"{metrics['isbi2015_test1_senior_mre_mm_fast_profile']:.2f}"
         root = CONFIGS.parent
 
-        def flat(text):  # line breaks and comment marks as single spaces
-            return " ".join(text.replace("#", " ").split())
-
         self.assertIn(f"ISBI Test1 {fast} mm against {full}", flat((CONFIGS / "inference_fast.yaml").read_text()))
         self.assertIn(f"Test1 {fast} mm against {full}", flat((root / "README.md").read_text()))
         self.assertIn(f"at {fast} mm instead of {full} on Test1", flat((root / "docs" / "README.md").read_text()))
@@ -121,9 +123,6 @@ class TestMeasuredNumbersFollowMetadata(unittest.TestCase):
         (docs/results/cpu_recipe_avx2_45*_result.json, written from the runs); the copies for users (the script's
         header and start-up message, README, docs' "Speed" and "Not yet done") must say the same minutes and MRE."""
         root = CONFIGS.parent
-
-        def flat(text):
-            return " ".join(text.replace("#", " ").replace('"', " ").split())
 
         script = flat((root / "scripts" / "cpu_recipe.sh").read_text())
         readme = flat((root / "README.md").read_text())
