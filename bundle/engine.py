@@ -134,8 +134,9 @@ def shipped_metrics(metadata: str | Path | None = None) -> dict:
 def cpu_speed_note(precision: str, device: str | torch.device, enabled: bool = True,
                    cpuinfo: str | Path = "/proc/cpuinfo", runtime: str = "pytorch") -> str | None:
     """What inference says (logs, and returns) before it starts when the shipped 800 x 640 pipeline is about to run in
-    fp32 on a CPU (no native bf16, or ``precision`` none): there it takes about 4 s per full image on 2 cores, and
-    ``configs/inference_fast.yaml`` under 1 s (docs/README.md, "Speed"). None elsewhere (a GPU, a CPU with native
+    fp32 on a CPU (no native bf16, or ``precision`` none): there it takes about 3.6 s per full image on 2 cores, and
+    ``configs/inference_fast.yaml`` under 1 s (docs/README.md, "Speed"; the seconds are those of
+    docs/results/benchmark_inference_runtimes_avx2.json, which a test holds them to). None elsewhere (a GPU, a CPU with native
     bf16) and where ``enabled`` is false: the config's ``fast_profile_hint``, which the fast profile turns off. With
     ``runtime`` "pytorch" it also names ``runtime: openvino`` (bundle/runtime.py), landmarks within 0.06 mm in about 0.7
     times the time there."""
@@ -153,7 +154,7 @@ def cpu_speed_note(precision: str, device: str | torch.device, enabled: bool = T
     if str(runtime).lower() == "openvino":
         speed = "this CPU has no native bf16, so OpenVINO runs the networks in fp32: about 2.6 s per full-size image on 2 cores. "
     else:
-        speed = ("this CPU computes the networks in fp32 (no native bf16): about 4 s per full-size image on 2 cores "
+        speed = ("this CPU computes the networks in fp32 (no native bf16): about 3.6 s per full-size image on 2 cores "
                  "(--runtime openvino: landmarks within 0.06 mm in about 2.6 s, after pip install -r requirements-openvino.txt). ")
     note = (f"{speed}"
             "Layering configs/inference_fast.yaml (--config_file \"['configs/inference.yaml','configs/inference_fast.yaml']\") "

@@ -142,6 +142,45 @@ class TestMeasuredNumbersFollowMetadata(unittest.TestCase):
                 self.assertIn(f"{mre:.3f} mm", not_yet_done)
                 self.assertIn(f"{mre:.4f} mm", speed)
 
+    def test_speed_numbers_are_the_measured_ones(self):
+        """The inference speeds typed into what users read first (inference's start-up note, bundle/runtime.py, the
+        configs' comments, README) are the medians of the benchmark JSONs they come from (2 AVX2 cores): the run that
+        timed the fast profile against the shipped pipeline (benchmark_inference_fast_avx2.json) and the run that
+        timed both in PyTorch and OpenVINO (benchmark_inference_runtimes_avx2.json)."""
+        root = CONFIGS.parent
+        results = root / "docs" / "results"
+
+        def median(name: str, fast: bool, runtime: str = "pytorch") -> float:
+            rows = [r for r in json.loads((results / name).read_text())["results"]
+                    if r["refine"] and r.get("runtime", "pytorch") == runtime and r["overrides"] == {}
+                    and any(c.endswith("inference_fast.yaml") for c in r["config"]) == fast
+                    and not any(c.endswith("inference_unet.yaml") for c in r["config"])]
+            self.assertEqual(len(rows), 1, (name, fast, runtime))
+            return rows[0]["seconds_per_image_median"]
+
+        fast, shipped = median("benchmark_inference_fast_avx2.json", True), median("benchmark_inference_fast_avx2.json", False)
+        name = "benchmark_inference_runtimes_avx2.json"
+        pytorch, openvino = median(name, False), median(name, False, "openvino")
+        fast_openvino = median(name, True, "openvino")
+        from bundle.engine import cpu_speed_note
+
+        note, note_openvino = (cpu_speed_note("none", "cpu", True, runtime=r) for r in ("pytorch", "openvino"))  # fp32
+        readme = flat((root / "README.md").read_text())
+        texts = {
+            "configs/inference_fast.yaml": ([f"{fast:.2f} s", f"{shipped:.1f} s"], flat((CONFIGS / "inference_fast.yaml").read_text())),
+            "README (fast profile)": ([f"{fast:.2f} s per image", f"instead of {shipped:.1f} s", f"({fast:.2f} s against {shipped:.1f} s)"], readme),
+            "README (OpenVINO)": ([f"{openvino:.2f} s per image", f"instead of {pytorch:.2f} s", f"profile: {fast_openvino:.2f} s"], readme),
+            "bundle/runtime.py": ([f"{openvino:.2f} s against {pytorch:.2f} s", f"about {openvino / pytorch:.1f} times"],
+                                  flat((root / "bundle" / "runtime.py").read_text())),
+            "configs/inference.yaml": ([f"in {openvino / pytorch:.1f}x the time"], (CONFIGS / "inference.yaml").read_text()),
+            "the start-up note": ([f"about {pytorch:.1f} s per full-size image", f"in about {openvino:.1f} s"], note),
+            "the start-up note (OpenVINO)": ([f"about {openvino:.1f} s per full-size image"], note_openvino),
+        }
+        for where, (numbers, text) in texts.items():
+            for number in numbers:
+                with self.subTest(where=where, number=number):
+                    self.assertIn(number, text)
+
 
 class TestMetadataPackages(unittest.TestCase):
     def test_versions_are_the_pinned_ones(self):
