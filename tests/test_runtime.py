@@ -2,7 +2,9 @@
 PyTorch's outputs, for any batch size; a runtime that can't run says why before any image is read."""
 
 import builtins
+import tempfile
 import unittest
+from pathlib import Path
 from unittest import mock
 
 import torch
@@ -40,6 +42,52 @@ class TestOpenVINO(unittest.TestCase):
             with self.assertRaisesRegex(RuntimeError, "refinement network in OpenVINO .* from PyTorch.*runtime: pytorch"):
                 run_in_openvino(net, (1, 2, 32, 32), name="refinement")
         self.assertEqual(net.forward, original)
+
+    def test_cache_is_read_at_the_next_start(self):
+        """The exported network is kept as IR; the same network's next start reads it (no export, no check) and gives
+        the same outputs; other weights are another key and are exported again."""
+        x = torch.rand(2, 2, 32, 32)
+        with tempfile.TemporaryDirectory() as tmp:
+            first = run_in_openvino(small_unet(), (1, 2, 32, 32), threads=1, name="refinement", cache_dir=tmp)
+            self.assertEqual(first.forward.source, "export")
+            kept = sorted(p.name for p in Path(tmp).iterdir())
+            self.assertEqual([Path(n).suffix for n in kept], [".bin", ".xml"], kept)
+            self.assertTrue(kept[1].startswith("refinement-"))
+            net = small_unet()
+            with torch.inference_mode():
+                expected = net(x)
+            with mock.patch("bundle.runtime.export_onnx", side_effect=AssertionError("exported again")):
+                second = run_in_openvino(net, (1, 2, 32, 32), threads=1, name="refinement", cache_dir=tmp)
+            self.assertEqual(second.forward.source, "cache")
+            self.assertLess(float((second(x) - expected).abs().max()), 1e-4)  # fp32 kept, not compressed to fp16
+
+            other = small_unet()
+            with torch.no_grad():
+                next(other.parameters()).add_(0.5)
+            self.assertEqual(run_in_openvino(other, (1, 2, 32, 32), threads=1, name="refinement", cache_dir=tmp).forward.source,
+                             "export")
+            self.assertEqual(len(list(Path(tmp).glob("*.xml"))), 2)
+            self.assertEqual(run_in_openvino(small_unet(), (2, 2, 32, 32), threads=1, name="refinement",
+                                             cache_dir=tmp).forward.source, "export")  # another input shape
+
+    def test_a_broken_or_unwritable_cache_costs_only_time(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            run_in_openvino(small_unet(), (1, 2, 32, 32), threads=1, name="global", cache_dir=tmp)
+            xml = next(Path(tmp).glob("*.xml"))
+            xml.write_text("<net>not a model")  # a damaged file: exported again, and the cache mended
+            with self.assertLogs("bundle.runtime", "WARNING") as logs:
+                net = run_in_openvino(small_unet(), (1, 2, 32, 32), threads=1, name="global", cache_dir=tmp)
+            self.assertEqual(net.forward.source, "export")
+            self.assertIn("can't be read", logs.output[0])
+            self.assertIn(str(xml), logs.output[0])
+            self.assertEqual(run_in_openvino(small_unet(), (1, 2, 32, 32), threads=1, name="global",
+                                             cache_dir=tmp).forward.source, "cache")
+            blocked = Path(tmp) / "a-file"
+            blocked.write_text("")  # a cache folder that can't be made: a warning, and the network still runs
+            with self.assertLogs("bundle.runtime", "WARNING") as logs:
+                net = run_in_openvino(small_unet(), (1, 2, 32, 32), threads=1, name="global", cache_dir=blocked / "sub")
+            self.assertIn("could not be kept", logs.output[0])
+            self.assertIsInstance(net.forward, OpenVINOForward)
 
     def test_handler_runs_both_networks_once_after_loading(self):
         net, backbone = small_unet(1, 3), small_unet(2, 3)

@@ -148,20 +148,24 @@ class TestShippedModelInOpenVINO(unittest.TestCase):
             image, _ = synthesize_cephalogram(np.random.default_rng(3), (2400, 1935))
             (Path(tmp) / "in").mkdir()
             Image.fromarray(image).save(Path(tmp) / "in" / "ceph3.jpg", quality=95)
-            for runtime in ("pytorch", "openvino"):
-                out = Path(tmp) / runtime
+            for run, runtime in enumerate(("pytorch", "openvino", "openvino")):  # the second start reads the cache
+                out = Path(tmp) / f"{runtime}{run}"
                 wf = ConfigWorkflow(workflow_type="infer", config_file=str(ROOT / "configs" / "inference.yaml"),
                                     logging_file=False, meta_file=str(ROOT / "configs" / "metadata.json"),
                                     bundle_root=str(ROOT), input_dir=str(Path(tmp) / "in"), output_dir=str(out),
-                                    num_workers=0, overlay=False, progress_bar=False, runtime=runtime)
+                                    num_workers=0, overlay=False, progress_bar=False, runtime=runtime,
+                                    runtime_cache=str(Path(tmp) / "cache"))
                 wf.initialize()
                 wf.run()
-                ran_in_openvino = [isinstance(n.forward, OpenVINOForward) for n in (
-                    wf.parser.get_parsed_content("network"), wf.parser.get_parsed_content("refine_network").backbone)]
-                self.assertEqual(ran_in_openvino, [runtime == "openvino"] * 2)
+                networks = (wf.parser.get_parsed_content("network"), wf.parser.get_parsed_content("refine_network").backbone)
+                self.assertEqual([isinstance(n.forward, OpenVINOForward) for n in networks], [runtime == "openvino"] * 2)
+                if runtime == "openvino":
+                    self.assertEqual([n.forward.source for n in networks], ["export" if run == 1 else "cache"] * 2)
                 wf.finalize()
                 with open(out / "landmarks.csv") as f:
-                    rows[runtime] = [(float(r["x"]), float(r["y"])) for r in csv.DictReader(f)]
+                    rows[run] = [(float(r["x"]), float(r["y"])) for r in csv.DictReader(f)]
+        rows["pytorch"], rows["openvino"] = rows[0], rows[1]
+        self.assertEqual(rows[2], rows[1])  # read from the cache: the same landmarks as the run that exported
         self.assertEqual(len(rows["pytorch"]), 19)
         difference = np.abs(np.array(rows["openvino"]) - np.array(rows["pytorch"])).max(axis=1)
         # the CSV's rounding apart; where two pixels nearly share a heatmap's maximum the runtimes may pick either
