@@ -12,8 +12,9 @@ The export, the compilation and the check take 6.7-8.6 s for the shipped pair, s
 OpenVINO IR in a cache folder (``runtime_cache``; by default ``~/.cache/cephalometric-landmarks/openvino``, or under
 ``$XDG_CACHE_HOME``), keyed by everything the export depends on: the network's structure and weights, its input
 shape, and the torch, OpenVINO and export versions. A later start with the same key reads and compiles the IR
-without exporting or checking again (the IR was checked when it was written): 0.7 s for the pair, and 5 Test1
-images took 26.0 s through the whole inference command against 31.1 s in PyTorch (docs/results/openvino_cache_avx2.json).
+without exporting or checking again (the IR was checked when it was written; its weights are checked against the SHA-256 kept beside
+them): 0.7-1.1 s for the pair, and 5 Test1 images took 26.0-26.5 s through the whole inference command against
+29.1-31.1 s in PyTorch (docs/results/openvino_cache_avx2.json).
 
 OpenVINO and ONNX are not dependencies of the bundle: ``pip install -r requirements-openvino.txt``.
 """
@@ -57,9 +58,19 @@ def network_key(module: torch.nn.Module, input_shape: Sequence[int], openvino_ve
     return digest.hexdigest()
 
 
+def _file_digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def _read_cached(core, xml: Path, name: str):
-    """The IR at ``xml``, or None when there is none or it can't be read (then it is exported again)."""
-    if not (xml.is_file() and xml.with_suffix(".bin").is_file()):
+    """The IR at ``xml``, or None when there is none, its weights differ from the checksum written beside them, or it
+    can't be read (then it is exported again)."""
+    weights, checksum = xml.with_suffix(".bin"), xml.with_suffix(".sha256")
+    if not (xml.is_file() and weights.is_file() and checksum.is_file()):
+        return None
+    if _file_digest(weights) != checksum.read_text().strip():
+        logger.warning("the %s network's cached OpenVINO weights %s do not match their checksum: exporting it again",
+                       name, weights)
         return None
     try:
         return core.read_model(str(xml))
@@ -70,15 +81,17 @@ def _read_cached(core, xml: Path, name: str):
 
 
 def _write_cached(openvino, model, xml: Path, name: str) -> bool:
-    """Keep ``model`` as IR at ``xml`` (its .bin beside it), fp32 as compiled, written under a temporary name and moved
-    into place so that a reader never sees half a file. A folder that can't be written costs a warning, not the run."""
+    """Keep ``model`` as IR at ``xml`` (its .bin beside it, and the .bin's SHA-256 in a .sha256 file), fp32 as
+    compiled, written under a temporary name and moved into place so that a reader never sees half a file. A folder
+    that can't be written costs a warning, not the run."""
     try:
         xml.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=xml.parent, prefix=".writing-") as tmp:
             part = Path(tmp) / xml.name
             openvino.save_model(model, str(part), compress_to_fp16=False)
-            os.replace(part.with_suffix(".bin"), xml.with_suffix(".bin"))
-            os.replace(part, xml)
+            part.with_suffix(".sha256").write_text(_file_digest(part.with_suffix(".bin")) + "\n")
+            for suffix in (".bin", ".sha256", ".xml"):  # the .xml last: a reader looks for it first
+                os.replace(part.with_suffix(suffix), xml.with_suffix(suffix))
         return True
     except (OSError, RuntimeError) as e:
         logger.warning("the %s network's OpenVINO IR could not be kept in %s (%s): the next start exports it again",

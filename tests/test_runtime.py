@@ -51,8 +51,8 @@ class TestOpenVINO(unittest.TestCase):
             first = run_in_openvino(small_unet(), (1, 2, 32, 32), threads=1, name="refinement", cache_dir=tmp)
             self.assertEqual(first.forward.source, "export")
             kept = sorted(p.name for p in Path(tmp).iterdir())
-            self.assertEqual([Path(n).suffix for n in kept], [".bin", ".xml"], kept)
-            self.assertTrue(kept[1].startswith("refinement-"))
+            self.assertEqual([Path(n).suffix for n in kept], [".bin", ".sha256", ".xml"], kept)
+            self.assertTrue(kept[2].startswith("refinement-"))
             net = small_unet()
             with torch.inference_mode():
                 expected = net(x)
@@ -80,6 +80,16 @@ class TestOpenVINO(unittest.TestCase):
             self.assertEqual(net.forward.source, "export")
             self.assertIn("can't be read", logs.output[0])
             self.assertIn(str(xml), logs.output[0])
+            self.assertEqual(run_in_openvino(small_unet(), (1, 2, 32, 32), threads=1, name="global",
+                                             cache_dir=tmp).forward.source, "cache")
+            weights = xml.with_suffix(".bin")
+            data = bytearray(weights.read_bytes())
+            data[len(data) // 2] ^= 0xFF  # weights changed in place, the same size: caught by their checksum
+            weights.write_bytes(bytes(data))
+            with self.assertLogs("bundle.runtime", "WARNING") as logs:
+                net = run_in_openvino(small_unet(), (1, 2, 32, 32), threads=1, name="global", cache_dir=tmp)
+            self.assertEqual(net.forward.source, "export")
+            self.assertIn("do not match their checksum", logs.output[0])
             self.assertEqual(run_in_openvino(small_unet(), (1, 2, 32, 32), threads=1, name="global",
                                              cache_dir=tmp).forward.source, "cache")
             blocked = Path(tmp) / "a-file"
