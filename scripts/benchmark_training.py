@@ -7,6 +7,10 @@ of wall time the step spent waiting for data. All precisions are measured in the
     python scripts/benchmark_training.py                                     # U-Net, synthetic data, 256x208
     python scripts/benchmark_training.py --config configs/isbi_cpu.yaml --dataset_dir ../shared/data/isbi2015
     python scripts/benchmark_training.py --config configs/maht_net.yaml     # another network
+    python scripts/benchmark_training.py --precisions none --compile        # and the step under torch.compile
+
+``--compile`` times each precision again with the network wrapped in ``torch.compile`` (default inductor backend);
+its warm-up steps, which include the compiling, are reported as ``warmup_seconds``.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def measure(configs: list[str], overrides: dict, precision: str, steps: int, warmup: int) -> dict:
+def measure(configs: list[str], overrides: dict, precision: str, steps: int, warmup: int, compile: bool = False) -> dict:
     from monai.bundle import ConfigParser
 
     parser = ConfigParser()
@@ -37,7 +41,8 @@ def measure(configs: list[str], overrides: dict, precision: str, steps: int, war
     inferer = parser.get_parsed_content("inferer")
     device = parser.get_parsed_content("device")
     net.train()
-    wait, total, done, samples = 0.0, 0.0, 0, 0
+    model = torch.compile(net) if compile else net
+    wait, total, done, samples, warm = 0.0, 0.0, 0, 0, 0.0
     it = iter(loader)
     while done < warmup + steps:
         t0 = time.perf_counter()
@@ -49,7 +54,7 @@ def measure(configs: list[str], overrides: dict, precision: str, steps: int, war
         t1 = time.perf_counter()
         x, y = batch["image"].to(device), batch["label"].to(device)
         opt.zero_grad(set_to_none=True)
-        loss = loss_fn(inferer(x, net), y)
+        loss = loss_fn(inferer(x, model), y)
         loss.backward()
         opt.step()
         if device.type == "cuda":
@@ -59,9 +64,13 @@ def measure(configs: list[str], overrides: dict, precision: str, steps: int, war
             wait += t1 - t0
             total += t2 - t0
             samples += x.shape[0]
+        else:
+            warm += t2 - t0
         done += 1
     return {
         "precision": precision,
+        "compiled": compile,
+        "warmup_seconds": round(warm, 1),
         "steps_per_second": round(steps / total, 3),
         "samples_per_second": round(samples / total, 3),
         "seconds_per_step": round(total / steps, 4),
@@ -80,6 +89,7 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--precisions", nargs="+", default=["none", "bf16"])
     ap.add_argument("--limit", type=int, default=24, help="training images to load (keeps the cache small)")
+    ap.add_argument("--compile", action="store_true", help="also time each precision with torch.compile")
     args = ap.parse_args()
     configs = [str(ROOT / "configs" / "train.yaml"), *args.config]
     overrides: dict = {"data_limit": args.limit}
@@ -92,7 +102,8 @@ def main() -> None:
     from bundle.engine import cpu_facts
 
     torch.set_num_threads(os.cpu_count() or 1)
-    results = [measure(configs, overrides, p, args.steps, args.warmup) for p in args.precisions]
+    results = [measure(configs, overrides, p, args.steps, args.warmup, c)
+               for p in args.precisions for c in ((False, True) if args.compile else (False,))]
     base = results[0]["samples_per_second"]
     for r in results:
         r["speedup_vs_" + results[0]["precision"]] = round(r["samples_per_second"] / base, 3)
