@@ -53,6 +53,8 @@ def measure(configs: list[str], overrides: dict, precision: str, steps: int, war
             batch = next(it)
         t1 = time.perf_counter()
         x, y = batch["image"].to(device), batch["label"].to(device)
+        if compile:  # dynamo does not trace MONAI's MetaTensor (its __torch_function__): plain tensors in
+            x, y = (t.as_tensor() if hasattr(t, "as_tensor") else t for t in (x, y))
         opt.zero_grad(set_to_none=True)
         loss = loss_fn(inferer(x, model), y)
         loss.backward()
