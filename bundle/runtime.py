@@ -12,15 +12,17 @@ The export, the compilation and the check take 6.7-8.6 s for the shipped pair, s
 OpenVINO IR in a cache folder (``runtime_cache``; by default ``~/.cache/cephalometric-landmarks/openvino``, or under
 ``$XDG_CACHE_HOME``), keyed by everything the export depends on: the network's structure and weights, its input
 shape, and the torch, OpenVINO and export versions. A later start with the same key reads and compiles the IR
-without exporting or checking again (the IR was checked when it was written; its weights are checked against the SHA-256 kept beside
-them): 0.7-1.1 s for the pair, and 5 Test1 images took 26.0-26.5 s through the whole inference command against
-29.1-31.1 s in PyTorch (docs/results/openvino_cache_avx2.json).
+without exporting or checking again (the IR was checked when it was written; its weights are checked against the
+SHA-256 kept beside them): 0.7-1.1 s for the pair, and 5 Test1 images took 26.0-26.5 s through the whole inference
+command against 29.1-31.1 s in PyTorch (docs/results/openvino_cache_avx2.json). The folder keeps the
+``CACHE_KEEP`` networks used last (about 29 MB for the shipped pair) and deletes older ones.
 
 OpenVINO and ONNX are not dependencies of the bundle: ``pip install -r requirements-openvino.txt``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -38,6 +40,7 @@ logger = logging.getLogger(__name__)
 RUNTIMES = ("pytorch", "openvino")
 OPENVINO_INSTALL = "pip install -r requirements-openvino.txt"
 EXPORT_VERSION = 1  # raise it when export_onnx changes what it writes: IR cached from the older export is not reused
+CACHE_KEEP = 8  # networks the runtime cache keeps, the ones used last (each start marks the ones it reads)
 
 
 def default_cache_dir() -> Path:
@@ -73,11 +76,14 @@ def _read_cached(core, xml: Path, name: str):
                        name, weights)
         return None
     try:
-        return core.read_model(str(xml))
+        model = core.read_model(str(xml))
     except RuntimeError as e:
         logger.warning("the %s network's cached OpenVINO IR %s can't be read (%s): exporting it again", name, xml,
                        str(e).splitlines()[0] if str(e) else type(e).__name__)
         return None
+    with contextlib.suppress(OSError):  # a read-only cache is still usable
+        os.utime(xml)  # used now: the last to be pruned
+    return model
 
 
 def _write_cached(openvino, model, xml: Path, name: str) -> bool:
@@ -92,11 +98,27 @@ def _write_cached(openvino, model, xml: Path, name: str) -> bool:
             part.with_suffix(".sha256").write_text(_file_digest(part.with_suffix(".bin")) + "\n")
             for suffix in (".bin", ".sha256", ".xml"):  # the .xml last: a reader looks for it first
                 os.replace(part.with_suffix(suffix), xml.with_suffix(suffix))
+        _prune(xml.parent)
         return True
     except (OSError, RuntimeError) as e:
         logger.warning("the %s network's OpenVINO IR could not be kept in %s (%s): the next start exports it again",
                        name, xml.parent, e)
         return False
+
+
+def _prune(folder: Path, keep: int | None = None) -> None:
+    """Delete all but the ``keep`` (default ``CACHE_KEEP``) networks of the cache ``folder`` used last (an .xml's
+    time is its last use)."""
+    keep = CACHE_KEEP if keep is None else keep
+    def last_use(path: Path) -> float:
+        try:
+            return path.stat().st_mtime
+        except OSError:  # deleted meanwhile by another start
+            return 0.0
+
+    for old in sorted(folder.glob("*.xml"), key=last_use, reverse=True)[keep:]:
+        for suffix in (".xml", ".bin", ".sha256"):  # the .xml first: a reader then sees no entry, not half of one
+            old.with_suffix(suffix).unlink(missing_ok=True)
 
 
 def export_onnx(module: torch.nn.Module, input_shape: Sequence[int], path: str | Path) -> Path:
@@ -207,7 +229,8 @@ class NetworkRuntime:
         self.networks = [(n, tuple(int(s) for s in shape), name)
                          for n, shape, name in ((network, input_shape, "global"), (refine_network, refine_input_shape, "refinement"))
                          if n is not None]
-        self.cache_dir = Path(cache_dir) if cache_dir not in (None, "", "None", "none", "null") else None
+        off = cache_dir is None or str(cache_dir).strip().lower() in ("", "none", "null", "false")
+        self.cache_dir = None if off else Path(cache_dir)
         self.done = False
 
     def attach(self, engine) -> None:

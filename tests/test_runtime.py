@@ -2,6 +2,7 @@
 PyTorch's outputs, for any batch size; a runtime that can't run says why before any image is read."""
 
 import builtins
+import os
 import tempfile
 import unittest
 from pathlib import Path
@@ -69,6 +70,27 @@ class TestOpenVINO(unittest.TestCase):
             self.assertEqual(len(list(Path(tmp).glob("*.xml"))), 2)
             self.assertEqual(run_in_openvino(small_unet(), (2, 2, 32, 32), threads=1, name="refinement",
                                              cache_dir=tmp).forward.source, "export")  # another input shape
+
+    def test_cache_keeps_the_networks_used_last(self):
+        def net(seed: int) -> torch.nn.Module:
+            n = small_unet()
+            with torch.no_grad():
+                next(n.parameters()).add_(seed)
+            return n
+
+        with tempfile.TemporaryDirectory() as tmp, mock.patch("bundle.runtime.CACHE_KEEP", 2):
+            run_in_openvino(net(1), (1, 2, 32, 32), threads=1, name="global", cache_dir=tmp)
+            first = next(Path(tmp).glob("*.xml"))
+            run_in_openvino(net(2), (1, 2, 32, 32), threads=1, name="global", cache_dir=tmp)
+            os.utime(first, (first.stat().st_atime, first.stat().st_mtime - 60))  # an older use than the second's...
+            self.assertEqual(run_in_openvino(net(1), (1, 2, 32, 32), threads=1, name="global",
+                                             cache_dir=tmp).forward.source, "cache")  # ...until read again
+            run_in_openvino(net(3), (1, 2, 32, 32), threads=1, name="global", cache_dir=tmp)  # the second one goes
+            self.assertEqual(len(list(Path(tmp).glob("*.xml"))), 2)
+            self.assertEqual(len(list(Path(tmp).iterdir())), 6)  # .xml, .bin and .sha256 each, nothing left over
+            self.assertTrue(first.is_file())
+            self.assertEqual(run_in_openvino(net(2), (1, 2, 32, 32), threads=1, name="global",
+                                             cache_dir=tmp).forward.source, "export")
 
     def test_a_broken_or_unwritable_cache_costs_only_time(self):
         with tempfile.TemporaryDirectory() as tmp:
