@@ -69,8 +69,12 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--out", default=None, help="also write the JSON here")
     args = ap.parse_args(argv)
 
-    import nncf
-    import openvino
+    try:
+        import nncf
+        import openvino
+    except ImportError as e:
+        raise SystemExit(f"this probe needs OpenVINO and NNCF, which the bundle does not install: pip install -r "
+                         f"requirements-openvino.txt nncf==3.4.0 ({e})") from e
 
     from bundle.engine import cpu_facts
     from bundle.runtime import export_onnx
