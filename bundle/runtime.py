@@ -44,9 +44,15 @@ CACHE_KEEP = 8  # networks the runtime cache keeps, the ones used last (each sta
 
 
 def default_cache_dir() -> Path:
-    """Where ``runtime: openvino`` keeps the exported networks by default: ``$XDG_CACHE_HOME`` (else ``~/.cache``)
-    ``/cephalometric-landmarks/openvino``."""
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "cephalometric-landmarks" / "openvino"
+    """Where ``runtime: openvino`` keeps the exported networks by default: ``$XDG_CACHE_HOME`` (else ``~/.cache``, or
+    the temporary folder where there is no home) ``/cephalometric-landmarks/openvino``."""
+    base = os.environ.get("XDG_CACHE_HOME")
+    if not base:
+        try:
+            base = Path.home() / ".cache"
+        except (RuntimeError, KeyError):  # no HOME and no password entry (some containers)
+            base = Path(tempfile.gettempdir())
+    return Path(base) / "cephalometric-landmarks" / "openvino"
 
 
 def network_key(module: torch.nn.Module, input_shape: Sequence[int], openvino_version: str) -> str:

@@ -121,6 +121,17 @@ class TestOpenVINO(unittest.TestCase):
             self.assertIn("could not be kept", logs.output[0])
             self.assertIsInstance(net.forward, OpenVINOForward)
 
+    def test_default_cache_folder(self):
+        from bundle.runtime import default_cache_dir
+
+        with mock.patch.dict(os.environ, {"XDG_CACHE_HOME": "/somewhere"}):
+            self.assertEqual(default_cache_dir(), Path("/somewhere/cephalometric-landmarks/openvino"))
+        with mock.patch.dict(os.environ, {"XDG_CACHE_HOME": ""}), mock.patch.object(Path, "home", lambda: Path("/h")):
+            self.assertEqual(default_cache_dir(), Path("/h/.cache/cephalometric-landmarks/openvino"))
+        with mock.patch.dict(os.environ, {"XDG_CACHE_HOME": ""}), \
+                mock.patch.object(Path, "home", side_effect=RuntimeError("Could not determine home directory")):
+            self.assertEqual(default_cache_dir(), Path(tempfile.gettempdir()) / "cephalometric-landmarks" / "openvino")
+
     def test_handler_runs_both_networks_once_after_loading(self):
         net, backbone = small_unet(1, 3), small_unet(2, 3)
         handler = NetworkRuntime("openvino", net, (1, 1, 32, 32), backbone, (3, 2, 32, 32), device="cpu")
