@@ -136,8 +136,8 @@ def cpu_speed_note(precision: str, device: str | torch.device, enabled: bool = T
     """What inference says (logs, and returns) before it starts when the shipped 800 x 640 pipeline is about to run in
     fp32 on a CPU (no native bf16, or ``precision`` none): there it takes about 3.6 s per full image on 2 cores, and
     ``configs/inference_fast.yaml`` under 1 s (docs/README.md, "Speed"; the seconds are those of
-    docs/results/benchmark_inference_runtimes_avx2.json, which a test holds them to). None elsewhere (a GPU, a CPU with native
-    bf16) and where ``enabled`` is false: the config's ``fast_profile_hint``, which the fast profile turns off. With
+    docs/results/benchmark_inference_runtimes_avx2.json, which a test holds them to). None elsewhere (a GPU, a CPU
+    with native bf16) and where ``enabled`` is false: the config's ``fast_profile_hint``, which the fast profile turns off. With
     ``runtime`` "pytorch" it also names ``runtime: openvino`` (bundle/runtime.py), landmarks within 0.06 mm in about 0.7
     times the time there."""
     if not str2bool(str(enabled), raise_exc=False) or torch.device(device).type != "cpu":

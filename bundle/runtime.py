@@ -112,17 +112,16 @@ def _write_cached(openvino, model, xml: Path, name: str) -> bool:
         return False
 
 
-def _prune(folder: Path, keep: int | None = None) -> None:
-    """Delete all but the ``keep`` (default ``CACHE_KEEP``) networks of the cache ``folder`` used last (an .xml's
-    time is its last use)."""
-    keep = CACHE_KEEP if keep is None else keep
+def _prune(folder: Path) -> None:
+    """Delete all but the ``CACHE_KEEP`` networks of the cache ``folder`` used last (an .xml's time is its last use)."""
+
     def last_use(path: Path) -> float:
         try:
             return path.stat().st_mtime
         except OSError:  # deleted meanwhile by another start
             return 0.0
 
-    for old in sorted(folder.glob("*.xml"), key=last_use, reverse=True)[keep:]:
+    for old in sorted(folder.glob("*.xml"), key=last_use, reverse=True)[CACHE_KEEP:]:
         for suffix in (".xml", ".bin", ".sha256"):  # the .xml first: a reader then sees no entry, not half of one
             old.with_suffix(suffix).unlink(missing_ok=True)
 
@@ -164,6 +163,12 @@ def import_openvino():
     return openvino
 
 
+def openvino_settings(threads: int | None = None) -> dict:
+    """The bundle's OpenVINO CPU settings: fp32, latency first, ``threads`` threads (default: PyTorch's)."""
+    return {"INFERENCE_NUM_THREADS": int(threads or torch.get_num_threads()), "INFERENCE_PRECISION_HINT": "f32",
+            "PERFORMANCE_HINT": "LATENCY"}
+
+
 def run_in_openvino(module: torch.nn.Module, input_shape: Sequence[int], threads: int | None = None,
                     name: str = "network", check: bool = True, cache_dir: str | Path | None = None) -> torch.nn.Module:
     """Make ``module`` (weights loaded, on the CPU) run in OpenVINO, fp32, with ``threads`` threads (default:
@@ -179,15 +184,13 @@ def run_in_openvino(module: torch.nn.Module, input_shape: Sequence[int], threads
         raise ValueError(f"runtime: openvino runs the {name} network on the CPU, but it is on {device}: use runtime: "
                          f"pytorch there")
     core = openvino.Core()
-    settings = {"INFERENCE_NUM_THREADS": int(threads or torch.get_num_threads()), "INFERENCE_PRECISION_HINT": "f32",
-                "PERFORMANCE_HINT": "LATENCY"}
     xml = Path(cache_dir) / f"{name}-{network_key(module, input_shape, openvino.__version__)[:24]}.xml" if cache_dir else None
     with tempfile.TemporaryDirectory() as tmp:
         model = _read_cached(core, xml, name) if xml else None
         source = "export" if model is None else "cache"
         if model is None:
             model = core.read_model(str(export_onnx(module, input_shape, Path(tmp) / f"{name}.onnx")))
-        compiled = core.compile_model(model, "CPU", settings)
+        compiled = core.compile_model(model, "CPU", openvino_settings(threads))
     forward = OpenVINOForward(compiled, source)
     if check and source == "export":
         x = torch.rand(*input_shape)

@@ -42,23 +42,19 @@ def median_latency(compiled, x: np.ndarray, repeats: int) -> float:
     return statistics.median(times)
 
 
-def shipped_networks(config: str) -> list[tuple[str, torch.nn.Module, tuple[int, ...]]]:
+def shipped_networks(config: str) -> list[tuple[torch.nn.Module, tuple[int, ...], str]]:
+    """The config's networks with their weights, as its ``network_runtime`` handler hands them to OpenVINO:
+    ``(module, input shape, name)`` for the global network and the refinement network's backbone."""
     from monai.bundle import ConfigParser
 
-    from bundle.refine import context_factors
+    from bundle.engine import load_weights
 
     parser = ConfigParser()
     parser.read_config(str(ROOT / config))
-    parser["bundle_root"] = str(ROOT)
-    network = parser.get_parsed_content("network_def")
-    network.load_state_dict(torch.load(parser.get_parsed_content("ckpt_path"), map_location="cpu"))
-    refine = parser.get_parsed_content("refine_network_def")
-    state = torch.load(parser.get_parsed_content("refine_ckpt_path"), map_location="cpu")
-    refine.load_state_dict({k.removeprefix("backbone."): v for k, v in state.items()})
-    channels = 1 + len(context_factors(parser.get_parsed_content("refine_context_factor")))
-    return [("global", network.eval(), (1, 1, *parser.get_parsed_content("image_size"))),
-            ("refinement", refine.eval(), (parser.get_parsed_content("num_landmarks"), channels,
-                                           *parser.get_parsed_content("crop_size")))]
+    parser.update({"bundle_root": str(ROOT), "device": "$torch.device('cpu')"})
+    load_weights(parser.get_parsed_content("network"), parser.get_parsed_content("ckpt_path")).eval()
+    load_weights(parser.get_parsed_content("refine_network"), parser.get_parsed_content("refine_ckpt_path")).eval()
+    return parser.get_parsed_content("network_runtime").networks
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -77,18 +73,18 @@ def main(argv: list[str] | None = None) -> dict:
                          f"requirements-openvino.txt nncf==3.4.0 ({e})") from e
 
     from bundle.engine import cpu_facts
-    from bundle.runtime import export_onnx
+    from bundle.runtime import export_onnx, openvino_settings
 
     threads = torch.get_num_threads()
     core = openvino.Core()
-    settings = {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
+    settings = openvino_settings(threads)
     rng = np.random.default_rng(0)
     result = {"what": "median latency of each shipped network in OpenVINO, fp32 against int8 (NNCF post-training "
                       "quantization, random calibration inputs), same input, same process",
               "command": "python scripts/probe_int8_openvino.py " + " ".join(argv if argv is not None else sys.argv[1:]),
               **cpu_facts(), "threads": threads,
               "openvino": openvino.__version__, "nncf": nncf.__version__, "repeats": args.repeats, "networks": {}}
-    for name, module, shape in shipped_networks(args.config):
+    for module, shape, name in shipped_networks(args.config):
         with tempfile.TemporaryDirectory() as tmp:
             model = core.read_model(str(export_onnx(module, shape, Path(tmp) / f"{name}.onnx")))
         x = rng.random(shape, dtype=np.float32)

@@ -143,7 +143,7 @@ class TestShippedModelInOpenVINO(unittest.TestCase):
 
         from bundle.runtime import OpenVINOForward
 
-        rows = {}
+        rows = []
         with tempfile.TemporaryDirectory() as tmp:
             image, _ = synthesize_cephalogram(np.random.default_rng(3), (2400, 1935))
             (Path(tmp) / "in").mkdir()
@@ -163,11 +163,11 @@ class TestShippedModelInOpenVINO(unittest.TestCase):
                     self.assertEqual([n.forward.source for n in networks], ["export" if run == 1 else "cache"] * 2)
                 wf.finalize()
                 with open(out / "landmarks.csv") as f:
-                    rows[run] = [(float(r["x"]), float(r["y"])) for r in csv.DictReader(f)]
-        rows["pytorch"], rows["openvino"] = rows[0], rows[1]
-        self.assertEqual(rows[2], rows[1])  # read from the cache: the same landmarks as the run that exported
-        self.assertEqual(len(rows["pytorch"]), 19)
-        difference = np.abs(np.array(rows["openvino"]) - np.array(rows["pytorch"])).max(axis=1)
+                    rows.append([(float(r["x"]), float(r["y"])) for r in csv.DictReader(f)])
+        pytorch, openvino, cached = rows
+        self.assertEqual(cached, openvino)  # read from the cache: the same landmarks as the run that exported
+        self.assertEqual(len(pytorch), 19)
+        difference = np.abs(np.array(openvino) - np.array(pytorch)).max(axis=1)
         # the CSV's rounding apart; where two pixels nearly share a heatmap's maximum the runtimes may pick either
         # (Test1: 4 of 2850 landmarks, 0.37-0.54 pixel), so one such landmark is allowed, within a pixel
         self.assertGreaterEqual(int((difference <= 0.011).sum()), 18, difference.tolist())
