@@ -133,8 +133,8 @@ class TestShippedModel(unittest.TestCase):
 class TestShippedModelInOpenVINO(unittest.TestCase):
     def test_same_landmarks_as_pytorch(self):
         """inference.yaml as a user runs it, with --runtime openvino (bundle/runtime.py): both shipped networks run in
-        OpenVINO and every landmark of a drawn cephalogram is where PyTorch puts it (measured on 10 Test1 images:
-        within 0.00003 mm; the CSV rounds to 0.01 pixel)."""
+        OpenVINO and every landmark of a drawn cephalogram is where PyTorch in fp32 puts it (measured on 10 Test1
+        images: within 0.00003 mm; the CSV rounds to 0.01 pixel)."""
         import csv
         import tempfile
 
@@ -154,7 +154,9 @@ class TestShippedModelInOpenVINO(unittest.TestCase):
                                     logging_file=False, meta_file=str(ROOT / "configs" / "metadata.json"),
                                     bundle_root=str(ROOT), input_dir=str(Path(tmp) / "in"), output_dir=str(out),
                                     num_workers=0, overlay=False, progress_bar=False, runtime=runtime,
-                                    runtime_cache=str(Path(tmp) / "cache"))
+                                    runtime_cache=str(Path(tmp) / "cache"), amp="none")  # OpenVINO runs fp32:
+                # so does PyTorch here, or on a CPU with native bf16 (amp: auto) an image read unsure may be read
+                # another way (measured: this drawn image, as it is, 37.6 mm mean spread in bf16 against 38.1 in fp32)
                 wf.initialize()
                 wf.run()
                 networks = (wf.parser.get_parsed_content("network"), wf.parser.get_parsed_content("refine_network").backbone)
