@@ -160,13 +160,21 @@ class ReframeImaged(Transform):
         intensity: the intensity scaling of the global network's input, applied to the reframed crop as to the image:
             a dictionary transform, applied to its first key (the configs pass the one of their input chain); None:
             the 0.5-99.5 percentiles to [0, 1], clipped, as ``configs/train.yaml``.
+        widen: factors larger than 1; when the reading kept is still unsure (mean heatmap spread above
+            ``sure_spread_mm``), the image is also read in the middle of a frame each factor times its size
+            (``fill`` beyond it; in every orientation :class:`~bundle.orientation.OrientImaged` read), and the surest
+            of those readings, if surer, replaces it and is reframed in turn. Empty: off.
     """
 
     def __init__(self, network: torch.nn.Module, inferer, decode, frame_model=None, margin: float = 0.1,
                  always: bool = False, iterations: int = 3, sure_spread_mm: float = 15.0,
                  landmark_names: Sequence[str] | None = None, fill: str = "zeros", intensity=None,
-                 pred_key: str = "pred", image_key: str = "image_fine"):
+                 widen: Sequence[float] = (), pred_key: str = "pred", image_key: str = "image_fine"):
         check_fill(fill)
+        widen = tuple(float(f) for f in (widen or ()))
+        if any(not f > 1 for f in widen):
+            raise ValueError(f"widen should hold factors larger than 1 (a frame that many times the image), got "
+                             f"{list(widen)}.")
         if margin < 0:
             raise ValueError(f"margin should be 0 or more, got {margin}.")
         if iterations < 1:
@@ -179,7 +187,7 @@ class ReframeImaged(Transform):
         self.network, self.inferer, self.decode, self.model = network, inferer, decode, model
         self.margin, self.always, self.iterations = float(margin), bool(always), int(iterations)
         self.sure_spread_mm = float(sure_spread_mm)
-        self.fill = fill
+        self.fill, self.widen = fill, widen
         self.pred_key, self.image_key = pred_key, image_key
         if intensity is None:
             intensity = ScaleIntensityRangePercentilesd("image", lower=0.5, upper=99.5, b_min=0.0, b_max=1.0, clip=True)
@@ -207,15 +215,42 @@ class ReframeImaged(Transform):
         return measures, out_of_range(measures, self.model["frame_range"], self.margin)
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        return self.frame(data)[0]
+
+    def frame(self, data: Mapping[Hashable, object], others: Sequence[Mapping] = ()) -> tuple[dict, int]:
+        """The item framed (``__call__``), and which reading it comes from: 0 for ``data``'s, ``i`` for
+        ``others[i - 1]``'s. ``others`` are other readings of the whole image (:class:`~bundle.orientation.OrientImaged`
+        passes the other orientations it read): when the item stays unsure and ``widen`` is set, each is read widened
+        too, and the surest widened reading wins whichever it comes from."""
         d = dict(data)
         d["reframed"] = 0
         if self.model is None or d.get("error") or "pred_mm" not in d or self.image_key not in d:
-            return d
+            return d, 0
         name = d.get("image_name", "image")
         measures, outside = self.measure(d)
         if measures is None:
-            return d
+            return d, 0
         first_outside, first_spread = outside, mean_spread_mm(d)
+        d, measures = self._settle(d, measures, outside)
+        why = "; ".join(first_outside) or "always"
+        if d["reframed"]:
+            logger.info("%s: framed unlike the training images (%s): read again in their frame (mean heatmap spread "
+                        "%.1f mm against %.1f%s)", name, why, mean_spread_mm(d),
+                        first_spread, f", {d['reframed']} times" if d["reframed"] > 1 else "")
+        elif first_outside or self.always:
+            logger.info("%s: framed unlike the training images (%s), but read again in their frame it is less sure: "
+                        "kept as it is", name, why)
+        chosen = 0
+        if self.widen and not mean_spread_mm(d) <= self.sure_spread_mm:
+            d, measures, chosen = self._widen(d, measures, name, others)
+        d["framing"] = {k: round(v, 4) for k, v in measures.items() if k != "box_mm"}
+        self._check_spacing(d, measures, name)
+        return d, chosen
+
+    def _settle(self, d: dict, measures: dict, outside: list[str]) -> tuple[dict, dict]:
+        """The reframing loop from a reading and its measures: while framed unlike training (or, ``always``, once),
+        the reading of the average frame placed on its landmarks, kept when not less sure, up to ``iterations``
+        times."""
         for i in range(self.iterations):
             if not outside and not (self.always and i == 0):
                 break
@@ -230,17 +265,39 @@ class ReframeImaged(Transform):
                 break
             other["reframed"] = d["reframed"] + 1
             d, measures = other, other_measures
-        d["framing"] = {k: round(v, 4) for k, v in measures.items() if k != "box_mm"}
-        self._check_spacing(d, measures, name)
-        why = "; ".join(first_outside) or "always"
-        if d["reframed"]:
-            logger.info("%s: framed unlike the training images (%s): read again in their frame (mean heatmap spread "
-                        "%.1f mm against %.1f%s)", name, why, mean_spread_mm(d),
-                        first_spread, f", {d['reframed']} times" if d["reframed"] > 1 else "")
-        elif first_outside or self.always:
-            logger.info("%s: framed unlike the training images (%s), but read again in their frame it is less sure: "
-                        "kept as it is", name, why)
-        return d
+        return d, measures
+
+    def _widen(self, d: dict, measures: dict, name: str, others: Sequence[Mapping] = ()) -> tuple[dict, dict, int]:
+        """An item still unsure after reframing: the image read in the middle of frames ``widen`` times its size
+        (``fill`` beyond it; a tightly cropped head whose lost landmarks scatter like a normal skull's, so that its
+        framing looks normal, appears there at the size the network learnt), as the item reads it and as each of
+        ``others`` does. The surest of those readings, compared as whole images in their wider frames, when surer
+        than the item's, replaces it and is reframed in turn (:meth:`_settle`); also returns whose reading it is
+        (:meth:`frame`)."""
+        size = torch.as_tensor(d["orig_size"]).double().cpu().numpy()
+        before, best = mean_spread_mm(d), None
+        for which, item in enumerate([d, *others]):
+            if self.image_key not in item or "pred_mm" not in item:
+                continue
+            for f in self.widen:
+                pad = (f - 1) / 2 * size
+                other = self._read(item, np.concatenate([-pad, size + pad]))
+                other_measures, outside = self.measure(other)
+                spread = mean_spread_mm(other)
+                if other_measures is not None and spread < before and (best is None or spread < best[0]):
+                    best = (spread, f, which, other, other_measures, outside)
+        if best is None:
+            logger.info("%s: still unsure (mean heatmap spread %.1f mm), and no surer in a wider frame (%s times the "
+                        "image)", name, before, ", ".join(f"{f:g}" for f in self.widen))
+            return d, measures, 0
+        spread, f, which, other, other_measures, outside = best
+        other["reframed"] = (d if which == 0 else others[which - 1]).get("reframed", 0) + 1
+        first = other["reframed"]
+        other, other_measures = self._settle(other, other_measures, outside)
+        logger.info("%s: still unsure (mean heatmap spread %.1f mm): read again in a frame %g times the image%s (mean "
+                    "heatmap spread %.1f mm%s)", name, before, f, "" if which == 0 else " in another orientation",
+                    mean_spread_mm(other), ", then in the training frame" if other["reframed"] > first else "")
+        return other, other_measures, which
 
     def _check_spacing(self, d: dict, measures: dict, name: str) -> None:
         """Warn (and add to the item's ``checks``, which report.html shows) when the skull measures (in mm, through

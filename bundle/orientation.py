@@ -23,6 +23,7 @@ import torch
 from monai.transforms import Transform
 
 from .engine import read_in_eval_mode
+from .framing import ReframeImaged
 from .transforms import mean_spread_mm
 
 
@@ -98,7 +99,9 @@ class OrientImaged(Transform):
         face: ``"right"`` (as trained), ``"left"`` (always mirrored) or ``"auto"``.
         bone: ``"bright"`` (as trained), ``"dark"`` (a negative: always inverted) or ``"auto"``.
         auto_spread_mm: above this mean spread ``"auto"`` tries the other readings.
-        reframe: None, or the :class:`~bundle.framing.ReframeImaged` applied to the reading chosen.
+        reframe: None, or the :class:`~bundle.framing.ReframeImaged` applied to the reading chosen. When that stays
+            unsure and it has ``widen`` factors, the other orientations read are read widened too, and the surest
+            widened whole image decides the orientation (``mirrored`` / ``inverted`` then say which).
     """
 
     def __init__(self, network: torch.nn.Module, inferer, decode, face: str = "right", bone: str = "bright",
@@ -158,7 +161,15 @@ class OrientImaged(Transform):
             if chosen != base:
                 logger.info("%s: read %s (mean heatmap spread %.1f mm, against %.1f mm as %s)", name, describe(chosen),
                             spread(chosen), spread(base), describe(base))
-        out = self.reframe(dict(item(chosen)))
+        if isinstance(self.reframe, ReframeImaged):  # a reading still unsure may be read widened in any orientation
+            others = [r for r in candidates if r in items and r != chosen]
+            out, which = self.reframe.frame(dict(item(chosen)), [items[r] for r in others])
+            if which:
+                chosen = others[which - 1]
+                logger.info("%s: in the wider frame it reads surest %s", d.get("image_name", "image"),
+                            "as it is" if chosen == (False, False) else describe(chosen))
+        else:
+            out = self.reframe(dict(item(chosen)))
         final = mean_spread_mm(out) if "spread_mm" in out else 0.0
         if len(candidates) > 1 and final > self.auto_spread_mm:
             check = (f"the global pass is unsure of this image however it is read (mean heatmap spread {final:.1f} "

@@ -201,6 +201,64 @@ class TestVariantDataset(unittest.TestCase):
                 np.testing.assert_allclose(points(Path(tmp) / "dst", "400_senior"), points(src, "400_senior") - [x0, y0])
 
 
+class BigBlobLostNet(RoundOnlyNet):
+    """RoundOnlyNet that is lost when the blob fills its input more than any training skull did (its SD above 5
+    input pixels; a training disk's is 4): broad heatmaps at the landmarks' average place in the input, which a
+    tight crop's framing then finds normal. Counts its calls."""
+
+    calls = 0
+
+    def forward(self, x):
+        self.calls += len(x)
+        out = super().forward(x)
+        yy, xx = torch.meshgrid(torch.arange(NET_H, dtype=torch.float32), torch.arange(NET_W, dtype=torch.float32), indexing="ij")
+        for i, img in enumerate(x[:, 0]):
+            w = (img > 0.5).float()
+            cy = (w * yy).sum() / w.sum()
+            if float(((w * (yy - cy) ** 2).sum() / w.sum()).sqrt()) > 5:
+                out[i] = torch.stack([-((yy - py) ** 2 + (xx - 15.0) ** 2) / (2 * 4.0**2) for py in (20.0, 28.0)])
+        return out
+
+
+class FacingNet(torch.nn.Module):
+    """A stand-in global network that has learnt round skulls facing right (a nub on the blob's right: positive
+    skew along x) at their training size: sharp heatmaps at the blob's centre and lowest point then; broad ones for
+    a blob facing left; and, for a blob that fills its input more than any training skull (SD above 5 input pixels),
+    broad heatmaps at the landmarks' average place, a little less broad for a blob facing left (so that among lost
+    readings the wrong orientation looks the surer)."""
+
+    def __init__(self):
+        super().__init__()
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, x):
+        yy, xx = torch.meshgrid(torch.arange(NET_H, dtype=torch.float32), torch.arange(NET_W, dtype=torch.float32), indexing="ij")
+        out = []
+        for img in x[:, 0]:
+            w = (img > 0.5).float()
+            n = w.sum().clamp(min=1)
+            cy, cx = (w * yy).sum() / n, (w * xx).sum() / n
+            sy = ((w * (yy - cy) ** 2).sum() / n).sqrt()
+            right = float((w * (xx - cx) ** 3).sum()) > 0
+            if sy > 5:
+                pts, sigma = [(20.0, 15.0), (28.0, 15.0)], 4.0 if right else 3.8
+            else:
+                pts, sigma = [(cy, cx), (cy + 2 * sy, cx)], 0.7 if right else 4.0
+            out.append(torch.stack([-((yy - py) ** 2 + (xx - px) ** 2) / (2 * sigma**2) for py, px in pts]))
+        return torch.stack(out) + self.dummy
+
+
+def tight_crop() -> dict:
+    """A head cut tightly: a 20 x 15 mm picture (the training frame's shape, half its size) holding a disk of
+    radius 6 mm, which fills the network's input more than any training skull."""
+    d = item(20, 15, (10, 7.5))
+    d["image_fine"] = disk(20, 15, (10, 7.5), radius=6.0)
+    from bundle.transforms import resize_image
+
+    d["image"], d["scale"] = resize_image(d["image_fine"], (NET_H, NET_W))
+    return d
+
+
 class TestReframeImaged(unittest.TestCase):
     def test_a_landscape_picture_is_read_in_the_training_frame(self):
         d = item(40, 60, (20, 30))
@@ -315,6 +373,99 @@ class TestReframeImaged(unittest.TestCase):
         torch.testing.assert_close(out["pred_landmarks"], torch.tensor([[20.0, 30.0], [28.0, 30.0]]), atol=0.35, rtol=0)
         with self.assertLogs("bundle.orientation", logging.WARNING):  # without the framing it stays unsure
             OrientImaged(net, infer, decode, "auto", "bright", auto_spread_mm=2.0)(d)
+
+    def test_an_image_unsure_however_read_is_read_in_a_wider_frame(self):
+        """A tight crop whose lost reading looks framed as in training is not reframed; with ``widen`` it is also
+        read in the middle of a frame twice its size, where the skull has its training size, and that surer reading
+        is then framed as in training (read again a second time), its landmarks mapped back into the picture."""
+        net, decode = BigBlobLostNet(), HeatmapToLandmarksd()
+        d = tight_crop()
+        d = decode({**d, "pred": net(d["image"][None])[0]})
+        lost = ReframeImaged(net, infer, decode, frame_model(), sure_spread_mm=1.5)(d)
+        self.assertEqual(lost["reframed"], 0)  # its framing looks normal: not read again
+        self.assertGreater(float(lost["spread_mm"].mean()), 1.5)
+        net.calls = 0
+        with self.assertLogs("bundle.framing", logging.INFO) as logs:
+            out = ReframeImaged(net, infer, decode, frame_model(), sure_spread_mm=1.5, widen=[2.0])(d)
+        self.assertEqual(net.calls, 2)  # twice the picture (sure, the skull small), then the training frame around it
+        self.assertEqual(out["reframed"], 2)
+        said = [line for line in logs.output if "still unsure" in line]
+        self.assertIn("read again in a frame 2 times the image", said[0])
+        self.assertIn("then in the training frame", said[0])
+        self.assertLess(float(out["spread_mm"].mean()), 1.5)
+        # the disk's centre and lowest point (the lost reading put that at 14); a disk 6 pixels in radius is coarse
+        torch.testing.assert_close(out["pred_landmarks"], torch.tensor([[10.0, 7.5], [16.0, 7.5]]), atol=0.5, rtol=0)
+        torch.testing.assert_close(lost["pred_landmarks"][1], torch.tensor([14.0, 7.5]), atol=0.35, rtol=0)
+        self.assertAlmostEqual(out["framing"]["scale_y"], 1.0, delta=0.05)
+        net.calls = 0
+        with self.assertLogs("bundle.framing", logging.INFO) as logs:  # 1.5 times: the skull at its training size
+            both = ReframeImaged(net, infer, decode, frame_model(), sure_spread_mm=1.5, widen=[2.0, 1.5])(d)
+        self.assertEqual((net.calls, both["reframed"]), (2, 1))  # both read, the surer kept, framed as in training
+        self.assertTrue(any("read again in a frame 1.5 times the image (mean" in line for line in logs.output))
+        torch.testing.assert_close(both["pred_landmarks"], out["pred_landmarks"], atol=0.35, rtol=0)
+
+    def test_widening_leaves_sure_readings_alone_and_keeps_only_surer_ones(self):
+        net, decode = BigBlobLostNet(), HeatmapToLandmarksd()
+        d = item(40, 30, (20, 15))
+        d = decode({**d, "pred": net(d["image"][None])[0]})
+        net.calls = 0
+        out = ReframeImaged(net, infer, decode, frame_model(), sure_spread_mm=1.5, widen=[2.0])(d)
+        self.assertEqual((net.calls, out["reframed"]), (0, 0))  # sure: no other frame read
+        torch.testing.assert_close(out["pred_landmarks"], d["pred_landmarks"])
+        lost = tight_crop()
+        lost = decode({**lost, "pred": net(lost["image"][None])[0]})
+        lost["image_fine"] = torch.zeros_like(lost["image_fine"])  # nothing to find in a wider frame either
+        with self.assertLogs("bundle.framing", logging.INFO) as logs:
+            out = ReframeImaged(net, infer, decode, frame_model(), sure_spread_mm=1.5, widen=[2.0])(lost)
+        self.assertEqual(out["reframed"], 0)
+        self.assertTrue(any("no surer in a wider frame (2 times the image)" in line for line in logs.output))
+        torch.testing.assert_close(out["pred_landmarks"], lost["pred_landmarks"])
+        for bad in ([1.0], [0.5, 2.0]):
+            with self.assertRaisesRegex(ValueError, "larger than 1"):
+                ReframeImaged(net, infer, decode, frame_model(), widen=bad)
+
+    def test_a_tight_crop_unsure_however_read_is_not_flagged_once_widened(self):
+        from bundle.orientation import OrientImaged
+
+        net, decode = BigBlobLostNet(), HeatmapToLandmarksd()
+        d = tight_crop()
+        d = decode({**d, "pred": net(d["image"][None])[0]})
+        for widen, flagged in (((), True), ((2.0,), False)):
+            reframe = ReframeImaged(net, infer, decode, frame_model(), sure_spread_mm=1.5, widen=widen)
+            out = OrientImaged(net, infer, decode, "auto", "bright", auto_spread_mm=1.5, reframe=reframe)(d)
+            unsure = [c for c in out.get("checks", []) if "unsure of this image however it is read" in c]
+            self.assertEqual(bool(unsure), flagged, widen)
+            self.assertFalse(out["mirrored"] or out["inverted"])
+
+    def test_a_tight_crop_read_in_the_wrong_orientation_is_read_widened_in_every_orientation(self):
+        """Among lost readings of a tight crop the mirrored one looks a little surer and is chosen; widened, the image
+        as it is reads sure: the orientation follows the widened whole images, so the face is read looking right."""
+        from bundle.orientation import OrientImaged
+        from bundle.transforms import resize_image
+
+        net, decode = FacingNet(), HeatmapToLandmarksd()
+        d = item(20, 15, (10, 7))
+        d["image_fine"] = torch.clamp(disk(20, 15, (10, 7), radius=5.5) + disk(20, 15, (10, 12.3), radius=1.2), 0, 1)
+        d["image"], d["scale"] = resize_image(d["image_fine"], (NET_H, NET_W))
+        d = decode({**d, "pred": net(d["image"][None])[0]})
+        results = {}
+        for widen in ((), (2.0,)):
+            reframe = ReframeImaged(net, infer, decode, frame_model(), sure_spread_mm=1.5, widen=widen)
+            with self.assertLogs("bundle", logging.INFO) as logs:
+                results[widen] = OrientImaged(net, infer, decode, "auto", "bright", auto_spread_mm=1.5, reframe=reframe)(d)
+            results[widen, "logs"] = "\n".join(logs.output)
+        lost, read = results[()], results[(2.0,)]
+        self.assertTrue(lost["mirrored"])  # the surer of two lost readings
+        self.assertTrue(any("unsure of this image however it is read" in c for c in lost["checks"]))
+        self.assertFalse(read["mirrored"] or read["inverted"])
+        self.assertFalse(any("unsure of this image however it is read" in c for c in read.get("checks", [])))
+        self.assertIn("in the wider frame it reads surest as it is", results[(2.0,), "logs"])
+        self.assertLess(float(read["spread_mm"].mean()), 1.5)
+        torch.testing.assert_close(read["pred_landmarks"][0], torch.tensor([10.0, 7.3]), atol=0.5, rtol=0)
+        only_chosen = ReframeImaged(net, infer, decode, frame_model(), sure_spread_mm=1.5, widen=(2.0,))
+        mirrored = OrientImaged(net, infer, decode, "left", "bright", auto_spread_mm=1.5, reframe=only_chosen)(d)
+        self.assertTrue(mirrored["mirrored"])  # told the face looks left, only that reading is widened: still lost
+        self.assertGreater(float(mirrored["spread_mm"].mean()), 1.5)
 
 
 if __name__ == "__main__":
