@@ -144,8 +144,9 @@ class ReframeImaged(Transform):
     larger, and is measured in turn, up to ``iterations`` times (a first pass lost in a wide frame finds the skull
     roughly, the next reads it framed). The heatmap's grid is recorded as ``pred_frame`` ``(2, 2)`` (origin in
     original pixels, pixels per original pixel), which the decoding and the refinement's coarse fusion read instead
-    of ``scale``. Writes ``framing`` (the measures of the reading kept, a dict) and ``reframed`` (how many times it
-    was read again and kept: 0 for an image framed as in training).
+    of ``scale``. Writes ``framing`` (the measures of the reading kept, a dict), ``reframed`` (how many times it
+    was read again in the training frame and kept: 0 for an image framed as in training) and ``widened`` (the factor
+    of the wider frame whose reading was kept, ``widen`` below; 0 for none).
 
     Args:
         network, inferer, decode: the global network, how the evaluator runs it, and the decoding before this.
@@ -223,7 +224,7 @@ class ReframeImaged(Transform):
         passes the other orientations it read): when the item stays unsure and ``widen`` is set, each is read widened
         too, and the surest widened reading wins whichever it comes from."""
         d = dict(data)
-        d["reframed"] = 0
+        d["reframed"], d["widened"] = 0, 0.0
         if self.model is None or d.get("error") or "pred_mm" not in d or self.image_key not in d:
             return d, 0
         name = d.get("image_name", "image")
@@ -291,12 +292,11 @@ class ReframeImaged(Transform):
                         "image)", name, before, ", ".join(f"{f:g}" for f in self.widen))
             return d, measures, 0
         spread, f, which, other, other_measures, outside = best
-        other["reframed"] = (d if which == 0 else others[which - 1]).get("reframed", 0) + 1
-        first = other["reframed"]
+        other["reframed"], other["widened"] = 0, f  # a new reading of the whole image: earlier reframings are dropped
         other, other_measures = self._settle(other, other_measures, outside)
         logger.info("%s: still unsure (mean heatmap spread %.1f mm): read again in a frame %g times the image%s (mean "
                     "heatmap spread %.1f mm%s)", name, before, f, "" if which == 0 else " in another orientation",
-                    mean_spread_mm(other), ", then in the training frame" if other["reframed"] > first else "")
+                    mean_spread_mm(other), ", then in the training frame" if other["reframed"] else "")
         return other, other_measures, which
 
     def _check_spacing(self, d: dict, measures: dict, name: str) -> None:

@@ -38,8 +38,8 @@ logger = logging.getLogger(__name__)
 LANDMARKS_CSV_HEADER = ["image", "landmark", "name", "x", "y", "x_mm", "y_mm", "uncertainty_mm"]
 MEASUREMENTS_CSV_HEADER = ["image", "measurement", "value", "unit", "type", "meaning"]
 CHECKS_CSV_HEADER = ["image", "check"]
-READINGS_CSV_HEADER = ["image", "reading"]  # how an image was read, where not as it is: mirrored, inverted, reframed
-READINGS = ("mirrored", "inverted", "reframed")
+READINGS_CSV_HEADER = ["image", "reading"]  # how an image was read, where not as it is: mirrored, inverted, widened, reframed
+READINGS = ("mirrored", "inverted", "widened", "reframed")
 _SLICER_SCHEMA = "https://raw.githubusercontent.com/slicer/slicer/master/Modules/Loadable/Markups/Resources/Schema/markups-schema-v1.0.3.json#"
 
 
@@ -267,8 +267,8 @@ class OverlayImageLogger:
 def batch_report_html(entries: Sequence[dict], errors: Sequence[tuple[str, str]], title: str) -> str:
     """``report.html``: one page to review a batch. Per image (``entries``: ``{"image", "overlay" (file name or
     None), "landmarks": [(number, name, x, y, uncertainty_mm)], "analysis": [row of bundle.analysis.analyse],
-    "mirrored", "inverted", "reframed" (optional: how the image was read, bundle.orientation and bundle.framing),
-    "checks" (optional: what to check in this image, the pipeline's warnings)}``)
+    "mirrored", "inverted", "widened", "reframed" (optional: how the image was read, bundle.orientation and
+    bundle.framing), "checks" (optional: what to check in this image, the pipeline's warnings)}``)
     its overlay (click for full size), its cephalometric analysis with the types outside the normal range in bold,
     and its landmarks (folded); then the files that could not be read (``errors``: ``(image, message)``)."""
     from html import escape
@@ -295,6 +295,8 @@ def batch_report_html(entries: Sequence[dict], errors: Sequence[tuple[str, str]]
         out.append(f"</div><div><h2>{name}</h2>")
         notes = [text for key, text in (("mirrored", "the face looks left: read mirrored (<code>face</code>)"),
                                         ("inverted", "the bone is dark, a negative: read inverted (<code>bone</code>)"),
+                                        ("widened", "unsure as it was: the global pass read it again in the middle "
+                                                    "of a wider frame (<code>reframe_unsure_widen</code>)"),
                                         ("reframed", "framed unlike the training images: the global pass read it again "
                                                      "cut to their frame (<code>reframe</code>)"))
                  if e.get(key)]
@@ -377,7 +379,7 @@ class LandmarkOutputWriter:
     (flushed at once, so a crash loses nothing already written), writes ``<stem>.mrk.json`` and
     ``<stem>_overlay.png``; an image that could not be read gets a row in ``errors.csv`` and the batch goes on; an
     image the pipeline asks to check (its ``checks``: unsure however read, a suspect pixel spacing) gets a row per
-    check in ``checks.csv``, and an image not read as it is (mirrored, inverted, reframed) a row per reading in
+    check in ``checks.csv``, and an image not read as it is (mirrored, inverted, widened, reframed) a row per reading in
     ``readings.csv``.
     With the 19 ISBI landmarks it also appends the image's cephalometric analysis (:mod:`bundle.analysis`: ANB,
     SNB, SNA, ODI, APDI, FHI, FMA, MW with the anatomical type each indicates) to ``measurements.csv`` and writes

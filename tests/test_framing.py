@@ -382,13 +382,13 @@ class TestReframeImaged(unittest.TestCase):
         d = tight_crop()
         d = decode({**d, "pred": net(d["image"][None])[0]})
         lost = ReframeImaged(net, infer, decode, frame_model(), sure_spread_mm=1.5)(d)
-        self.assertEqual(lost["reframed"], 0)  # its framing looks normal: not read again
+        self.assertEqual((lost["reframed"], lost["widened"]), (0, 0.0))  # its framing looks normal: not read again
         self.assertGreater(float(lost["spread_mm"].mean()), 1.5)
         net.calls = 0
         with self.assertLogs("bundle.framing", logging.INFO) as logs:
             out = ReframeImaged(net, infer, decode, frame_model(), sure_spread_mm=1.5, widen=[2.0])(d)
         self.assertEqual(net.calls, 2)  # twice the picture (sure, the skull small), then the training frame around it
-        self.assertEqual(out["reframed"], 2)
+        self.assertEqual((out["widened"], out["reframed"]), (2.0, 1))
         said = [line for line in logs.output if "still unsure" in line]
         self.assertIn("read again in a frame 2 times the image", said[0])
         self.assertIn("then in the training frame", said[0])
@@ -400,7 +400,7 @@ class TestReframeImaged(unittest.TestCase):
         net.calls = 0
         with self.assertLogs("bundle.framing", logging.INFO) as logs:  # 1.5 times: the skull at its training size
             both = ReframeImaged(net, infer, decode, frame_model(), sure_spread_mm=1.5, widen=[2.0, 1.5])(d)
-        self.assertEqual((net.calls, both["reframed"]), (2, 1))  # both read, the surer kept, framed as in training
+        self.assertEqual((net.calls, both["widened"], both["reframed"]), (2, 1.5, 0))  # both read, the surer kept
         self.assertTrue(any("read again in a frame 1.5 times the image (mean" in line for line in logs.output))
         torch.testing.assert_close(both["pred_landmarks"], out["pred_landmarks"], atol=0.35, rtol=0)
 
@@ -410,14 +410,14 @@ class TestReframeImaged(unittest.TestCase):
         d = decode({**d, "pred": net(d["image"][None])[0]})
         net.calls = 0
         out = ReframeImaged(net, infer, decode, frame_model(), sure_spread_mm=1.5, widen=[2.0])(d)
-        self.assertEqual((net.calls, out["reframed"]), (0, 0))  # sure: no other frame read
+        self.assertEqual((net.calls, out["reframed"], out["widened"]), (0, 0, 0.0))  # sure: no other frame read
         torch.testing.assert_close(out["pred_landmarks"], d["pred_landmarks"])
         lost = tight_crop()
         lost = decode({**lost, "pred": net(lost["image"][None])[0]})
         lost["image_fine"] = torch.zeros_like(lost["image_fine"])  # nothing to find in a wider frame either
         with self.assertLogs("bundle.framing", logging.INFO) as logs:
             out = ReframeImaged(net, infer, decode, frame_model(), sure_spread_mm=1.5, widen=[2.0])(lost)
-        self.assertEqual(out["reframed"], 0)
+        self.assertEqual((out["reframed"], out["widened"]), (0, 0.0))
         self.assertTrue(any("no surer in a wider frame (2 times the image)" in line for line in logs.output))
         torch.testing.assert_close(out["pred_landmarks"], lost["pred_landmarks"])
         for bad in ([1.0], [0.5, 2.0]):
@@ -458,6 +458,7 @@ class TestReframeImaged(unittest.TestCase):
         self.assertTrue(lost["mirrored"])  # the surer of two lost readings
         self.assertTrue(any("unsure of this image however it is read" in c for c in lost["checks"]))
         self.assertFalse(read["mirrored"] or read["inverted"])
+        self.assertEqual(read["widened"], 2.0)
         self.assertFalse(any("unsure of this image however it is read" in c for c in read.get("checks", [])))
         self.assertIn("in the wider frame it reads surest as it is", results[(2.0,), "logs"])
         self.assertLess(float(read["spread_mm"].mean()), 1.5)

@@ -148,7 +148,7 @@ class TestChecks(unittest.TestCase):
                 self.assertEqual(list(csv.reader(f)), [["image", "check"]])  # a new run starts afresh
 
     def test_readings_are_listed_and_kept_on_resume(self):
-        """How an image was read (mirrored, inverted, reframed) goes to readings.csv and report.html; a resumed run
+        """How an image was read (mirrored, inverted, widened, reframed) goes to readings.csv and report.html; a resumed run
         keeps the readings of the images it keeps, so its report still says how they were read."""
         import csv
         import tempfile
@@ -166,23 +166,28 @@ class TestChecks(unittest.TestCase):
             out_dir = Path(tmp) / "out"
             writer = LandmarkOutputWriter(out_dir, ISBI_LANDMARK_NAMES, overlay=False, analysis=False)
             writer._start(None)
-            for name, reading in (("a.png", {"mirrored": True, "reframed": torch.tensor(True)}), ("b.png", {})):
+            readings = (("a.png", {"mirrored": True, "reframed": torch.tensor(True)}), ("b.png", {}),
+                        ("c.png", {"widened": 2.0, "reframed": 0}), ("d.png", {"widened": 0.0, "reframed": 0}))
+            for name, reading in readings:
                 out = {"pred_landmarks": yx, "pred_mm": yx * 0.1, "uncertainty_mm": torch.ones(19), **reading}
                 writer._write_one(name, name, out, item)
             writer._report(force=True)
             with open(out_dir / "readings.csv") as f:
-                self.assertEqual(list(csv.reader(f)), [["image", "reading"], ["a.png", "mirrored"], ["a.png", "reframed"]])
+                self.assertEqual(list(csv.reader(f)), [["image", "reading"], ["a.png", "mirrored"], ["a.png", "reframed"],
+                                                       ["c.png", "widened"]])
             report = (out_dir / "report.html").read_text()
             self.assertEqual(report.count(mirrored_note), 1)
             self.assertIn("cut to their frame", report)
+            self.assertEqual(report.count("in the middle of a wider frame"), 1)
             resumed = LandmarkOutputWriter(out_dir, ISBI_LANDMARK_NAMES, overlay=False, analysis=False, resume=True)
             resumed._start(None)
             report = (out_dir / "report.html").read_text()
             self.assertEqual(report.count(mirrored_note), 1)
             self.assertIn("cut to their frame", report)
             self.assertNotIn("read inverted", report)
+            self.assertEqual(report.count("in the middle of a wider frame"), 1)
             with open(out_dir / "readings.csv") as f:
-                self.assertEqual(list(csv.reader(f))[1:], [["a.png", "mirrored"], ["a.png", "reframed"]])
+                self.assertEqual(list(csv.reader(f))[1:], [["a.png", "mirrored"], ["a.png", "reframed"], ["c.png", "widened"]])
 
 
 class TestResumeGuards(unittest.TestCase):
