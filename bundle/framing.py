@@ -229,23 +229,23 @@ class ReframeImaged(Transform):
             return d, 0
         name = d.get("image_name", "image")
         measures, outside = self.measure(d)
-        if measures is None:
-            return d, 0
-        first_outside, first_spread = outside, mean_spread_mm(d)
-        d, measures = self._settle(d, measures, outside)
-        why = "; ".join(first_outside) or "always"
-        if d["reframed"]:
-            logger.info("%s: framed unlike the training images (%s): read again in their frame (mean heatmap spread "
-                        "%.1f mm against %.1f%s)", name, why, mean_spread_mm(d),
-                        first_spread, f", {d['reframed']} times" if d["reframed"] > 1 else "")
-        elif first_outside or self.always:
-            logger.info("%s: framed unlike the training images (%s), but read again in their frame it is less sure: "
-                        "kept as it is", name, why)
+        if measures is not None:  # None: a reading lost enough that no frame fits its landmarks
+            first_outside, first_spread = outside, mean_spread_mm(d)
+            d, measures = self._settle(d, measures, outside)
+            why = "; ".join(first_outside) or "always"
+            if d["reframed"]:
+                logger.info("%s: framed unlike the training images (%s): read again in their frame (mean heatmap "
+                            "spread %.1f mm against %.1f%s)", name, why, mean_spread_mm(d),
+                            first_spread, f", {d['reframed']} times" if d["reframed"] > 1 else "")
+            elif first_outside or self.always:
+                logger.info("%s: framed unlike the training images (%s), but read again in their frame it is less "
+                            "sure: kept as it is", name, why)
         chosen = 0
         if self.widen and not mean_spread_mm(d) <= self.sure_spread_mm:
             d, measures, chosen = self._widen(d, measures, name, others)
-        d["framing"] = {k: round(v, 4) for k, v in measures.items() if k != "box_mm"}
-        self._check_spacing(d, measures, name)
+        if measures is not None:
+            d["framing"] = {k: round(v, 4) for k, v in measures.items() if k != "box_mm"}
+            self._check_spacing(d, measures, name)
         return d, chosen
 
     def _settle(self, d: dict, measures: dict, outside: list[str]) -> tuple[dict, dict]:
@@ -268,7 +268,8 @@ class ReframeImaged(Transform):
             d, measures = other, other_measures
         return d, measures
 
-    def _widen(self, d: dict, measures: dict, name: str, others: Sequence[Mapping] = ()) -> tuple[dict, dict, int]:
+    def _widen(self, d: dict, measures: dict | None, name: str,
+               others: Sequence[Mapping] = ()) -> tuple[dict, dict | None, int]:
         """An item still unsure after reframing: the image read in the middle of frames ``widen`` times its size
         (``fill`` beyond it; a tightly cropped head whose lost landmarks scatter like a normal skull's, so that its
         framing looks normal, appears there at the size the network learnt), as the item reads it and as each of

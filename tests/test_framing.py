@@ -353,6 +353,19 @@ class TestReframeImaged(unittest.TestCase):
         self.assertEqual(out["reframed"], 0)
         torch.testing.assert_close(out["pred_mm"], d["pred_mm"])
 
+    def test_a_lost_reading_that_no_frame_fits_is_still_read_widened(self):
+        """Unsure with landmarks no frame fits (upside down): nothing to reframe by, but with ``widen`` the image is
+        still read in a wider frame, and that reading, sure, is kept and framed."""
+        net, decode = BigBlobLostNet(), HeatmapToLandmarksd()
+        d = tight_crop()
+        d = decode({**d, "pred": net(d["image"][None])[0]})
+        d["pred_mm"] = d["pred_mm"].flip(0)
+        self.assertNotIn("framing", ReframeImaged(net, infer, decode, frame_model(), sure_spread_mm=1.5)(d))
+        out = ReframeImaged(net, infer, decode, frame_model(), sure_spread_mm=1.5, widen=[2.0])(d)
+        self.assertEqual((out["widened"], out["reframed"]), (2.0, 1))
+        self.assertIn("framing", out)
+        torch.testing.assert_close(out["pred_landmarks"], torch.tensor([[10.0, 7.5], [16.0, 7.5]]), atol=0.5, rtol=0)
+
     def test_the_reading_chosen_is_framed_and_judged_framed(self):
         """A landscape picture makes every reading of the whole image unsure: the orientation is chosen among them
         (as it is), then framed, and framed it is sure, so no warning says the image is unsure."""
