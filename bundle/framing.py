@@ -279,8 +279,6 @@ class ReframeImaged(Transform):
         size = torch.as_tensor(d["orig_size"]).double().cpu().numpy()
         before, best = mean_spread_mm(d), None
         for which, item in enumerate([d, *others]):
-            if self.image_key not in item or "pred_mm" not in item:
-                continue
             for f in self.widen:
                 pad = (f - 1) / 2 * size
                 other = self._read(item, np.concatenate([-pad, size + pad]))

@@ -23,7 +23,6 @@ import torch
 from monai.transforms import Transform
 
 from .engine import read_in_eval_mode
-from .framing import ReframeImaged
 from .transforms import mean_spread_mm
 
 
@@ -112,7 +111,7 @@ class OrientImaged(Transform):
             raise ValueError(f"auto_spread_mm should be positive, got {auto_spread_mm}.")
         self.network, self.inferer, self.decode, self.face, self.bone = network, inferer, decode, face, bone
         self.auto_spread_mm, self.pred_key, self.image_keys = float(auto_spread_mm), pred_key, tuple(image_keys)
-        self.reframe = reframe if reframe is not None else (lambda item: item)
+        self.reframe = reframe
 
     def _read(self, d: dict, reading: tuple[bool, bool]) -> dict:
         """The item as the global network reads the image mirrored and/or inverted, decoded."""
@@ -161,15 +160,14 @@ class OrientImaged(Transform):
             if chosen != base:
                 logger.info("%s: read %s (mean heatmap spread %.1f mm, against %.1f mm as %s)", name, describe(chosen),
                             spread(chosen), spread(base), describe(base))
-        if isinstance(self.reframe, ReframeImaged):  # a reading still unsure may be read widened in any orientation
+        out, which = dict(item(chosen)), 0
+        if self.reframe is not None:  # a reading still unsure may be read widened in any orientation read
             others = [r for r in candidates if r in items and r != chosen]
-            out, which = self.reframe.frame(dict(item(chosen)), [items[r] for r in others])
-            if which:
-                chosen = others[which - 1]
-                logger.info("%s: in the wider frame it reads surest %s", d.get("image_name", "image"),
-                            "as it is" if chosen == (False, False) else describe(chosen))
-        else:
-            out = self.reframe(dict(item(chosen)))
+            out, which = self.reframe.frame(out, [items[r] for r in others])
+        if which:
+            chosen = others[which - 1]
+            logger.info("%s: in the wider frame it reads surest %s", d.get("image_name", "image"),
+                        "as it is" if chosen == (False, False) else describe(chosen))
         final = mean_spread_mm(out) if "spread_mm" in out else 0.0
         if len(candidates) > 1 and final > self.auto_spread_mm:
             check = (f"the global pass is unsure of this image however it is read (mean heatmap spread {final:.1f} "

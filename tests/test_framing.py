@@ -19,6 +19,12 @@ def disk(h: int, w: int, centre, radius: float = RADIUS) -> torch.Tensor:
     return (((yy - centre[0]) ** 2 + (xx - centre[1]) ** 2) <= radius**2).float()[None]
 
 
+def gaussian_logits(pts, sigma: float) -> torch.Tensor:
+    """Heatmap logits ``(len(pts), NET_H, NET_W)``: a Gaussian of ``sigma`` input pixels at each ``(y, x)``."""
+    yy, xx = torch.meshgrid(torch.arange(NET_H, dtype=torch.float32), torch.arange(NET_W, dtype=torch.float32), indexing="ij")
+    return torch.stack([-((yy - py) ** 2 + (xx - px) ** 2) / (2 * sigma**2) for py, px in pts])
+
+
 class RoundOnlyNet(torch.nn.Module):
     """A stand-in global network that has learnt round skulls: landmark 0 at the centroid of the bright pixels,
     landmark 1 at their lowest point (centroid + 2 SD down, the bottom of a disk); its heatmaps are sharp when the
@@ -37,7 +43,7 @@ class RoundOnlyNet(torch.nn.Module):
             sy, sx = ((w * (yy - cy) ** 2).sum() / w.sum()).sqrt(), ((w * (xx - cx) ** 2).sum() / w.sum()).sqrt()
             sigma = 0.7 if abs(float(sy / sx) - 1) < 0.1 else 4.0
             pts = [(cy, cx), (cy + 2 * sy, cx)]
-            out.append(torch.stack([-((yy - py) ** 2 + (xx - px) ** 2) / (2 * sigma**2) for py, px in pts]))
+            out.append(gaussian_logits(pts, sigma))
         return torch.stack(out) + self.dummy
 
 
@@ -49,11 +55,12 @@ def frame_model() -> dict:
     return model
 
 
-def item(h: int, w: int, centre) -> dict:
-    """A network input resized from an ``h x w`` image (1 mm pixels) and the image itself as the fine copy."""
+def item(h: int, w: int, centre, radius: float = RADIUS, image: torch.Tensor | None = None) -> dict:
+    """A network input resized from an ``h x w`` image (1 mm pixels; a disk, or ``image``) and the image itself as
+    the fine copy."""
     from bundle.transforms import resize_image
 
-    image = disk(h, w, centre)
+    image = disk(h, w, centre, radius) if image is None else image
     net_input, scale = resize_image(image, (NET_H, NET_W))
     return {"image": net_input, "image_fine": image, "image_fine_scale": torch.ones(2), "scale": scale,
             "spacing": torch.ones(2), "orig_size": torch.tensor([h, w], dtype=torch.float32), "image_name": "x.png"}
@@ -201,6 +208,9 @@ class TestVariantDataset(unittest.TestCase):
                 np.testing.assert_allclose(points(Path(tmp) / "dst", "400_senior"), points(src, "400_senior") - [x0, y0])
 
 
+LOST_POINTS = [(20.0, 15.0), (28.0, 15.0)]  # where a lost stand-in network puts the landmarks: the training average
+
+
 class BigBlobLostNet(RoundOnlyNet):
     """RoundOnlyNet that is lost when the blob fills its input more than any training skull did (its SD above 5
     input pixels; a training disk's is 4): broad heatmaps at the landmarks' average place in the input, which a
@@ -211,12 +221,12 @@ class BigBlobLostNet(RoundOnlyNet):
     def forward(self, x):
         self.calls += len(x)
         out = super().forward(x)
-        yy, xx = torch.meshgrid(torch.arange(NET_H, dtype=torch.float32), torch.arange(NET_W, dtype=torch.float32), indexing="ij")
+        yy = torch.arange(NET_H, dtype=torch.float32)[:, None]
         for i, img in enumerate(x[:, 0]):
             w = (img > 0.5).float()
             cy = (w * yy).sum() / w.sum()
             if float(((w * (yy - cy) ** 2).sum() / w.sum()).sqrt()) > 5:
-                out[i] = torch.stack([-((yy - py) ** 2 + (xx - 15.0) ** 2) / (2 * 4.0**2) for py in (20.0, 28.0)])
+                out[i] = gaussian_logits(LOST_POINTS, 4.0)
         return out
 
 
@@ -241,22 +251,17 @@ class FacingNet(torch.nn.Module):
             sy = ((w * (yy - cy) ** 2).sum() / n).sqrt()
             right = float((w * (xx - cx) ** 3).sum()) > 0
             if sy > 5:
-                pts, sigma = [(20.0, 15.0), (28.0, 15.0)], 4.0 if right else 3.8
+                pts, sigma = LOST_POINTS, 4.0 if right else 3.8
             else:
                 pts, sigma = [(cy, cx), (cy + 2 * sy, cx)], 0.7 if right else 4.0
-            out.append(torch.stack([-((yy - py) ** 2 + (xx - px) ** 2) / (2 * sigma**2) for py, px in pts]))
+            out.append(gaussian_logits(pts, sigma))
         return torch.stack(out) + self.dummy
 
 
 def tight_crop() -> dict:
     """A head cut tightly: a 20 x 15 mm picture (the training frame's shape, half its size) holding a disk of
     radius 6 mm, which fills the network's input more than any training skull."""
-    d = item(20, 15, (10, 7.5))
-    d["image_fine"] = disk(20, 15, (10, 7.5), radius=6.0)
-    from bundle.transforms import resize_image
-
-    d["image"], d["scale"] = resize_image(d["image_fine"], (NET_H, NET_W))
-    return d
+    return item(20, 15, (10, 7.5), radius=6.0)
 
 
 class TestReframeImaged(unittest.TestCase):
@@ -454,12 +459,10 @@ class TestReframeImaged(unittest.TestCase):
         """Among lost readings of a tight crop the mirrored one looks a little surer and is chosen; widened, the image
         as it is reads sure: the orientation follows the widened whole images, so the face is read looking right."""
         from bundle.orientation import OrientImaged
-        from bundle.transforms import resize_image
 
         net, decode = FacingNet(), HeatmapToLandmarksd()
-        d = item(20, 15, (10, 7))
-        d["image_fine"] = torch.clamp(disk(20, 15, (10, 7), radius=5.5) + disk(20, 15, (10, 12.3), radius=1.2), 0, 1)
-        d["image"], d["scale"] = resize_image(d["image_fine"], (NET_H, NET_W))
+        head = torch.clamp(disk(20, 15, (10, 7), radius=5.5) + disk(20, 15, (10, 12.3), radius=1.2), 0, 1)
+        d = item(20, 15, None, image=head)
         d = decode({**d, "pred": net(d["image"][None])[0]})
         results = {}
         for widen in ((), (2.0,)):
