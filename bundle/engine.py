@@ -113,7 +113,7 @@ def cpu_facts(cpuinfo: str | Path = "/proc/cpuinfo") -> dict:
 
 def cpu_recipe_members(cpuinfo: str | Path = "/proc/cpuinfo") -> int:
     """How many global and refinement networks ``scripts/cpu_recipe.sh`` trains by default: 2 of each (ensembled)
-    where training runs in bf16 (a CUDA GPU, or a CPU with native bf16: 90.7 minutes on 2 such cores), 1 of each on
+    where training runs in bf16 (a CUDA GPU, or a CPU with native bf16: 118.1 minutes on 2 such cores), 1 of each on
     a CPU without it, where fp32 steps take about 3.5 times longer and two of each would take about 3.5 hours on
     2 cores instead of the recipe's 2 (docs/README.md, "Speed")."""
     return 2 if torch.cuda.is_available() or bf16_is_native("cpu", cpuinfo) else 1

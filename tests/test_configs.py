@@ -119,8 +119,8 @@ class TestMeasuredNumbersFollowMetadata(unittest.TestCase):
         self.assertIn(f"{fast} against {full} mm (configs/metadata.json", note)
 
     def test_cpu_recipe_numbers_are_the_measured_ones(self):
-        """The AVX2 CPU recipe's two draws are not shipped weights, so their numbers live in their result JSON
-        (docs/results/cpu_recipe_avx2_45*_result.json, written from the runs); the copies for users (the script's
+        """The CPU recipe's runs (two AVX2 draws, one with native bf16) are not shipped weights, so their numbers live in their result JSON
+        (docs/results/cpu_recipe_avx2_45*_result.json, cpu_recipe_avx512bf16_result.json, written from the runs); the copies for users (the script's
         header and start-up message, README, docs' "Speed" and "Not yet done") must say the same minutes and MRE."""
         root = CONFIGS.parent
 
@@ -141,6 +141,18 @@ class TestMeasuredNumbersFollowMetadata(unittest.TestCase):
                 self.assertIn(minutes, not_yet_done)
                 self.assertIn(f"{mre:.3f} mm", not_yet_done)
                 self.assertIn(f"{mre:.4f} mm", speed)
+
+        # the native-bf16 run (2 AVX-512 BF16 cores, from nothing): the script's header, README, docs' recipe
+        # section and "Not yet done"
+        result = json.loads((root / "docs" / "results" / "cpu_recipe_avx512bf16_result.json").read_text())
+        minutes = f"{result['minutes']['training_total']:.1f} minutes"
+        mre = result["test1_both_passes"]["mre_mm"]
+        recipe = flat(docs[docs.index("### The CPU-only coarse-to-fine recipe"):])
+        for text in (script, readme, not_yet_done):
+            self.assertIn(minutes, text)
+            self.assertIn(f"{mre:.3f} mm", text)
+        self.assertIn(f"{minutes[:-8]} min of training", recipe)
+        self.assertIn(f"({mre:.4f})", recipe)
 
     def test_speed_numbers_are_the_measured_ones(self):
         """The inference speeds typed into what users read first (inference's start-up note, bundle/runtime.py, the
