@@ -17,8 +17,9 @@
 # REFIT=1 trains the refinement networks on all 150 Train images (configs/refit.yaml: no validation, the last epoch
 # is kept); the global models keep their validation split, since at 400 x 320 they overfit and the best checkpoint
 # (chosen on validation) beats the last. The released CPU recipe (run from nothing on 2 AMD EPYC cores with AVX-512
-# BF16: 118.1 minutes of training; Test1 1.482 mm): REFIT=1 bash scripts/cpu_recipe.sh OUT 35 0; on 2 AVX2 cores without it (one network of
-# each, 114.6 minutes of training; Test1 1.497 mm; drawn again with SEED=1: 116.1 minutes, 1.486 mm):
+# BF16: 118.1 minutes of training; Test1 1.482 mm): REFIT=1 bash scripts/cpu_recipe.sh OUT 35 0; on 2 AVX2 cores
+# without it (one network of each, 114.6 minutes of training; Test1 1.497 mm; drawn again with SEED=1: 116.1
+# minutes, 1.486 mm):
 # REFIT=1 bash scripts/cpu_recipe.sh OUT 45 75
 # The refined evaluations centre each crop on the global estimate moved by the global model's training target's
 # offset from the senior annotation (OUT/centre_correction.json, from the annotations of the global model's

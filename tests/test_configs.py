@@ -119,9 +119,10 @@ class TestMeasuredNumbersFollowMetadata(unittest.TestCase):
         self.assertIn(f"{fast} against {full} mm (configs/metadata.json", note)
 
     def test_cpu_recipe_numbers_are_the_measured_ones(self):
-        """The CPU recipe's runs (two AVX2 draws, one with native bf16) are not shipped weights, so their numbers live in their result JSON
-        (docs/results/cpu_recipe_avx2_45*_result.json, cpu_recipe_avx512bf16_result.json, written from the runs); the copies for users (the script's
-        header and start-up message, README, docs' "Speed" and "Not yet done") must say the same minutes and MRE."""
+        """The CPU recipe's runs (two AVX2 draws, one with native bf16) are not shipped weights, so their numbers live
+        in their result JSON (docs/results/cpu_recipe_avx2_45*_result.json, cpu_recipe_avx512bf16_result.json,
+        written from the runs); the copies for users (the script's header and start-up message, README, docs' recipe
+        section, "Speed" and "Not yet done") must say the same minutes and MRE."""
         root = CONFIGS.parent
 
         script = flat((root / "scripts" / "cpu_recipe.sh").read_text())
