@@ -160,14 +160,14 @@ class OrientImaged(Transform):
             if chosen != base:
                 logger.info("%s: read %s (mean heatmap spread %.1f mm, against %.1f mm as %s)", name, describe(chosen),
                             spread(chosen), spread(base), describe(base))
-        out, which = dict(item(chosen)), 0
+        out = dict(item(chosen))
         if self.reframe is not None:  # a reading still unsure may be read widened in any orientation read
             others = [r for r in candidates if r in items and r != chosen]
             out, which = self.reframe.frame(out, [items[r] for r in others])
-        if which:
-            chosen = others[which - 1]
-            logger.info("%s: in the wider frame it reads surest %s", d.get("image_name", "image"),
-                        "as it is" if chosen == (False, False) else describe(chosen))
+            if which:
+                chosen = others[which - 1]
+                logger.info("%s: in the wider frame it reads surest %s", d.get("image_name", "image"),
+                            "as it is" if chosen == (False, False) else describe(chosen))
         final = mean_spread_mm(out) if "spread_mm" in out else 0.0
         if len(candidates) > 1 and final > self.auto_spread_mm:
             check = (f"the global pass is unsure of this image however it is read (mean heatmap spread {final:.1f} "

@@ -130,10 +130,15 @@ class TestMeasuredNumbersFollowMetadata(unittest.TestCase):
         docs = (root / "docs" / "README.md").read_text()
         not_yet_done = flat(docs[docs.index("## Not yet done"):])
         speed = flat(docs[docs.index("## Speed"):docs.index("### The fast CPU profile")])
-        for name in ("cpu_recipe_avx2_45_result.json", "cpu_recipe_avx2_45_s1_result.json"):
+        recipe = flat(docs[docs.index("### The CPU-only coarse-to-fine recipe"):])
+
+        def measured(name: str) -> tuple[float, float]:  # training minutes, Test1 MRE
             result = json.loads((root / "docs" / "results" / name).read_text())
-            minutes = f"{result['minutes']['training_total']:.1f} minutes"
-            mre = result["test1_both_passes"]["mre_mm"]
+            return result["minutes"]["training_total"], result["test1_both_passes"]["mre_mm"]
+
+        for name in ("cpu_recipe_avx2_45_result.json", "cpu_recipe_avx2_45_s1_result.json"):
+            total, mre = measured(name)
+            minutes = f"{total:.1f} minutes"
             with self.subTest(result=name):
                 self.assertEqual(script.count(f"{minutes}"), 2, "the header comment and the start-up message")
                 self.assertEqual(script.count(f"{mre:.3f} mm"), 2, "the header comment and the start-up message")
@@ -143,16 +148,13 @@ class TestMeasuredNumbersFollowMetadata(unittest.TestCase):
                 self.assertIn(f"{mre:.3f} mm", not_yet_done)
                 self.assertIn(f"{mre:.4f} mm", speed)
 
-        # the native-bf16 run (2 AVX-512 BF16 cores, from nothing): the script's header, README, docs' recipe
-        # section and "Not yet done"
-        result = json.loads((root / "docs" / "results" / "cpu_recipe_avx512bf16_result.json").read_text())
-        minutes = f"{result['minutes']['training_total']:.1f} minutes"
-        mre = result["test1_both_passes"]["mre_mm"]
-        recipe = flat(docs[docs.index("### The CPU-only coarse-to-fine recipe"):])
+        # the native-bf16 run (2 AVX-512 BF16 cores, from nothing): the script's header, README, "Not yet done" and
+        # the docs' recipe section
+        total, mre = measured("cpu_recipe_avx512bf16_result.json")
         for text in (script, readme, not_yet_done):
-            self.assertIn(minutes, text)
+            self.assertIn(f"{total:.1f} minutes", text)
             self.assertIn(f"{mre:.3f} mm", text)
-        self.assertIn(f"{minutes[:-8]} min of training", recipe)
+        self.assertIn(f"{total:.1f} min of training", recipe)
         self.assertIn(f"({mre:.4f})", recipe)
 
     def test_speed_numbers_are_the_measured_ones(self):
