@@ -14,6 +14,9 @@
 # SEED=K (default 0) starts every stage's augmentation and initialisation seeds at K instead of 0 (another draw of
 # the same recipe; the train / validation split stays split seed 0).
 # REFINE_MINUTES 0 trains each refinement network for configs/refine.yaml's fixed 16 epochs instead of a budget.
+# REESTIMATE=1 lets each stage with a time budget re-fit its epoch count to it after every epoch
+# (--time_budget_reestimate true) instead of once after its first two epochs, so epochs that slow down later do not
+# carry it past its budget.
 # REFIT=1 trains the refinement networks on all 150 Train images (configs/refit.yaml: no validation, the last epoch
 # is kept); the global models keep their validation split, since at 400 x 320 they overfit and the best checkpoint
 # (chosen on validation) beats the last. The released CPU recipe (run from nothing on 2 AMD EPYC cores with AVX-512
@@ -61,6 +64,7 @@ stage() {  # name, minutes, config args...: train unless OUT/name/done exists; t
   local resume=False
   [ -f "$out/$name/checkpoint_last.pt" ] && resume=True
   local length=(--max_epochs 1000 --time_budget_minutes "$minutes" --early_stop_patience 1000)
+  [ "${REESTIMATE:-0}" != "0" ] && length+=(--time_budget_reestimate true)
   [ "$minutes" = 0 ] && length=()                          # the config's own epochs
   echo "$name: python -m monai.bundle run training $* --dataset_dir $data --output_dir $out/$name ${length[*]} --resume $resume"
   local start; start=$(date +%s)
