@@ -3,7 +3,9 @@
 On CPUs without native bf16 PyTorch runs both networks in fp32; OpenVINO runs the same fp32 graphs and the whole
 pipeline takes about 0.7 times as long there (2 AVX2 cores: 2.62 s against 3.57 s per full ISBI image). On Test1
 2846 of the 2850 landmarks stay within 0.01 pixel of PyTorch's and 4 move by 0.04-0.05 mm, where two pixels nearly
-share a heatmap's maximum; the MRE is unchanged (docs/README.md, "Speed"). Each network is exported with MONAI's
+share a heatmap's maximum; the MRE is unchanged (docs/README.md, "Speed"). Where the pipeline's ``amp`` runs bf16
+natively (a CPU with AVX-512 BF16 or AMX), OpenVINO computes in bf16 too (:func:`openvino_precision`; until 0.5.17 it
+stayed fp32 there and was slower than PyTorch). Each network is exported with MONAI's
 :func:`~monai.networks.utils.convert_to_onnx` once the weights are loaded, compiled by OpenVINO for the CPU, checked
 against PyTorch on a random input, and its module's ``forward`` then calls OpenVINO: the pipeline's transforms keep
 the module objects they hold and run unchanged.
@@ -148,6 +150,8 @@ class OpenVINOForward:
     def __init__(self, compiled, source: str = "export"):
         self.request = compiled.create_infer_request()
         self.source = source  # "export": exported from PyTorch at this start; "cache": read from the runtime cache
+        # what OpenVINO compiled it to compute in ("f32" or "bf16"), as it reports it
+        self.precision = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
 
     def __call__(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         out = self.request.infer({0: np.ascontiguousarray(x.detach().float().cpu().numpy())})[0]
@@ -163,17 +167,37 @@ def import_openvino():
     return openvino
 
 
-def openvino_settings(threads: int | None = None) -> dict:
-    """The bundle's OpenVINO CPU settings: fp32, latency first, ``threads`` threads (default: PyTorch's)."""
-    return {"INFERENCE_NUM_THREADS": int(threads or torch.get_num_threads()), "INFERENCE_PRECISION_HINT": "f32",
+PRECISIONS = ("f32", "bf16")
+TOLERANCE = {"f32": 1e-3, "bf16": 5e-2}  # the check against PyTorch fp32: a share of the output's largest magnitude
+
+
+def openvino_precision(amp: str = "none") -> str:
+    """The precision OpenVINO computes in for a pipeline whose ``amp`` is ``amp``: "bf16" where ``amp`` runs bf16
+    on this CPU natively (``auto`` or ``bf16`` on a CPU with AVX-512 BF16 or AMX), else "f32" (PyTorch, too, runs
+    fp32 there, or emulates bf16 at a loss)."""
+    from .engine import autocast_dtype, bf16_is_native
+
+    return "bf16" if autocast_dtype(amp, "cpu") is torch.bfloat16 and bf16_is_native("cpu") else "f32"
+
+
+def openvino_settings(threads: int | None = None, precision: str = "f32") -> dict:
+    """The bundle's OpenVINO CPU settings: ``precision`` ("f32" or "bf16"), latency first, ``threads`` threads
+    (default: PyTorch's)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"OpenVINO precision should be one of {', '.join(PRECISIONS)}; got {precision!r}")
+    return {"INFERENCE_NUM_THREADS": int(threads or torch.get_num_threads()), "INFERENCE_PRECISION_HINT": precision,
             "PERFORMANCE_HINT": "LATENCY"}
 
 
 def run_in_openvino(module: torch.nn.Module, input_shape: Sequence[int], threads: int | None = None,
-                    name: str = "network", check: bool = True, cache_dir: str | Path | None = None) -> torch.nn.Module:
-    """Make ``module`` (weights loaded, on the CPU) run in OpenVINO, fp32, with ``threads`` threads (default:
-    PyTorch's). With ``check`` its output on a random input must match PyTorch's (max |difference| at most 1e-3 of
-    the output's largest magnitude + 1e-3), or it stays a PyTorch module and a ``RuntimeError`` says so.
+                    name: str = "network", check: bool = True, cache_dir: str | Path | None = None,
+                    precision: str = "f32") -> torch.nn.Module:
+    """Make ``module`` (weights loaded, on the CPU) run in OpenVINO, in ``precision`` ("f32", or "bf16" where the CPU
+    has it: :func:`openvino_precision`), with ``threads`` threads (default: PyTorch's). With ``check`` its output on a
+    random input must match PyTorch's in fp32 (max |difference| at most ``TOLERANCE[precision]`` of the output's
+    largest magnitude, plus as much in absolute terms: 1e-3 for f32, 5e-2 for bf16, which rounds to 8 bits of
+    mantissa), or it stays a PyTorch module and a ``RuntimeError`` says so. The kept IR is the fp32 graph either
+    way: the precision is chosen when it is compiled.
 
     With ``cache_dir`` the exported (and checked) graph is kept there as OpenVINO IR under :func:`network_key`, and a
     later call for the same network, shape and versions reads it instead of exporting and checking again. The new
@@ -190,7 +214,7 @@ def run_in_openvino(module: torch.nn.Module, input_shape: Sequence[int], threads
         source = "export" if model is None else "cache"
         if model is None:
             model = core.read_model(str(export_onnx(module, input_shape, Path(tmp) / f"{name}.onnx")))
-        compiled = core.compile_model(model, "CPU", openvino_settings(threads))
+        compiled = core.compile_model(model, "CPU", openvino_settings(threads, precision))
     forward = OpenVINOForward(compiled, source)
     if check and source == "export":
         x = torch.rand(*input_shape)
@@ -198,11 +222,11 @@ def run_in_openvino(module: torch.nn.Module, input_shape: Sequence[int], threads
             expected = module(x).float()
         got = forward(x)
         error = float((got - expected).abs().max()) if got.shape == expected.shape else float("inf")
-        tolerance = 1e-3 * float(expected.abs().max()) + 1e-3
+        tolerance = TOLERANCE[precision] * (float(expected.abs().max()) + 1)
         if not error <= tolerance:
-            raise RuntimeError(f"the {name} network in OpenVINO gives {tuple(got.shape)} outputs up to {error:.3g} "
-                               f"from PyTorch's {tuple(expected.shape)} (tolerance {tolerance:.3g}); use runtime: "
-                               f"pytorch")
+            raise RuntimeError(f"the {name} network in OpenVINO ({precision}) gives {tuple(got.shape)} outputs up to "
+                               f"{error:.3g} from PyTorch's {tuple(expected.shape)} (tolerance {tolerance:.3g}); use "
+                               f"runtime: pytorch")
     if xml and source == "export":
         _write_cached(openvino, model, xml, name)
     module.forward = forward
@@ -222,13 +246,16 @@ class NetworkRuntime:
         device: the workflow's device; OpenVINO runs on the CPU only.
         cache_dir: where the exported networks are kept for the next start (:func:`run_in_openvino`); None: nowhere,
             each start exports again.
+        amp: the pipeline's ``amp``; OpenVINO computes in bf16 where that runs bf16 natively on this CPU, else in
+            fp32 (:func:`openvino_precision`).
     """
 
     def __init__(self, runtime: str = "pytorch", network: torch.nn.Module | None = None,
                  input_shape: Sequence[int] = (), refine_network: torch.nn.Module | None = None,
                  refine_input_shape: Sequence[int] = (), device: str | torch.device = "cpu",
-                 cache_dir: str | Path | None = None):
+                 cache_dir: str | Path | None = None, amp: str = "none"):
         self.runtime = str(runtime).lower()
+        self.precision = openvino_precision(amp)
         if self.runtime not in RUNTIMES:
             raise ValueError(f"runtime: {runtime!r} is not one of {', '.join(RUNTIMES)}")
         if self.runtime == "openvino":
@@ -252,8 +279,9 @@ class NetworkRuntime:
             return
         for network, shape, name in self.networks:
             t0 = time.perf_counter()
-            run_in_openvino(network, shape, name=name, cache_dir=self.cache_dir)
+            run_in_openvino(network, shape, name=name, cache_dir=self.cache_dir, precision=self.precision)
             how = ("read from the cache and compiled" if network.forward.source == "cache" else
                    "exported, compiled and checked" + (f"; kept in {self.cache_dir}" if self.cache_dir else ""))
-            logger.info("the %s network runs in OpenVINO (%s in %.1f s)", name, how, time.perf_counter() - t0)
+            logger.info("the %s network runs in OpenVINO, %s (%s in %.1f s)", name, network.forward.precision, how,
+                        time.perf_counter() - t0)
         self.done = True

@@ -11,7 +11,8 @@ from unittest import mock
 import torch
 from monai.networks.nets import UNet
 
-from bundle.runtime import NetworkRuntime, OpenVINOForward, run_in_openvino
+from bundle.engine import cpu_has_native_bf16
+from bundle.runtime import NetworkRuntime, OpenVINOForward, openvino_precision, openvino_settings, run_in_openvino
 
 
 def small_unet(in_channels: int = 2, out_channels: int = 3) -> torch.nn.Module:
@@ -35,6 +36,38 @@ class TestOpenVINO(unittest.TestCase):
         again = net(torch.zeros(1, 2, 32, 32))  # a later call does not overwrite an earlier output
         self.assertLess(float((got - expected).abs().max()), 1e-4)
         self.assertEqual(again.shape, (1, 3, 32, 32))
+
+    def test_bf16_where_amp_runs_bf16_natively(self):
+        """OpenVINO computes in bf16 exactly where the pipeline's amp runs bf16 natively on this CPU; its outputs
+        stay within the bf16 check's tolerance of PyTorch's fp32 ones."""
+        for native, expected in ((True, {"auto": "bf16", "bf16": "bf16", "none": "f32", "fp16": "f32"}),
+                                 (False, {"auto": "f32", "bf16": "f32", "none": "f32", "fp16": "f32"})):
+            with mock.patch("bundle.engine.cpu_has_native_bf16", return_value=native):
+                self.assertEqual({amp: openvino_precision(amp) for amp in expected}, expected, native)
+        self.assertEqual(openvino_settings(1, "bf16")["INFERENCE_PRECISION_HINT"], "bf16")
+        with self.assertRaisesRegex(ValueError, "OpenVINO precision should be one of f32, bf16; got 'f16'"):
+            openvino_settings(1, "f16")
+        net = small_unet()
+        x = torch.rand(2, 2, 32, 32)
+        with torch.inference_mode():
+            expected = net(x)
+        run_in_openvino(net, (1, 2, 32, 32), threads=1, name="test", precision="bf16")
+        native = cpu_has_native_bf16()  # elsewhere OpenVINO may compute in f32 what it was asked to in bf16
+        if native:
+            self.assertEqual(net.forward.precision, "bf16")
+        got = net(x)
+        self.assertEqual(got.dtype, torch.float32)
+        self.assertLess(float((got - expected).abs().max()), 5e-2 * (float(expected.abs().max()) + 1))
+        net, backbone = small_unet(1, 3), small_unet(2, 3)
+        with mock.patch("bundle.engine.cpu_has_native_bf16", return_value=True):
+            handler = NetworkRuntime("openvino", net, (1, 1, 32, 32), backbone, (3, 2, 32, 32), amp="auto")
+        self.assertEqual(handler.precision, "bf16")
+        handler()
+        if native:
+            self.assertEqual((net.forward.precision, backbone.forward.precision), ("bf16", "bf16"))
+        handler = NetworkRuntime("openvino", small_unet(1, 3), (1, 1, 32, 32), amp="none")
+        handler()
+        self.assertEqual(handler.networks[0][0].forward.precision, "f32")
 
     def test_a_mismatch_keeps_pytorch_and_says_so(self):
         net = small_unet()

@@ -154,9 +154,10 @@ class TestShippedModelInOpenVINO(unittest.TestCase):
                                     logging_file=False, meta_file=str(ROOT / "configs" / "metadata.json"),
                                     bundle_root=str(ROOT), input_dir=str(Path(tmp) / "in"), output_dir=str(out),
                                     num_workers=0, overlay=False, progress_bar=False, runtime=runtime,
-                                    runtime_cache=str(Path(tmp) / "cache"), amp="none")  # OpenVINO runs fp32:
-                # so does PyTorch here, or on a CPU with native bf16 (amp: auto) an image read unsure may be read
-                # another way (measured: this drawn image, as it is, 37.6 mm mean spread in bf16 against 38.1 in fp32)
+                                    runtime_cache=str(Path(tmp) / "cache"), amp="none")  # both runtimes in fp32:
+                # OpenVINO follows amp, and in bf16 the two round differently, so on a CPU with native bf16 (amp: auto)
+                # an image read unsure may be read another way (measured: this drawn image, as it is, 37.6 mm mean
+                # spread in bf16 against 38.1 in fp32)
                 wf.initialize()
                 wf.run()
                 networks = (wf.parser.get_parsed_content("network"), wf.parser.get_parsed_content("refine_network").backbone)
