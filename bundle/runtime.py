@@ -255,9 +255,9 @@ class NetworkRuntime:
                  refine_input_shape: Sequence[int] = (), device: str | torch.device = "cpu",
                  cache_dir: str | Path | None = None, amp: str = "none"):
         self.runtime = str(runtime).lower()
-        self.precision = openvino_precision(amp)
         if self.runtime not in RUNTIMES:
             raise ValueError(f"runtime: {runtime!r} is not one of {', '.join(RUNTIMES)}")
+        self.precision = openvino_precision(amp)
         if self.runtime == "openvino":
             if torch.device(device).type != "cpu":
                 raise ValueError(f"runtime: openvino runs on the CPU, and the device is {device}: use runtime: pytorch")

@@ -135,6 +135,8 @@ def time_config(config_files: list[str], images: list[str], warmup: int, overrid
         "amp": parser.get_parsed_content("amp"),
         "overrides": {k: v for k, v in overrides.items() if k != "num_workers"},
         "runtime": parser.get_parsed_content("runtime") if runtime != "onnxruntime" else runtime,
+        # what OpenVINO computes in (bf16 where amp runs bf16 natively, bundle.runtime.openvino_precision)
+        **({"runtime_precision": networks[0][0].forward.precision} if runtime == "openvino" and networks else {}),
         "weights_loaded": loaded,
         "face": face,
         "seconds_per_image_median": round(statistics.median(times), 4),
