@@ -30,6 +30,8 @@ class TestCpuRecipe(unittest.TestCase):
             for stage in ("global", "global_s1", "refine"):
                 self.assertTrue((out / stage / "model.pt").is_file(), stage)
                 self.assertTrue((out / stage / "done").is_file(), stage)
+                # each budgeted stage re-fits its epochs after every epoch (the default since 0.5.18)
+                self.assertIn(">time_budget_reestimate:'true'", "".join((out / f"{stage}.log").read_text().split()), stage)
             self.assertFalse((out / "refine_s1").exists())
             for name in ("eval_coarse", "eval_refined"):
                 log = "".join((out / f"{name}.log").read_text().split())  # the log wraps long values
