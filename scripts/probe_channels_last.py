@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     from probe_int8_openvino import shipped_networks
 
-    from bundle.engine import bf16_is_native, cpu_facts
+    from bundle.engine import AutocastInferer, bf16_is_native, cpu_facts
 
     crops_per_landmark = 5  # the shipped refine_shifts: the crop itself and four shifted ones
     precisions = (["bf16"] if bf16_is_native("cpu") else []) + ["fp32"]
@@ -60,10 +60,9 @@ def main(argv: list[str] | None = None) -> dict:
         x = torch.rand(shape)
         row = result["networks"][name] = {"input_shape": list(shape)}
         for precision in precisions:
-            def forward(net, inp, bf16=precision == "bf16"):
-                with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                    out = net(inp)
-                return (out[0] if isinstance(out, (list, tuple)) else out).float()
+            def forward(net, inp, inferer=AutocastInferer("bf16" if precision == "bf16" else "none")):
+                with torch.inference_mode():
+                    return inferer(inp, net)
 
             module.to(memory_format=torch.contiguous_format)
             reference = forward(module, x)

@@ -22,7 +22,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,8 +44,8 @@ def main(argv: list[str] | None = None) -> dict:
     from probe_channels_last import median_seconds
     from probe_int8_openvino import shipped_networks
 
-    from bundle.engine import bf16_is_native, cpu_facts
-    from bundle.runtime import export_onnx, openvino_settings
+    from bundle.engine import AutocastInferer, bf16_is_native, cpu_facts
+    from bundle.runtime import OpenVINOForward, export_onnx, openvino_settings
 
     crops_per_landmark = 5  # the shipped refine_shifts: the crop itself and four shifted ones
     native = bf16_is_native("cpu")
@@ -64,22 +63,17 @@ def main(argv: list[str] | None = None) -> dict:
             x = torch.rand(shape)
             with torch.inference_mode(), FlopCounterMode(display=False) as counter:
                 reference = module(x)
-            reference = (reference[0] if isinstance(reference, (list, tuple)) else reference).float()
             gflop = counter.get_total_flops() / 1e9
             row = result["networks"][name] = {"input_shape": list(shape), "gflop": round(gflop, 2),
                                               "logit_scale": round(float(reference.abs().max()), 2)}
             model = core.read_model(str(export_onnx(module, shape, Path(tmp) / f"{name}.onnx")))
             for way in ways:
                 if way.startswith("pytorch"):
-                    def forward(inp, bf16=way.endswith("bf16")):
-                        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                            out = module(inp)
-                        return (out[0] if isinstance(out, (list, tuple)) else out).float()
-                else:
-                    request = core.compile_model(model, "CPU", openvino_settings(threads, way.split("_")[1])).create_infer_request()
-
-                    def forward(inp, request=request):
-                        return torch.from_numpy(np.array(request.infer({0: inp.numpy()})[0], dtype=np.float32))
+                    def forward(inp, inferer=AutocastInferer("bf16" if way.endswith("bf16") else "none")):
+                        with torch.inference_mode():
+                            return inferer(inp, module)
+                else:  # as the bundle runs it (bundle.runtime), compiled in this precision
+                    forward = OpenVINOForward(core.compile_model(model, "CPU", openvino_settings(threads, way.split("_")[1])))
                 seconds = median_seconds(lambda: forward(x), args.repeats)
                 row[way] = {"s": seconds, "gflop_per_s": round(gflop / seconds, 1),
                             "max_abs_diff": round(float((forward(x) - reference).abs().max()), 4)}

@@ -132,9 +132,12 @@ class TestMeasuredNumbersFollowMetadata(unittest.TestCase):
         speed = flat(docs[docs.index("## Speed"):docs.index("### The fast CPU profile")])
         recipe = flat(docs[docs.index("### The CPU-only coarse-to-fine recipe"):])
 
+        results = {name: json.loads((root / "docs" / "results" / name).read_text()) for name in (
+            "cpu_recipe_avx2_45_result.json", "cpu_recipe_avx2_45_s1_result.json", "cpu_recipe_avx512bf16_result.json",
+            "cpu_recipe_avx512bf16_reestimate_result.json")}
+
         def measured(name: str) -> tuple[float, float]:  # training minutes, Test1 MRE
-            result = json.loads((root / "docs" / "results" / name).read_text())
-            return result["minutes"]["training_total"], result["test1_both_passes"]["mre_mm"]
+            return results[name]["minutes"]["training_total"], results[name]["test1_both_passes"]["mre_mm"]
 
         for name in ("cpu_recipe_avx2_45_result.json", "cpu_recipe_avx2_45_s1_result.json"):
             total, mre = measured(name)
@@ -158,7 +161,7 @@ class TestMeasuredNumbersFollowMetadata(unittest.TestCase):
                     self.assertIn(f"{mre:.3f} mm", text)
                 self.assertIn(f"{total:.1f} min of training", recipe)
                 self.assertIn(f"({mre:.4f})", recipe)
-        stages = json.loads((root / "docs" / "results" / "cpu_recipe_avx512bf16_reestimate_result.json").read_text())["minutes"]
+        stages = results["cpu_recipe_avx512bf16_reestimate_result.json"]["minutes"]
         self.assertIn(f"took {stages['global']:.1f} and {stages['global_s1']:.1f} minutes", script)
 
     def test_speed_numbers_are_the_measured_ones(self):
