@@ -27,11 +27,11 @@ from typing import Hashable, Mapping, Sequence
 import numpy as np
 import torch
 from monai.config import KeysCollection
-from monai.transforms import MapTransform, Randomizable, ScaleIntensityRangePercentilesd, Transform
+from monai.transforms import MapTransform, Randomizable, Transform
 
 from .engine import read_in_eval_mode
 from .shape import load_shape_model
-from .transforms import mean_spread_mm, resize_image
+from .transforms import ScaleIntensityRangePercentilesd, mean_spread_mm, resize_image
 
 __all__ = ["FRAME_MEASURES", "fit_frame", "framing", "fit_frame_model", "out_of_range", "crop_box", "ReframeImaged",
            "RandTightCropd", "FILLS", "check_fill"]

@@ -134,10 +134,12 @@ def heatmap_spread(logits: torch.Tensor, landmarks: torch.Tensor) -> torch.Tenso
     """
     h, w = logits.shape[-2:]
     prob = heatmap_probs(logits.detach())
-    ys = torch.arange(h, dtype=torch.float32, device=logits.device).view(1, 1, h, 1)
-    xs = torch.arange(w, dtype=torch.float32, device=logits.device).view(1, 1, 1, w)
-    d2 = (ys - landmarks[..., 0, None, None]) ** 2 + (xs - landmarks[..., 1, None, None]) ** 2
-    return torch.sqrt((prob * d2).sum(dim=(-2, -1)))
+    # sum p(y, x) ((y - ly)^2 + (x - lx)^2) from the two marginals: the same sum without an (H, W) distance map
+    ys = torch.arange(h, dtype=torch.float32, device=logits.device)
+    xs = torch.arange(w, dtype=torch.float32, device=logits.device)
+    var_y = (prob.sum(-1) * (ys - landmarks[..., 0, None]) ** 2).sum(-1)
+    var_x = (prob.sum(-2) * (xs - landmarks[..., 1, None]) ** 2).sum(-1)
+    return torch.sqrt(var_y + var_x)
 
 
 class HeatmapCrossEntropyLoss(_Loss):

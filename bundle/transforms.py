@@ -28,8 +28,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from monai.config import KeysCollection
-from monai.transforms import MapTransform, Randomizable, Transform
-from monai.utils import TransformBackends
+from monai.transforms import MapTransform, Randomizable, ScaleIntensityRange, Transform
+from monai.transforms import ScaleIntensityRangePercentiles as _MonaiScaleIntensityRangePercentiles
+from monai.transforms import ScaleIntensityRangePercentilesd as _MonaiScaleIntensityRangePercentilesd
+from monai.utils import TransformBackends, convert_to_tensor
 
 from .heatmaps import heatmap_spread, heatmap_to_landmarks, render_gaussian_heatmaps
 from .io import PICTURE_GEOMETRY, CephDataError, read_image_geometry, read_landmarks
@@ -38,6 +40,8 @@ from .shape import load_shape_model, shape_z_scores
 __all__ = [
     "LoadCephalogramd",
     "ResizeLandmarksd",
+    "ScaleIntensityRangePercentiles",
+    "ScaleIntensityRangePercentilesd",
     "RandAffineLandmarksd",
     "RandElasticLandmarksd",
     "LandmarksToHeatmapd",
@@ -196,6 +200,43 @@ def resize_image(image: torch.Tensor, spatial_size: Sequence[int]) -> tuple[torc
     size = [int(spatial_size[0]), int(spatial_size[1])]
     out = F.interpolate(img[None], size=size, mode="bilinear", align_corners=False, antialias=True)[0]
     return out, torch.tensor(size, dtype=torch.float32) / torch.tensor(img.shape[-2:], dtype=torch.float32)
+
+
+class ScaleIntensityRangePercentiles(_MonaiScaleIntensityRangePercentiles):
+    """MONAI's :class:`~monai.transforms.ScaleIntensityRangePercentiles` (same arguments, same result), with both
+    percentiles taken in one ``numpy.percentile`` call, a linear-time selection, whatever the image's size.
+
+    MONAI's ``percentile`` selects with numpy only above 1M elements and sorts smaller tensors with
+    ``torch.quantile``, twice: for the 800 x 640 global input that made the shipped pipeline take 1.25 s per ISBI
+    image on 2 AVX-512 BF16 cores against 1.15 s with this transform, in the same run
+    (docs/results/benchmark_inference_linear_percentiles_avx512bf16.json). Both interpolate linearly between the two
+    nearest values, so the scaled images differ by float rounding only (in fp32 no landmark of the 150 Train images
+    moved). ``channel_wise`` is MONAI's, per channel.
+    """
+
+    def _normalize(self, img):
+        a_min, a_max = (float(v) for v in np.percentile(convert_to_tensor(img, track_meta=False).detach().cpu()
+                                                       .numpy(), [self.lower, self.upper]))
+        b_min, b_max = self.b_min, self.b_max
+        if self.relative:
+            if (self.b_min is None) or (self.b_max is None):
+                raise ValueError("If it is relative, b_min and b_max should not be None.")
+            b_min = ((self.b_max - self.b_min) * (self.lower / 100.0)) + self.b_min
+            b_max = ((self.b_max - self.b_min) * (self.upper / 100.0)) + self.b_min
+        img = ScaleIntensityRange(a_min=a_min, a_max=a_max, b_min=b_min, b_max=b_max, clip=self.clip,
+                                  dtype=self.dtype)(img)
+        return convert_to_tensor(img, track_meta=False)
+
+
+class ScaleIntensityRangePercentilesd(_MonaiScaleIntensityRangePercentilesd):
+    """Dictionary form of :class:`ScaleIntensityRangePercentiles` (MONAI's ``ScaleIntensityRangePercentilesd``,
+    same arguments): every config scales intensities with it, training and inference alike."""
+
+    def __init__(self, keys: KeysCollection, lower: float, upper: float, b_min: float | None, b_max: float | None,
+                 clip: bool = False, relative: bool = False, channel_wise: bool = False, dtype=np.float32,
+                 allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, lower, upper, b_min, b_max, clip, relative, channel_wise, dtype, allow_missing_keys)
+        self.scaler = ScaleIntensityRangePercentiles(lower, upper, b_min, b_max, clip, relative, channel_wise, dtype)
 
 
 def similarity_matrix(centre_in: torch.Tensor, centre_out: torch.Tensor, angle: float = 0.0, scale: float = 1.0) -> torch.Tensor:

@@ -37,6 +37,16 @@ class TestPipelineSettingsAgree(unittest.TestCase):
         self.assertIsNone(ev["refine_centre_correction"])
         self.assertIn("models/bias_correction.json", inf["refine_centre_correction"])
 
+    def test_every_config_scales_with_the_linear_time_percentiles(self):
+        """No config (training, refinement, evaluation, inference) scales intensities with MONAI's transform, which
+        sorts images under 1M pixels: each uses bundle.transforms.ScaleIntensityRangePercentilesd, the same values."""
+        found = 0
+        for path in sorted(CONFIGS.glob("*.yaml")):
+            text = path.read_text()
+            self.assertNotRegex(text, r"_target_:\s*(monai\.transforms\.)?ScaleIntensityRangePercentilesd", path.name)
+            found += text.count("_target_: bundle.transforms.ScaleIntensityRangePercentilesd")
+        self.assertEqual(found, 5)  # train, refine, evaluate (fine image), inference (fine image and global input)
+
     def test_reframed_crops_are_scaled_as_the_global_input(self):
         """ReframeImaged scales its crop with the very transform of the config's global input chain, so a change of
         the input scaling in the config reaches the reframed readings too."""
@@ -49,7 +59,9 @@ class TestPipelineSettingsAgree(unittest.TestCase):
         ev = ConfigParser()
         ev.read_config([str(CONFIGS / f) for f in ("train.yaml", "isbi_gpu.yaml", "maht_net.yaml", "evaluate.yaml")])
         scale = ev.get_parsed_content("train#deterministic_transforms")[2]
-        self.assertEqual(type(scale).__name__, "ScaleIntensityRangePercentilesd")
+        from bundle.transforms import ScaleIntensityRangePercentilesd  # linear-time percentiles (MONAI's sort)
+
+        self.assertIsInstance(scale, ScaleIntensityRangePercentilesd)
         self.assertIs(ev.get_parsed_content("reframe_image").intensity, scale)
         self.assertIn(scale, ev.get_parsed_content("validate#preprocessing").transforms)
 

@@ -49,6 +49,18 @@ class TestRenderAndDecode(unittest.TestCase):
         self.assertAlmostEqual(float(s1), 2 ** 0.5 * 1.0, delta=0.05)  # 2D RMS radius of an isotropic Gaussian
         self.assertAlmostEqual(float(s3), 2 ** 0.5 * 3.0, delta=0.2)
 
+    def test_spread_is_the_rms_distance_of_the_softmax(self):
+        """The spread (taken from the softmax's two marginals) is the RMS distance of the full distribution from the
+        point, summed pixel by pixel, for points on and off the peak and off the grid."""
+        g = torch.Generator().manual_seed(3)
+        logits = torch.randn(2, 3, 17, 23, generator=g) * 4
+        points = torch.rand(2, 3, 2, generator=g) * torch.tensor([30.0, 40.0]) - 5
+        prob = torch.softmax(logits.reshape(2, 3, -1).double(), -1).reshape(2, 3, 17, 23)
+        yy, xx = torch.meshgrid(torch.arange(17.0), torch.arange(23.0), indexing="ij")
+        d2 = (yy - points[..., 0, None, None].double()) ** 2 + (xx - points[..., 1, None, None].double()) ** 2
+        expected = (prob * d2).sum((-2, -1)).sqrt()
+        torch.testing.assert_close(heatmap_spread(logits, points).double(), expected, rtol=1e-5, atol=1e-5)
+
     def test_ill_arg(self):
         with self.assertRaises(ValueError):
             render_gaussian_heatmaps(torch.zeros(2, 3), (5, 5), 1.0)

@@ -12,6 +12,7 @@ from bundle.transforms import (
     RandAffineLandmarksd,
     RandElasticLandmarksd,
     ResizeLandmarksd,
+    ScaleIntensityRangePercentilesd,
     original_from_resized,
 )
 
@@ -87,3 +88,28 @@ class TestLandmarksFollowImage(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class TestPercentileScaling(unittest.TestCase):
+    def test_same_as_monais(self):
+        """bundle.transforms.ScaleIntensityRangePercentilesd gives MONAI's result (both interpolate linearly), on
+        images below and above the 1M pixels where MONAI switches from torch.quantile to numpy, with each option,
+        and keeps the MetaTensor type and float32."""
+        from monai.data import MetaTensor
+        from monai.transforms import ScaleIntensityRangePercentilesd as MonaiScale
+
+        g = torch.Generator().manual_seed(0)
+        for shape in ((1, 40, 30), (2, 33, 17), (1, 1100, 1000)):
+            image = MetaTensor(torch.rand(*shape, generator=g) ** 3 * 255)
+            for options in ({"clip": True}, {"clip": False}, {"relative": True}, {"channel_wise": True, "clip": True}):
+                args = ("image", 0.5, 99.5, 0.0, 1.0)
+                ours = ScaleIntensityRangePercentilesd(*args, **options)({"image": image})["image"]
+                monai = MonaiScale(*args, **options)({"image": image})["image"]
+                self.assertIsInstance(ours, MetaTensor)
+                self.assertEqual(ours.dtype, torch.float32)
+                torch.testing.assert_close(ours, monai, rtol=0, atol=1e-5, msg=f"{shape} {options}")
+        flat = torch.full((1, 8, 8), 7.0)  # no range to scale: as MONAI does it
+        torch.testing.assert_close(ScaleIntensityRangePercentilesd("i", 1, 99, 0.0, 1.0)({"i": flat})["i"],
+                                   MonaiScale("i", 1, 99, 0.0, 1.0)({"i": flat})["i"])
+        with self.assertRaisesRegex(ValueError, "relative"):
+            ScaleIntensityRangePercentilesd("i", 1, 99, None, 1.0, relative=True)({"i": flat})
