@@ -181,7 +181,8 @@ class TestMeasuredNumbersFollowMetadata(unittest.TestCase):
         configs' comments, README) are the medians of the benchmark JSONs they come from (2 AVX2 cores): the run that
         timed the fast profile against the shipped pipeline (benchmark_inference_fast_avx2.json) and the run that
         timed both in PyTorch and OpenVINO (benchmark_inference_runtimes_avx2.json); and on 2 AVX-512 BF16 cores the
-        run that timed OpenVINO in bf16 against PyTorch (benchmark_inference_openvino_bf16_avx512bf16.json)."""
+        runs that timed OpenVINO in bf16 against PyTorch (benchmark_inference_openvino_bf16_avx512bf16.json, 0.5.17;
+        benchmark_inference_linear_percentiles_avx512bf16.json and its repeat, 0.5.19)."""
         root = CONFIGS.parent
         results = root / "docs" / "results"
 
@@ -211,13 +212,21 @@ class TestMeasuredNumbersFollowMetadata(unittest.TestCase):
             "the start-up note": ([f"about {pytorch:.1f} s per full-size image", f"in about {openvino:.1f} s"], note),
             "the start-up note (OpenVINO)": ([f"about {openvino:.1f} s per full-size image"], note_openvino),
         }
-        # OpenVINO in bf16 against PyTorch bf16, one run on 2 AVX-512 BF16 cores (0.5.17)
+        # OpenVINO in bf16 against PyTorch bf16, one run on 2 AVX-512 BF16 cores: 0.5.17's, and 0.5.19's (linear-time
+        # percentiles), which README and the configs quote now
+        docs_speed = flat((root / "docs" / "README.md").read_text())
         name = "benchmark_inference_openvino_bf16_avx512bf16.json"
         pytorch, openvino = median(name, False), median(name, False, "openvino")
-        docs_speed = flat((root / "docs" / "README.md").read_text())
+        texts["docs (OpenVINO bf16, 0.5.17)"] = ([f"{openvino:.2f} s in OpenVINO bf16 against {pytorch:.2f} s in PyTorch bf16"], docs_speed)
+        name = "benchmark_inference_linear_percentiles_avx512bf16.json"
+        pytorch, openvino = median(name, False), median(name, False, "openvino")
+        repeat = "benchmark_inference_linear_percentiles_avx512bf16_repeat.json"
         texts.update({
             "README (OpenVINO bf16)": ([f"{openvino:.2f} s per image on 2 AVX-512 BF16 cores against {pytorch:.2f} s"], readme),
-            "docs (OpenVINO bf16)": ([f"{openvino:.2f} s in OpenVINO bf16 against {pytorch:.2f} s in PyTorch bf16"], docs_speed),
+            "docs (OpenVINO bf16)": ([f"{openvino:.2f} s in OpenVINO bf16 against {pytorch:.2f} s in PyTorch bf16",
+                                      f"| **{pytorch:.2f} s** (", f"| **{openvino:.2f} s** (",
+                                      f"| {median(repeat, False):.2f} s (", f"| **{median(repeat, False, 'openvino'):.2f} s** (",
+                                      f"with `--runtime openvino`: {openvino:.2f} s**"], docs_speed),
             "configs/inference.yaml (bf16)": ([f"natively, {openvino / pytorch:.1f}x the time"], (CONFIGS / "inference.yaml").read_text()),
             "configs/evaluate.yaml (bf16)": ([f"natively, {openvino / pytorch:.1f}x the time"], (CONFIGS / "evaluate.yaml").read_text()),
         })
