@@ -130,6 +130,33 @@ class TestShippedModel(unittest.TestCase):
 
 
 @unittest.skipUnless((ROOT / "models" / "model.pt").is_file(), "no shipped weights")
+class TestRoundingProbe(unittest.TestCase):
+    def test_fp32_reading_ignores_the_scalings_rounding(self):
+        """scripts/probe_bf16_rounding.py in fp32 on a synthetic cephalogram: MONAI's percentile scaling and the
+        bundle's differ by float rounding only, the fp32 heatmaps have one pixel at each maximum, and no landmark
+        moves (in bf16 some do: docs/README.md, "Speed")."""
+        import json
+        import subprocess
+        import sys
+        import tempfile
+
+        from PIL import Image
+
+        with tempfile.TemporaryDirectory() as tmp:
+            image, _ = synthesize_cephalogram(np.random.default_rng(4), (2400, 1935))
+            Image.fromarray(image).save(Path(tmp) / "ceph.jpg", quality=95)
+            run = subprocess.run([sys.executable, str(ROOT / "scripts" / "probe_bf16_rounding.py"), "--images", tmp,
+                                  "--names", "ceph.jpg", "--amp", "none", "--out", str(Path(tmp) / "probe.json")],
+                                 capture_output=True, text=True, cwd=ROOT, timeout=600)
+            self.assertEqual(run.returncode, 0, run.stderr[-2000:])
+            report = json.loads((Path(tmp) / "probe.json").read_text())
+        item = report["images"]["ceph.jpg"]
+        self.assertEqual((report["of"], report["amp"]), (19, "none"))
+        self.assertLess(item["input_difference"], 1e-5)
+        self.assertEqual(item["pixels_at_each_maximum"], [1] * 19)
+        self.assertEqual(report["landmarks_moved_over_0.01_mm"], 0, item)
+
+
 class TestShippedModelInOpenVINO(unittest.TestCase):
     def test_same_landmarks_as_pytorch(self):
         """inference.yaml as a user runs it, with --runtime openvino (bundle/runtime.py): both shipped networks run in
