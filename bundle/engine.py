@@ -133,17 +133,29 @@ def shipped_metrics(metadata: str | Path | None = None) -> dict:
 
 def cpu_speed_note(precision: str, device: str | torch.device, enabled: bool = True,
                    cpuinfo: str | Path = "/proc/cpuinfo", runtime: str = "pytorch") -> str | None:
-    """What inference says (logs, and returns) before it starts when the shipped 800 x 640 pipeline is about to run in
-    fp32 on a CPU (no native bf16, or ``precision`` none): there it takes about 3.6 s per full image on 2 cores, and
+    """What inference says (logs, and returns) before it starts on a CPU about the shipped 800 x 640 pipeline's speed.
+
+    In fp32 (no native bf16, or ``precision`` none) it takes about 3.6 s per full image on 2 cores, and
     ``configs/inference_fast.yaml`` under 1 s (docs/README.md, "Speed"; the seconds are those of
-    docs/results/benchmark_inference_runtimes_avx2.json, which a test holds them to). None elsewhere (a GPU, a CPU
-    with native bf16) and where ``enabled`` is false: the config's ``fast_profile_hint``, which the fast profile turns off. With
-    ``runtime`` "pytorch" it also names ``runtime: openvino`` (bundle/runtime.py), landmarks within 0.06 mm in about 0.7
-    times the time there."""
+    docs/results/benchmark_inference_runtimes_avx2.json, which a test holds them to). With ``runtime`` "pytorch" it
+    also names ``runtime: openvino`` (bundle/runtime.py), landmarks within 0.06 mm in about 0.7 times the time there.
+    Where bf16 runs natively (``precision`` auto or bf16) and ``runtime`` is "pytorch", it says that OpenVINO runs
+    the same pipeline in under 1 s (0.96 s against 1.15 s on 2 AVX-512 BF16 cores,
+    docs/results/benchmark_inference_linear_percentiles_avx512bf16.json). None elsewhere (a GPU, OpenVINO already on
+    a bf16 CPU, fp16) and where ``enabled`` is false: the config's ``fast_profile_hint``, which the fast profile
+    turns off."""
     if not str2bool(str(enabled), raise_exc=False) or torch.device(device).type != "cpu":
         return None
     precision = str(precision).lower()
-    if precision in ("bf16", "fp16") or precision == "auto" and bf16_is_native("cpu", cpuinfo):
+    if precision == "bf16" or precision == "auto" and bf16_is_native("cpu", cpuinfo):
+        if str(runtime).lower() == "openvino" or not bf16_is_native("cpu", cpuinfo):  # emulated bf16: --amp bf16 asked
+            return None
+        note = ("this CPU computes the networks in bf16 natively: about 1.15 s per full-size image on 2 cores; "
+                "--runtime openvino runs the same pipeline in about 0.96 s (ISBI Test1 1.482 mm against 1.478; "
+                "pip install -r requirements-openvino.txt; docs/README.md, 'Speed').")
+        logging.getLogger(__name__).info(note)
+        return note
+    if precision == "fp16":
         return None
     metrics = shipped_metrics()
     full, fast = metrics.get("isbi2015_test1_senior_mre_mm"), metrics.get("isbi2015_test1_senior_mre_mm_fast_profile")

@@ -5,6 +5,7 @@ the one users run."""
 import json
 import unittest
 from pathlib import Path
+from unittest import mock
 
 import yaml
 
@@ -221,6 +222,12 @@ class TestMeasuredNumbersFollowMetadata(unittest.TestCase):
         name = "benchmark_inference_linear_percentiles_avx512bf16.json"
         pytorch, openvino = median(name, False), median(name, False, "openvino")
         repeat = "benchmark_inference_linear_percentiles_avx512bf16_repeat.json"
+        with mock.patch("bundle.engine.bf16_is_native", return_value=True):
+            note_bf16 = cpu_speed_note("auto", "cpu", True)
+        test1 = json.loads((results / "linear_percentiles_avx512bf16.json").read_text())["test1_after_the_choice"]
+        texts["the start-up note (native bf16)"] = ([f"about {pytorch:.2f} s per full-size image", f"in about {openvino:.2f} s",
+                                                     f"Test1 {test1['openvino_bf16']['mre_mm']:.3f} mm against {test1['pytorch_bf16']['mre_mm']:.3f}"], note_bf16)
+        texts["bundle/engine.py"] = ([f"{openvino:.2f} s against {pytorch:.2f} s on 2 AVX-512 BF16 cores"], flat((root / "bundle" / "engine.py").read_text()))
         texts.update({
             "README (OpenVINO bf16)": ([f"{openvino:.2f} s per image on 2 AVX-512 BF16 cores against {pytorch:.2f} s"], readme),
             "docs (OpenVINO bf16)": ([f"{openvino:.2f} s in OpenVINO bf16 against {pytorch:.2f} s in PyTorch bf16",

@@ -80,13 +80,19 @@ class TestNativeBf16(unittest.TestCase):
             self.assertEqual(cpu_recipe_members(self.without), 2)
 
     def test_inference_names_the_fast_profile_where_it_runs_in_fp32(self):
-        """The shipped 800 x 640 pipeline in fp32 on a CPU points to configs/inference_fast.yaml; nowhere else."""
+        """The shipped 800 x 640 pipeline in fp32 on a CPU points to configs/inference_fast.yaml; in bf16 on a CPU
+        with it natively, to --runtime openvino; nowhere else."""
         from bundle.engine import cpu_speed_note
 
         with self.flags_only():
             self.assertIn("configs/inference_fast.yaml", cpu_speed_note("auto", "cpu", True, self.without))
             self.assertIn("configs/inference_fast.yaml", cpu_speed_note("none", "cpu", "true", self.with_bf16))
-            self.assertIsNone(cpu_speed_note("auto", "cpu", True, self.with_bf16))
+            # with native bf16: the full pipeline, and OpenVINO's time for it, not the fast profile
+            bf16 = cpu_speed_note("auto", "cpu", True, self.with_bf16)
+            self.assertIn("--runtime openvino", bf16)
+            self.assertNotIn("inference_fast.yaml", bf16)
+            self.assertIsNone(cpu_speed_note("auto", "cpu", True, self.with_bf16, runtime="openvino"))
+            self.assertIsNone(cpu_speed_note("bf16", "cpu", True, self.without))  # emulated bf16, asked for
             self.assertIsNone(cpu_speed_note("auto", "cpu", "False", self.without))  # the fast profile itself
             self.assertIsNone(cpu_speed_note("auto", "cuda:0", True, self.without))
             # it names the faster runtime, and says what to expect once it is chosen
