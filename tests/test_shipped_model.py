@@ -157,6 +157,27 @@ class TestRoundingProbe(unittest.TestCase):
         self.assertEqual(report["landmarks_moved_over_0.01_mm"], 0, item)
 
 
+class TestBenchmarkScript(unittest.TestCase):
+    def test_times_the_shipped_pipeline_and_the_unet_baseline(self):
+        """scripts/benchmark_inference.py on one synthetic full-size image: the shipped pipeline, its global pass
+        alone, and the U-Net baseline (random weights, each image read once as it is) in the same run, as JSON. (The
+        baseline's path broke in 0.5.15, when reframing changed, and nothing noticed until session q.)"""
+        import json
+        import subprocess
+        import sys
+
+        run = subprocess.run([sys.executable, str(ROOT / "scripts" / "benchmark_inference.py"), "--n", "1", "--warmup",
+                              "0", "--override", "configs/inference_unet.yaml"],
+                             capture_output=True, text=True, cwd=ROOT, timeout=600)
+        self.assertEqual(run.returncode, 0, run.stderr[-3000:])
+        report = json.loads(run.stdout)
+        rows = [(r["network"], r["refine"], r["weights_loaded"]) for r in report["results"]]
+        self.assertEqual(rows, [("MAHTNet", True, True), ("MAHTNet", False, True), ("UNet", True, False), ("UNet", False, False)])
+        for r in report["results"]:
+            self.assertGreater(r["seconds_per_image_median"], 0)
+        self.assertEqual(len(report["ratio_to_first"]), 4)
+
+
 class TestShippedModelInOpenVINO(unittest.TestCase):
     def test_same_landmarks_as_pytorch(self):
         """inference.yaml as a user runs it, with --runtime openvino (bundle/runtime.py): both shipped networks run in
