@@ -140,19 +140,19 @@ def cpu_speed_note(precision: str, device: str | torch.device, enabled: bool = T
     docs/results/benchmark_inference_runtimes_avx2.json, which a test holds them to). With ``runtime`` "pytorch" it
     also names ``runtime: openvino`` (bundle/runtime.py), landmarks within 0.06 mm in about 0.7 times the time there.
     Where bf16 runs natively (``precision`` auto or bf16) and ``runtime`` is "pytorch", it says that OpenVINO runs
-    the same pipeline in under 1 s (0.96 s against 1.15 s on 2 AVX-512 BF16 cores,
-    docs/results/benchmark_inference_linear_percentiles_avx512bf16.json). None elsewhere (a GPU, OpenVINO already on
-    a bf16 CPU, fp16) and where ``enabled`` is false: the config's ``fast_profile_hint``, which the fast profile
-    turns off."""
+    the same pipeline in about 0.8 of PyTorch's time (the medians of three runs on 2 AVX-512 BF16 cores, 1.03 s
+    against 1.30 s: docs/results/openvino_static_avx512bf16.json). None elsewhere (a GPU, OpenVINO already on a bf16
+    CPU, fp16) and where ``enabled`` is false: the config's ``fast_profile_hint``, which the fast profile turns
+    off."""
     if not str2bool(str(enabled), raise_exc=False) or torch.device(device).type != "cpu":
         return None
     precision = str(precision).lower()
     if precision == "bf16" or precision == "auto" and bf16_is_native("cpu", cpuinfo):
         if str(runtime).lower() == "openvino" or not bf16_is_native("cpu", cpuinfo):  # emulated bf16: --amp bf16 asked
             return None
-        note = ("this CPU computes the networks in bf16 natively: about 1.15 s per full-size image on 2 cores; "
-                "--runtime openvino runs the same pipeline in about 0.96 s (ISBI Test1 1.482 mm against 1.478; "
-                "pip install -r requirements-openvino.txt; docs/README.md, 'Speed').")
+        note = ("this CPU computes the networks in bf16 natively: about 1.3 s per full-size image on 2 cores; "
+                "--runtime openvino runs the same pipeline in about 0.8 of that time, about 1.0 s (ISBI Test1 "
+                "1.488 mm against 1.478; pip install -r requirements-openvino.txt; docs/README.md, 'Speed').")
         logging.getLogger(__name__).info(note)
         return note
     if precision == "fp16":

@@ -29,7 +29,10 @@ class TestOpenVINO(unittest.TestCase):
             expected = net(x)
         run_in_openvino(net, (1, 2, 32, 32), threads=1, name="test")
         self.assertIsInstance(net.forward, OpenVINOForward)
+        # compiled for the shape given (the check ran on it); another batch compiles for any batch when it first comes
+        self.assertEqual((net.forward.shape, net.forward.other_request), ((1, 2, 32, 32), None))
         got = net(x)
+        self.assertIsNotNone(net.forward.other_request)
         self.assertEqual(got.shape, expected.shape)
         self.assertEqual(got.dtype, torch.float32)
         self.assertLess(float((got - expected).abs().max()), 1e-4)
@@ -87,6 +90,10 @@ class TestOpenVINO(unittest.TestCase):
             kept = sorted(p.name for p in Path(tmp).iterdir())
             self.assertEqual([Path(n).suffix for n in kept], [".bin", ".sha256", ".xml"], kept)
             self.assertTrue(kept[2].startswith("refinement-"))
+            import openvino
+
+            kept_input = openvino.Core().read_model(str(Path(tmp) / kept[2])).input(0).get_partial_shape()
+            self.assertTrue(kept_input[0].is_dynamic, kept_input)  # the kept IR is the dynamic graph, not the static compile
             net = small_unet()
             with torch.inference_mode():
                 expected = net(x)
