@@ -147,15 +147,15 @@ def cpu_speed_note(precision: str, device: str | torch.device, enabled: bool = T
     if not str2bool(str(enabled), raise_exc=False) or torch.device(device).type != "cpu":
         return None
     precision = str(precision).lower()
-    if precision == "bf16" or precision == "auto" and bf16_is_native("cpu", cpuinfo):
-        if str(runtime).lower() == "openvino" or not bf16_is_native("cpu", cpuinfo):  # emulated bf16: --amp bf16 asked
+    if precision in ("bf16", "auto") and bf16_is_native("cpu", cpuinfo):
+        if str(runtime).lower() == "openvino":
             return None
         note = ("this CPU computes the networks in bf16 natively: about 1.3 s per full-size image on 2 cores; "
                 "--runtime openvino runs the same pipeline in about 0.8 of that time, about 1.0 s (ISBI Test1 "
                 "1.488 mm against 1.478; pip install -r requirements-openvino.txt; docs/README.md, 'Speed').")
         logging.getLogger(__name__).info(note)
         return note
-    if precision == "fp16":
+    if precision in ("bf16", "fp16"):  # asked for, and emulated (bf16) or not for the CPU (fp16)
         return None
     metrics = shipped_metrics()
     full, fast = metrics.get("isbi2015_test1_senior_mre_mm"), metrics.get("isbi2015_test1_senior_mre_mm_fast_profile")

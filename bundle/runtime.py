@@ -173,6 +173,16 @@ class OpenVINOForward:
         return torch.from_numpy(np.array(out, dtype=np.float32))
 
 
+def compile_forward(core, model, input_shape: Sequence[int], settings: dict, source: str = "export") -> OpenVINOForward:
+    """``model`` (OpenVINO, batch axis dynamic) compiled for the CPU with ``settings`` for inputs of ``input_shape``
+    (a reshaped copy: ``model`` itself stays dynamic), called like a network's ``forward``; an input of another
+    shape compiles ``model`` for any batch when it first comes."""
+    static = model.clone()
+    static.reshape({0: [int(s) for s in input_shape]})
+    return OpenVINOForward(core.compile_model(static, "CPU", settings), source, input_shape,
+                           lambda: core.compile_model(model, "CPU", settings))
+
+
 def import_openvino():
     try:
         import openvino
@@ -210,7 +220,7 @@ def run_in_openvino(module: torch.nn.Module, input_shape: Sequence[int], threads
     """Make ``module`` (weights loaded, on the CPU) run in OpenVINO, in ``precision`` ("f32", or "bf16" where the CPU
     has it: :func:`openvino_precision`), with ``threads`` threads (default: PyTorch's), compiled for inputs of
     ``input_shape`` (an input of another shape compiles the graph for any batch when it first comes:
-    :class:`OpenVINOForward`). With ``check`` its output on a
+    :func:`compile_forward`). With ``check`` its output on a
     random input must match PyTorch's in fp32 (max |difference| at most ``TOLERANCE[precision]`` of the output's
     largest magnitude, plus as much in absolute terms: 1e-3 for f32, 5e-2 for bf16, which rounds to 8 bits of
     mantissa), or it stays a PyTorch module and a ``RuntimeError`` says so. The kept IR is the fp32 graph either
@@ -231,11 +241,8 @@ def run_in_openvino(module: torch.nn.Module, input_shape: Sequence[int], threads
         source = "export" if model is None else "cache"
         if model is None:
             model = core.read_model(str(export_onnx(module, input_shape, Path(tmp) / f"{name}.onnx")))
-        settings = openvino_settings(threads, precision)
-        static = model.clone()  # compiled for the one shape the pipeline gives it; the kept IR stays dynamic
-        static.reshape({0: [int(s) for s in input_shape]})
-        compiled = core.compile_model(static, "CPU", settings)
-    forward = OpenVINOForward(compiled, source, input_shape, lambda: core.compile_model(model, "CPU", settings))
+        # compiled for the one shape the pipeline gives it; the kept IR stays dynamic
+        forward = compile_forward(core, model, input_shape, openvino_settings(threads, precision), source)
     if check and source == "export":
         x = torch.rand(*input_shape)
         with torch.inference_mode():

@@ -20,7 +20,6 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 
@@ -51,7 +50,8 @@ def logits_in_float32(network: torch.nn.Module) -> None:
 
 def pipeline(monai_scaling: bool, amp: str, float32_logits: bool):
     from monai.bundle import ConfigParser
-    from monai.handlers import CheckpointLoader
+
+    from bundle.engine import load_weights
 
     parser = ConfigParser()
     parser.read_config([str(ROOT / "configs" / "inference.yaml")])
@@ -60,15 +60,12 @@ def pipeline(monai_scaling: bool, amp: str, float32_logits: bool):
         for key in ("fine_transforms#1#_target_", "input_intensity#_target_"):
             parser[key] = "monai.transforms.ScaleIntensityRangePercentilesd"
     pre, post = parser.get_parsed_content("preprocessing"), parser.get_parsed_content("postprocessing")
-    inferer, net = parser.get_parsed_content("inferer"), parser.get_parsed_content("network").eval()
-    engine = SimpleNamespace(state=SimpleNamespace(epoch=0, max_epochs=None))
-    for handler in parser.get_parsed_content("handlers"):
-        if isinstance(handler, CheckpointLoader):
-            handler(engine)
+    net = load_weights(parser.get_parsed_content("network"), parser.get_parsed_content("ckpt_path")).eval()
+    refine_net = load_weights(parser.get_parsed_content("refine_network"), parser.get_parsed_content("refine_ckpt_path"))
     if float32_logits:
         logits_in_float32(net)
-        logits_in_float32(parser.get_parsed_content("refine_network"))
-    return pre, post, inferer, net
+        logits_in_float32(refine_net)
+    return pre, post, parser.get_parsed_content("inferer"), net
 
 
 def main() -> None:

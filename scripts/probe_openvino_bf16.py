@@ -4,7 +4,8 @@ A network-level probe, printed as JSON: each shipped network as inference runs i
 800 x 640 input, the refinement network's backbone on the 19 crops of one image), its floating-point operations
 counted by PyTorch's ``FlopCounterMode``, and its forward pass timed (median of ``--repeats`` runs after two warm-ups)
 in PyTorch under bf16 autocast where the CPU computes bf16 natively, in PyTorch fp32, and in OpenVINO compiled in f32
-and, where the CPU has native bf16, in bf16 (``bundle.runtime``'s settings). ``gflop_per_s`` is what each one reaches.
+and, where the CPU has native bf16, in bf16 (``bundle.runtime``'s settings, compiled for the fixed input shape as
+the bundle has done since 0.5.20; the committed JSON of session p predates that and used the dynamic batch axis). ``gflop_per_s`` is what each one reaches.
 ``shipped_networks_s`` adds the global pass and the refinement's five crops per landmark (``refine_shifts``) for each:
 the networks' share of one image's inference, before reading, resampling and decoding. Random inputs: the time does
 not depend on them. ``max_abs_diff`` is how far each output lies from PyTorch fp32's (the logits' scale beside it)::
@@ -45,7 +46,7 @@ def main(argv: list[str] | None = None) -> dict:
     from probe_int8_openvino import shipped_networks
 
     from bundle.engine import AutocastInferer, bf16_is_native, cpu_facts
-    from bundle.runtime import OpenVINOForward, export_onnx, openvino_settings
+    from bundle.runtime import compile_forward, export_onnx, openvino_settings
 
     crops_per_landmark = 5  # the shipped refine_shifts: the crop itself and four shifted ones
     native = bf16_is_native("cpu")
@@ -72,8 +73,8 @@ def main(argv: list[str] | None = None) -> dict:
                     def forward(inp, inferer=AutocastInferer("bf16" if way.endswith("bf16") else "none")):
                         with torch.inference_mode():
                             return inferer(inp, module)
-                else:  # as the bundle runs it (bundle.runtime), compiled in this precision
-                    forward = OpenVINOForward(core.compile_model(model, "CPU", openvino_settings(threads, way.split("_")[1])))
+                else:  # as the bundle runs it (bundle.runtime), compiled in this precision for this shape
+                    forward = compile_forward(core, model, shape, openvino_settings(threads, way.split("_")[1]))
                 seconds = median_seconds(lambda: forward(x), args.repeats)
                 row[way] = {"s": seconds, "gflop_per_s": round(gflop / seconds, 1),
                             "max_abs_diff": round(float((forward(x) - reference).abs().max()), 4)}

@@ -2,7 +2,9 @@
 stands alone): the settings they share must not drift apart, or Test1 numbers would describe another pipeline than
 the one users run."""
 
+import functools
 import json
+import statistics
 import unittest
 from pathlib import Path
 from unittest import mock
@@ -183,17 +185,23 @@ class TestMeasuredNumbersFollowMetadata(unittest.TestCase):
         timed the fast profile against the shipped pipeline (benchmark_inference_fast_avx2.json) and the run that
         timed both in PyTorch and OpenVINO (benchmark_inference_runtimes_avx2.json); and on 2 AVX-512 BF16 cores the
         runs that timed OpenVINO in bf16 against PyTorch (benchmark_inference_openvino_bf16_avx512bf16.json, 0.5.17;
-        benchmark_inference_linear_percentiles_avx512bf16.json and its repeat, 0.5.19)."""
+        benchmark_inference_linear_percentiles_avx512bf16.json, its repeat and benchmark_inference_0_5_19_avx512bf16.json,
+        0.5.19; benchmark_inference_openvino_static_avx512bf16.json, its repeat and benchmark_inference_0_5_20_avx512bf16.json,
+        0.5.20), and the note's Test1 numbers are openvino_static_avx512bf16.json's."""
         root = CONFIGS.parent
         results = root / "docs" / "results"
+        read = functools.lru_cache(maxsize=None)(lambda name: json.loads((results / name).read_text()))  # once each
 
         def median(name: str, fast: bool, runtime: str = "pytorch") -> float:
-            rows = [r for r in json.loads((results / name).read_text())["results"]
+            rows = [r for r in read(name)["results"]
                     if r["refine"] and r.get("runtime", "pytorch") == runtime and r["overrides"] == {}
                     and any(c.endswith("inference_fast.yaml") for c in r["config"]) == fast
                     and not any(c.endswith("inference_unet.yaml") for c in r["config"])]
             self.assertEqual(len(rows), 1, (name, fast, runtime))
             return rows[0]["seconds_per_image_median"]
+
+        def medians(name: str) -> tuple[float, float]:  # the shipped pipeline's, PyTorch and OpenVINO
+            return median(name, False), median(name, False, "openvino")
 
         fast, shipped = median("benchmark_inference_fast_avx2.json", True), median("benchmark_inference_fast_avx2.json", False)
         name = "benchmark_inference_runtimes_avx2.json"
@@ -213,42 +221,39 @@ class TestMeasuredNumbersFollowMetadata(unittest.TestCase):
             "the start-up note": ([f"about {pytorch:.1f} s per full-size image", f"in about {openvino:.1f} s"], note),
             "the start-up note (OpenVINO)": ([f"about {openvino:.1f} s per full-size image"], note_openvino),
         }
-        # OpenVINO in bf16 against PyTorch bf16, one run on 2 AVX-512 BF16 cores: 0.5.17's, and 0.5.19's (linear-time
-        # percentiles), which README and the configs quote now
         docs_speed = flat((root / "docs" / "README.md").read_text())
-        name = "benchmark_inference_openvino_bf16_avx512bf16.json"
-        pytorch, openvino = median(name, False), median(name, False, "openvino")
+        # 2 AVX-512 BF16 cores, OpenVINO bf16 against PyTorch bf16. 0.5.17: one run
+        pytorch, openvino = medians("benchmark_inference_openvino_bf16_avx512bf16.json")
         texts["docs (OpenVINO bf16, 0.5.17)"] = ([f"{openvino:.2f} s in OpenVINO bf16 against {pytorch:.2f} s in PyTorch bf16"], docs_speed)
-        name = "benchmark_inference_linear_percentiles_avx512bf16.json"
-        pytorch, openvino = median(name, False), median(name, False, "openvino")
-        repeat = "benchmark_inference_linear_percentiles_avx512bf16_repeat.json"
-        # 0.5.20: OpenVINO compiled for fixed shapes, three runs; the note quotes the medians of their medians
-        import statistics
-
-        static = ("benchmark_inference_openvino_static_avx512bf16.json", "benchmark_inference_openvino_static_avx512bf16_repeat.json",
-                  "benchmark_inference_0_5_20_avx512bf16.json")
-        pt3 = statistics.median(median(n, False) for n in static)
-        ov3 = statistics.median(median(n, False, "openvino") for n in static)
-        with mock.patch("bundle.engine.bf16_is_native", return_value=True):
-            note_bf16 = cpu_speed_note("auto", "cpu", True)
-        test1 = json.loads((results / "openvino_static_avx512bf16.json").read_text())["test1_after_the_choice"]
-        texts["the start-up note (native bf16)"] = ([f"about {pt3:.1f} s per full-size image", f"about {ov3 / pt3:.1f} of that time, about {ov3:.1f} s",
-                                                     f"Test1 {test1['static']['mre_mm']:.3f} mm against {test1['pytorch_bf16']['mre_mm']:.3f}"], note_bf16)
-        texts["bundle/engine.py"] = ([f"{ov3:.2f} s against {pt3:.2f} s"], flat((root / "bundle" / "engine.py").read_text()))
-        decided = static[0]
-        texts["docs (OpenVINO fixed shapes, 0.5.20)"] = (
-            [f"| {median(n, False):.2f} s (" for n in static] + [f"| **{median(n, False, 'openvino'):.2f} s** (" for n in static]
-            + [f"| **{median(decided, False, 'openvino') / median(decided, False):.2f}** |"], docs_speed)
-        texts["README (OpenVINO bf16, 0.5.20)"] = ([f"{median(decided, False, 'openvino'):.2f} s per image on 2 AVX-512 BF16 cores against {median(decided, False):.2f} s",
-                                                    f"{median(static[1], False, 'openvino'):.2f} and {median(static[2], False, 'openvino'):.2f} s against "
-                                                    f"{median(static[1], False):.2f} and {median(static[2], False):.2f} s"], readme)
+        # 0.5.19 (linear-time percentiles): the deciding run, its repeat and the run with the baselines
+        pytorch, openvino = medians("benchmark_inference_linear_percentiles_avx512bf16.json")
+        repeat_pytorch, repeat_openvino = medians("benchmark_inference_linear_percentiles_avx512bf16_repeat.json")
         texts.update({
             "docs (OpenVINO bf16)": ([f"{openvino:.2f} s in OpenVINO bf16 against {pytorch:.2f} s in PyTorch bf16",
                                       f"| **{pytorch:.2f} s** (", f"| **{openvino:.2f} s** (",
-                                      f"| {median(repeat, False):.2f} s (", f"| **{median(repeat, False, 'openvino'):.2f} s** (",
-                                      f"0.5.19 took {openvino:.2f}–{median('benchmark_inference_0_5_19_avx512bf16.json', False, 'openvino'):.2f} s"], docs_speed),
+                                      f"| {repeat_pytorch:.2f} s (", f"| **{repeat_openvino:.2f} s** (",
+                                      f"0.5.19 took {openvino:.2f}–{medians('benchmark_inference_0_5_19_avx512bf16.json')[1]:.2f} s"], docs_speed),
             "configs/inference.yaml (bf16)": ([f"natively, {openvino / pytorch:.1f}x the time"], (CONFIGS / "inference.yaml").read_text()),
             "configs/evaluate.yaml (bf16)": ([f"natively, {openvino / pytorch:.1f}x the time"], (CONFIGS / "evaluate.yaml").read_text()),
+        })
+        # 0.5.20 (OpenVINO compiled for fixed shapes): three runs, the first deciding; the note quotes the medians of
+        # their medians
+        static = [medians(n) for n in ("benchmark_inference_openvino_static_avx512bf16.json",
+                                       "benchmark_inference_openvino_static_avx512bf16_repeat.json",
+                                       "benchmark_inference_0_5_20_avx512bf16.json")]
+        pt3, ov3 = statistics.median(p for p, _ in static), statistics.median(o for _, o in static)
+        with mock.patch("bundle.engine.bf16_is_native", return_value=True):
+            note_bf16 = cpu_speed_note("auto", "cpu", True)
+        test1 = json.loads((results / "openvino_static_avx512bf16.json").read_text())["test1_after_the_choice"]
+        (decided_pt, decided_ov), (pt5, ov5), (pt6, ov6) = static
+        texts.update({
+            "the start-up note (native bf16)": ([f"about {pt3:.1f} s per full-size image", f"about {ov3 / pt3:.1f} of that time, about {ov3:.1f} s",
+                                                 f"Test1 {test1['static']['mre_mm']:.3f} mm against {test1['pytorch_bf16']['mre_mm']:.3f}"], note_bf16),
+            "bundle/engine.py": ([f"{ov3:.2f} s against {pt3:.2f} s"], flat((root / "bundle" / "engine.py").read_text())),
+            "docs (OpenVINO fixed shapes, 0.5.20)": ([f"| {p:.2f} s (" for p, _ in static] + [f"| **{o:.2f} s** (" for _, o in static]
+                                                     + [f"| **{decided_ov / decided_pt:.2f}** |"], docs_speed),
+            "README (OpenVINO bf16, 0.5.20)": ([f"{decided_ov:.2f} s per image on 2 AVX-512 BF16 cores against {decided_pt:.2f} s",
+                                                f"{ov5:.2f} and {ov6:.2f} s against {pt5:.2f} and {pt6:.2f} s"], readme),
         })
         for where, (numbers, text) in texts.items():
             for number in numbers:

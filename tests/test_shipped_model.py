@@ -2,6 +2,9 @@
 inference.yaml's networks and find the landmarks of a synthetic cephalogram; so do those of the fast CPU profile
 (configs/inference_fast.yaml: models/model_fast.pt and the same refinement network)."""
 
+import json
+import subprocess
+import sys
 import unittest
 from pathlib import Path
 
@@ -130,14 +133,20 @@ class TestShippedModel(unittest.TestCase):
 
 
 @unittest.skipUnless((ROOT / "models" / "model.pt").is_file(), "no shipped weights")
+def run_script(tc: unittest.TestCase, script: str, *args: str) -> str:
+    """``python scripts/<script> args...`` from the repository root, as a user runs it; fails ``tc`` with the end of
+    its stderr unless it exits 0. Returns its stdout."""
+    run = subprocess.run([sys.executable, str(ROOT / "scripts" / script), *args], capture_output=True, text=True,
+                         cwd=ROOT, timeout=600)
+    tc.assertEqual(run.returncode, 0, run.stderr[-3000:])
+    return run.stdout
+
+
 class TestRoundingProbe(unittest.TestCase):
     def test_fp32_reading_ignores_the_scalings_rounding(self):
         """scripts/probe_bf16_rounding.py in fp32 on a synthetic cephalogram: MONAI's percentile scaling and the
         bundle's differ by float rounding only, the fp32 heatmaps have one pixel at each maximum, and no landmark
         moves (in bf16 some do: docs/README.md, "Speed")."""
-        import json
-        import subprocess
-        import sys
         import tempfile
 
         from PIL import Image
@@ -145,10 +154,8 @@ class TestRoundingProbe(unittest.TestCase):
         with tempfile.TemporaryDirectory() as tmp:
             image, _ = synthesize_cephalogram(np.random.default_rng(4), (2400, 1935))
             Image.fromarray(image).save(Path(tmp) / "ceph.jpg", quality=95)
-            run = subprocess.run([sys.executable, str(ROOT / "scripts" / "probe_bf16_rounding.py"), "--images", tmp,
-                                  "--names", "ceph.jpg", "--amp", "none", "--out", str(Path(tmp) / "probe.json")],
-                                 capture_output=True, text=True, cwd=ROOT, timeout=600)
-            self.assertEqual(run.returncode, 0, run.stderr[-2000:])
+            run_script(self, "probe_bf16_rounding.py", "--images", tmp, "--names", "ceph.jpg", "--amp", "none", "--out",
+                       str(Path(tmp) / "probe.json"))
             report = json.loads((Path(tmp) / "probe.json").read_text())
         item = report["images"]["ceph.jpg"]
         self.assertEqual((report["of"], report["amp"]), (19, "none"))
@@ -162,15 +169,8 @@ class TestBenchmarkScript(unittest.TestCase):
         """scripts/benchmark_inference.py on one synthetic full-size image: the shipped pipeline, its global pass
         alone, and the U-Net baseline (random weights, each image read once as it is) in the same run, as JSON. (The
         baseline's path broke in 0.5.15, when reframing changed, and nothing noticed until session q.)"""
-        import json
-        import subprocess
-        import sys
-
-        run = subprocess.run([sys.executable, str(ROOT / "scripts" / "benchmark_inference.py"), "--n", "1", "--warmup",
-                              "0", "--override", "configs/inference_unet.yaml"],
-                             capture_output=True, text=True, cwd=ROOT, timeout=600)
-        self.assertEqual(run.returncode, 0, run.stderr[-3000:])
-        report = json.loads(run.stdout)
+        report = json.loads(run_script(self, "benchmark_inference.py", "--n", "1", "--warmup", "0", "--override",
+                                       "configs/inference_unet.yaml"))
         rows = [(r["network"], r["refine"], r["weights_loaded"]) for r in report["results"]]
         self.assertEqual(rows, [("MAHTNet", True, True), ("MAHTNet", False, True), ("UNet", True, False), ("UNet", False, False)])
         for r in report["results"]:
