@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 __all__ = [
+    "print_json_report",
     "CephDataError",
     "IMAGE_SUFFIXES",
     "ISBI_SPACING_MM",
@@ -67,6 +68,15 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def print_json_report(report: dict, out: str | Path | None = None, indent: int = 2) -> None:
+    """What the benchmark and probe scripts end with: ``report`` printed as JSON on stdout and, with ``out``, kept
+    there too (:func:`atomic_write_text`)."""
+    text = json.dumps(report, indent=indent)
+    print(text)
+    if out:
+        atomic_write_text(out, text + "\n")
 
 
 def atomic_write_csv(path: str | Path, rows: list) -> None:

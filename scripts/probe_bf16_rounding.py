@@ -17,7 +17,6 @@ Session q (0.5.19) ran it on the 13 Train images whose landmarks moved in its bf
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -98,16 +97,14 @@ def main() -> None:
                 "largest_move_mm": round(float(move_mm.max()), 4),
             }
     from bundle.engine import cpu_facts
+    from bundle.io import print_json_report
 
     report = {"what": "landmarks moved by MONAI's percentile scaling against the bundle's (float rounding apart)",
               "command": "python " + " ".join([Path(sys.argv[0]).as_posix()] + sys.argv[1:]),
               "amp": args.amp, "float32_logits": args.float32_logits, "torch": torch.__version__, **cpu_facts(),
               "landmarks_moved_over_0.01_mm": moved_total, "of": sum(len(r["pixels_at_each_maximum"]) for r in per_image.values()),
               "images": per_image}
-    text = json.dumps(report, indent=1)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
-    print(text)
+    print_json_report(report, args.out, indent=1)
 
 
 if __name__ == "__main__":

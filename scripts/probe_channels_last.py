@@ -47,6 +47,7 @@ def main(argv: list[str] | None = None) -> dict:
     from probe_int8_openvino import shipped_networks
 
     from bundle.engine import AutocastInferer, bf16_is_native, cpu_facts
+    from bundle.io import print_json_report
 
     crops_per_landmark = 5  # the shipped refine_shifts: the crop itself and four shifted ones
     precisions = (["bf16"] if bf16_is_native("cpu") else []) + ["fp32"]
@@ -80,10 +81,7 @@ def main(argv: list[str] | None = None) -> dict:
             row[f"{precision}_logit_scale"] = round(float(reference.abs().max()), 2)
         module.to(memory_format=torch.contiguous_format)
         print(json.dumps({name: row}), file=sys.stderr, flush=True)
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
+    print_json_report(result, args.out)
     return result
 
 

@@ -73,6 +73,7 @@ def main(argv: list[str] | None = None) -> dict:
                          f"requirements-openvino.txt nncf==3.4.0 ({e})") from e
 
     from bundle.engine import cpu_facts
+    from bundle.io import print_json_report
     from bundle.runtime import export_onnx, openvino_settings
 
     threads = torch.get_num_threads()
@@ -97,10 +98,7 @@ def main(argv: list[str] | None = None) -> dict:
         result["networks"][name] = {"input_shape": list(shape), "fp32_s": round(fp32, 4), "int8_s": round(int8, 4),
                                     "int8_over_fp32": round(int8 / fp32, 3), "quantize_s": round(quantize_s, 1)}
         print(json.dumps({name: result["networks"][name]}), file=sys.stderr, flush=True)
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
+    print_json_report(result, args.out)
     return result
 
 

@@ -46,6 +46,7 @@ def main(argv: list[str] | None = None) -> dict:
     from probe_int8_openvino import shipped_networks
 
     from bundle.engine import AutocastInferer, bf16_is_native, cpu_facts
+    from bundle.io import print_json_report
     from bundle.runtime import compile_forward, export_onnx, openvino_settings
 
     crops_per_landmark = 5  # the shipped refine_shifts: the crop itself and four shifted ones
@@ -83,10 +84,7 @@ def main(argv: list[str] | None = None) -> dict:
     result["shipped_networks_s"] = {way: round(global_row[way]["s"] + crops_per_landmark * refine_row[way]["s"], 3)
                                     for way in ways}
     result["shipped_networks_gflop"] = round(global_row["gflop"] + crops_per_landmark * refine_row["gflop"], 1)
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
+    print_json_report(result, args.out)
     return result
 
 

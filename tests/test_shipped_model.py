@@ -178,6 +178,28 @@ class TestBenchmarkScript(unittest.TestCase):
         self.assertEqual(len(report["ratio_to_first"]), 4)
 
 
+class TestProfileScript(unittest.TestCase):
+    def test_times_each_step_of_the_pipeline(self):
+        """scripts/profile_inference.py on one synthetic full-size image: a time for every pre- and post-processing
+        transform of inference.yaml, the global network and the total, which is at least their sum."""
+        import tempfile
+
+        from PIL import Image
+
+        with tempfile.TemporaryDirectory() as tmp:
+            image, _ = synthesize_cephalogram(np.random.default_rng(5), (2400, 1935))
+            Image.fromarray(image).save(Path(tmp) / "ceph.jpg", quality=95)
+            report = json.loads(run_script(self, "profile_inference.py", "--images", tmp, "--n", "1", "--warmup", "0"))
+        seconds = report["seconds"]
+        parser, _, _, pre, post = load_pipeline()
+        names = ([f"pre {i}: {type(t).__name__}" for i, t in enumerate(pre.transforms)] + ["global network (inferer)"]
+                 + [f"post {i}: {type(t).__name__}" for i, t in enumerate(post.transforms)] + ["total"])
+        self.assertEqual(list(seconds), names)
+        self.assertIn("post 3: RefineLandmarksd", seconds)  # the refinement pass is timed on its own
+        self.assertGreaterEqual(seconds["total"], sum(v for k, v in seconds.items() if k != "total") * 0.999)
+        self.assertEqual((report["images"], report["runtime"]), (1, "pytorch"))
+
+
 class TestShippedModelInOpenVINO(unittest.TestCase):
     def test_same_landmarks_as_pytorch(self):
         """inference.yaml as a user runs it, with --runtime openvino (bundle/runtime.py): both shipped networks run in
