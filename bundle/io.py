@@ -95,7 +95,9 @@ def read_image(path: str | Path) -> tuple[np.ndarray, tuple[float, float] | None
     """Read a 2D radiograph as a float32 ``(H, W)`` array.
 
     Args:
-        path: BMP, JPEG, PNG or TIFF (colour images are converted to grey), DICOM, NIfTI, MHA/MHD or NRRD.
+        path: BMP, JPEG, PNG or TIFF (colour images are converted to grey), DICOM (uncompressed, or compressed as
+            pydicom decodes with Pillow and python-gdcm: JPEG, JPEG Lossless, JPEG-LS, JPEG 2000, RLE), NIfTI,
+            MHA/MHD or NRRD.
 
     Returns:
         ``(image, spacing)``: the image ``(H, W)`` in the file's grey values and the pixel spacing ``(row, col)`` in
