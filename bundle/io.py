@@ -25,6 +25,8 @@ __all__ = [
     "ISBI_SPACING_MM",
     "read_image",
     "read_image_geometry",
+    "is_dicom",
+    "DICOM_SPACING_TAGS",
     "image_geometry",
     "PICTURE_GEOMETRY",
     "read_landmarks",
@@ -91,6 +93,11 @@ def _suffix(path: Path) -> str:
     return ".nii.gz" if name.endswith(".nii.gz") else path.suffix.lower()
 
 
+def is_dicom(path: str | Path) -> bool:
+    """Whether ``path`` names a DICOM file (by its suffix, ``.dcm``, as :func:`read_image` reads it)."""
+    return _suffix(Path(path)) == ".dcm"
+
+
 def read_image(path: str | Path) -> tuple[np.ndarray, tuple[float, float] | None]:
     """Read a 2D radiograph as a float32 ``(H, W)`` array.
 
@@ -101,10 +108,12 @@ def read_image(path: str | Path) -> tuple[np.ndarray, tuple[float, float] | None
 
     Returns:
         ``(image, spacing)``: the image ``(H, W)`` in the file's grey values and the pixel spacing ``(row, col)`` in
-        mm when the file states it (DICOM ``PixelSpacing`` / ``ImagerPixelSpacing``, NIfTI / MHA headers), else None.
+        mm when the file states it (DICOM ``PixelSpacing`` / ``ImagerPixelSpacing`` / ``NominalScannedPixelSpacing``,
+        NIfTI / MHA headers), else None. A DICOM without any of those tags has lost its calibration: the loader
+        (:class:`bundle.transforms.LoadCephalogramd`) refuses it unless a spacing for such files is configured.
 
     Raises:
-        CephDataError: missing, empty, unreadable or not 2D, or a DICOM without pixel spacing.
+        CephDataError: missing, empty, unreadable or not 2D.
     """
     image, spacing, _ = read_image_geometry(path)
     return image, spacing
@@ -119,7 +128,8 @@ def read_image_geometry(path: str | Path) -> tuple[np.ndarray, tuple[float, floa
         ``lps = pixel_to_lps @ (x, y, 1)``. From the header's origin, direction and spacing (DICOM
         ``ImagePositionPatient`` / ``ImageOrientationPatient``; NIfTI / MHA / NRRD as ITK reads them, a NIfTI's RAS
         turned to LPS); a plain picture (PNG, JPEG, BMP, TIFF), which Slicer shows with 1 mm pixels from the
-        origin, maps ``(x, y)`` to ``(x, y, 0)``.
+        origin, maps ``(x, y)`` to ``(x, y, 0)``; a DICOM without pixel spacing, which Slicer shows with 1 mm pixels
+        too, steps 1 mm per pixel.
     """
     path = Path(path)
     if not path.is_file():
@@ -174,7 +184,7 @@ def image_geometry(path: str | Path) -> np.ndarray:
             ds = pydicom.dcmread(str(path), stop_before_pixels=True)
         except Exception as e:  # noqa: BLE001 - as read_image reports a corrupt file
             raise CephDataError(path, f"cannot read image ({type(e).__name__}: {e})") from e
-        return _dicom_geometry(ds, _dicom_spacing(ds, path), path)
+        return _dicom_geometry(ds, _dicom_spacing(ds) or (1.0, 1.0), path)
     if path.is_file() and path.stat().st_size > 0:
         try:
             import itk
@@ -197,14 +207,16 @@ def image_geometry(path: str | Path) -> np.ndarray:
 PICTURE_GEOMETRY = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 0.0]])
 
 
-def _dicom_spacing(ds, path: Path) -> tuple[float, float]:
-    for tag in ("PixelSpacing", "ImagerPixelSpacing", "NominalScannedPixelSpacing"):
+DICOM_SPACING_TAGS = ("PixelSpacing", "ImagerPixelSpacing", "NominalScannedPixelSpacing")
+
+
+def _dicom_spacing(ds) -> tuple[float, float] | None:
+    """``(row, col)`` mm from the first of :data:`DICOM_SPACING_TAGS` that holds two positive numbers, else None."""
+    for tag in DICOM_SPACING_TAGS:
         value = getattr(ds, tag, None)
         if value is not None and len(value) == 2 and all(float(v) > 0 for v in value):
             return float(value[0]), float(value[1])
-    raise CephDataError(
-        path, "DICOM has no pixel spacing (PixelSpacing, ImagerPixelSpacing); set pixel_spacing_mm in the config"
-    )
+    return None
 
 
 def _dicom_geometry(ds, spacing: tuple[float, float], path: Path) -> np.ndarray:
@@ -228,7 +240,7 @@ def _dicom_geometry(ds, spacing: tuple[float, float], path: Path) -> np.ndarray:
     return geometry
 
 
-def _read_dicom(path: Path) -> tuple[np.ndarray, tuple[float, float], np.ndarray]:
+def _read_dicom(path: Path) -> tuple[np.ndarray, tuple[float, float] | None, np.ndarray]:
     import pydicom
 
     ds = pydicom.dcmread(str(path))
@@ -240,8 +252,8 @@ def _read_dicom(path: Path) -> tuple[np.ndarray, tuple[float, float], np.ndarray
     arr = arr * slope + intercept
     if str(getattr(ds, "PhotometricInterpretation", "")).upper() == "MONOCHROME1":
         arr = arr.max() - arr  # MONOCHROME1 stores bone dark; flip so bone is bright as in every other format
-    spacing = _dicom_spacing(ds, path)
-    return arr, spacing, _dicom_geometry(ds, spacing, path)
+    spacing = _dicom_spacing(ds)
+    return arr, spacing, _dicom_geometry(ds, spacing or (1.0, 1.0), path)
 
 
 def _read_itk(path: Path) -> tuple[np.ndarray, tuple[float, float] | None, np.ndarray]:

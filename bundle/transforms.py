@@ -34,7 +34,7 @@ from monai.transforms import ScaleIntensityRangePercentilesd as _MonaiScaleInten
 from monai.utils import TransformBackends, convert_to_tensor
 
 from .heatmaps import heatmap_spread, heatmap_to_landmarks, render_gaussian_heatmaps
-from .io import PICTURE_GEOMETRY, CephDataError, read_image_geometry, read_landmarks
+from .io import DICOM_SPACING_TAGS, PICTURE_GEOMETRY, CephDataError, is_dicom, read_image_geometry, read_landmarks
 from .shape import load_shape_model, shape_z_scores
 
 __all__ = [
@@ -83,6 +83,9 @@ class LoadCephalogramd(MapTransform):
     Args:
         n_landmarks: number of landmarks expected in each file.
         spacing_mm: pixel spacing (mm) used when neither the file header nor ``data["spacing_mm"]`` gives one.
+        dicom_spacing_mm: pixel spacing (mm) of a DICOM whose header gives none (a DICOM without
+            ``PixelSpacing`` / ``ImagerPixelSpacing`` has lost its calibration, so neither ``spacing_mm`` nor the data
+            list's spacing is assumed for it); None: such a file is an error that says how to give one.
         on_error: ``"raise"`` (training: a bad file stops the run with its name) or ``"record"`` (inference: the
             problem is stored in ``data["error"]``, the image replaced by a placeholder, and the batch goes on).
         error_size: ``(H, W)`` of the placeholder image (a ramp: a constant one makes MONAI's intensity scaling
@@ -95,15 +98,19 @@ class LoadCephalogramd(MapTransform):
         label_key: str = "label_files",
         n_landmarks: int = 19,
         spacing_mm: float | None = 0.1,
+        dicom_spacing_mm: float | None = None,
         on_error: str = "raise",
         error_size: Sequence[int] = (64, 64),
     ):
         super().__init__(keys)
         if on_error not in ("raise", "record"):
             raise ValueError(f"on_error should be 'raise' or 'record', got {on_error!r}.")
+        if dicom_spacing_mm is not None and not float(dicom_spacing_mm) > 0:
+            raise ValueError(f"dicom_spacing_mm should be a positive number of mm or None, got {dicom_spacing_mm!r}.")
         self.label_key = label_key
         self.n_landmarks = n_landmarks
         self.spacing_mm = spacing_mm
+        self.dicom_spacing_mm = dicom_spacing_mm
         self.on_error = on_error
         self.error_size = tuple(error_size)
 
@@ -136,6 +143,13 @@ class LoadCephalogramd(MapTransform):
         h, w = image.shape
         if header_spacing is not None:
             spacing, source = header_spacing, "from the file"
+        elif is_dicom(path):
+            if self.dicom_spacing_mm is None:
+                raise CephDataError(
+                    path, f"DICOM has no pixel spacing ({', '.join(DICOM_SPACING_TAGS)}); if you know it, give it with "
+                    "--dicom_spacing_mm MM (mm per pixel of such DICOMs)"
+                )
+            spacing, source = (float(self.dicom_spacing_mm),) * 2, "dicom_spacing_mm of the config"
         elif d.get("spacing_mm") is not None:
             spacing, source = (float(d["spacing_mm"]),) * 2, "from the data list"
         elif self.spacing_mm is not None:

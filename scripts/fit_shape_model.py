@@ -33,12 +33,13 @@ from bundle.framing import fit_frame_model  # noqa: E402
 from bundle.shape import fit_shape_model  # noqa: E402
 
 
-def folder_shapes(items: list[dict], n_landmarks: int, spacing_mm: float | None) -> tuple[list, list, list[str]]:
+def folder_shapes(items: list[dict], n_landmarks: int, spacing_mm: float | None,
+                  dicom_spacing_mm: float | None = None) -> tuple[list, list, list[str]]:
     """``(y, x)`` mm landmark sets of a folder data list, read as training reads them, the images' ``(H, W)``
     extents in mm, and the problems met."""
     from bundle.transforms import LoadCephalogramd
 
-    load = LoadCephalogramd(keys="image", n_landmarks=n_landmarks, spacing_mm=spacing_mm)
+    load = LoadCephalogramd(keys="image", n_landmarks=n_landmarks, spacing_mm=spacing_mm, dicom_spacing_mm=dicom_spacing_mm)
     shapes, extents, problems = [], [], []
     for item in items:
         try:
@@ -74,6 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--landmark_names", default=None, help="comma-separated, in file order (default: ISBI's for an ISBI "
                     "folder, else L1, L2, ... as configs/folder_data.yaml)")
     ap.add_argument("--pixel_spacing_mm", type=float, default=0.1, help="for images whose file gives no spacing")
+    ap.add_argument("--dicom_spacing_mm", type=float, default=None,
+                    help="for DICOMs whose header gives no spacing, as the configs' dicom_spacing_mm (default: such a "
+                    "DICOM is skipped and reported)")
     args = ap.parse_args(argv)
     if args.landmark_names:
         names = [n.strip() for n in args.landmark_names.split(",")]
@@ -93,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         items = landmark_datalist(args.dataset_dir, args.split, args.ground_truth, args.val_fraction, args.split_seed,
                                   None, args.val_fold, args.landmark_suffix)
-        shapes, extents, problems = folder_shapes(items, args.n_landmarks, args.pixel_spacing_mm)
+        shapes, extents, problems = folder_shapes(items, args.n_landmarks, args.pixel_spacing_mm, args.dicom_spacing_mm)
     if len(shapes) < 2:
         print(f"error: {len(shapes)} readable annotated images in {args.dataset_dir}; a shape model needs at least 2",
               file=sys.stderr)

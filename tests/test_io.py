@@ -267,10 +267,37 @@ class TestDicom(unittest.TestCase):
             self.assertEqual(read_image(inverted)[0][0, 0], float(pixels.max()))  # bone bright in every format
             bad = Path(tmp) / "nospacing.dcm"
             write_dicom(bad, pixels)
-            with self.assertRaises(CephDataError) as cm:
-                read_image(bad)
-            self.assertIn(str(bad), str(cm.exception))
-            self.assertIn("DICOM has no pixel spacing", str(cm.exception))
+            self.assertEqual(read_image(bad)[1], None)  # the reader says the header has none ...
+            for item in ({"image": str(bad)}, {"image": str(bad), "spacing_mm": 0.1}):
+                with self.assertRaises(CephDataError) as cm:  # ... and the loader assumes none for a DICOM
+                    LoadCephalogramd(spacing_mm=0.1)(item)
+                self.assertIn(str(bad), str(cm.exception))
+                self.assertIn("DICOM has no pixel spacing", str(cm.exception))
+                self.assertIn("--dicom_spacing_mm", str(cm.exception))  # and says how to give one
+            d = LoadCephalogramd(spacing_mm=0.1, dicom_spacing_mm=0.14)({"image": str(bad), "spacing_mm": 0.1})
+            self.assertTrue(torch.allclose(d["spacing"], torch.tensor([0.14, 0.14])))
+            self.assertTrue(torch.equal(d["image"][0], torch.as_tensor(pixels, dtype=torch.float32)))
+            d = LoadCephalogramd(dicom_spacing_mm=0.14)({"image": str(good)})
+            self.assertTrue(torch.allclose(d["spacing"], torch.tensor([0.12, 0.15])))  # the header still wins
+            record = LoadCephalogramd(on_error="record")({"image": str(bad)})  # inference: errors.csv, the batch goes on
+            self.assertIn("DICOM has no pixel spacing", record["error"])
+            with self.assertRaises(ValueError):
+                LoadCephalogramd(dicom_spacing_mm=0.0)
+
+    def test_dicom_spacing_mm_reaches_every_loader(self):
+        """``--dicom_spacing_mm`` on the command line reaches the loaders of training, refinement training and
+        inference (evaluation uses training's)."""
+        from monai.bundle import ConfigParser
+
+        configs = Path(__file__).resolve().parents[1] / "configs"
+        for files, key in (([configs / "train.yaml"], "train#deterministic_transforms#0"),
+                           ([configs / "train.yaml", configs / "refine.yaml"], "train#deterministic_transforms#0"),
+                           ([configs / "inference.yaml"], "load")):
+            with self.subTest(files=[f.name for f in files]):
+                parser = ConfigParser()
+                parser.read_config([str(f) for f in files])
+                parser["dicom_spacing_mm"] = 0.14
+                self.assertEqual(parser.get_parsed_content(key).dicom_spacing_mm, 0.14)
 
     def test_implausible_spacing_is_reported(self):
         """A spacing that makes the picture a few millimetres (or metres) wide is logged with the file's name."""
