@@ -26,6 +26,9 @@ __all__ = [
     "read_image",
     "read_image_geometry",
     "is_dicom",
+    "is_image_file",
+    "image_stem",
+    "output_stems",
     "DICOM_SPACING_TAGS",
     "image_geometry",
     "PICTURE_GEOMETRY",
@@ -93,9 +96,58 @@ def _suffix(path: Path) -> str:
     return ".nii.gz" if name.endswith(".nii.gz") else path.suffix.lower()
 
 
+def _has_dicom_preamble(path: Path) -> bool:
+    """Whether the file starts as a DICOM Part 10 file does: a 128-byte preamble, then ``DICM``."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(132)
+    except OSError:
+        return False
+    return len(head) == 132 and head[128:] == b"DICM"
+
+
 def is_dicom(path: str | Path) -> bool:
-    """Whether ``path`` names a DICOM file (by its suffix, ``.dcm``, as :func:`read_image` reads it)."""
-    return _suffix(Path(path)) == ".dcm"
+    """Whether :func:`read_image` reads ``path`` as DICOM: a ``.dcm`` file, or a file without a known image suffix
+    that starts as a DICOM file does (PACS exports name files ``IM0001`` or by their UID, ``1.2.840.113619.2.55``)."""
+    path = Path(path)
+    suffix = _suffix(path)
+    if suffix == ".dcm":
+        return True
+    return suffix not in IMAGE_SUFFIXES and path.is_file() and _has_dicom_preamble(path)
+
+
+def is_image_file(path: str | Path) -> bool:
+    """Whether a folder's file is an image to read: a file with one of :data:`IMAGE_SUFFIXES`, or a DICOM file by
+    its content (:func:`is_dicom`); not a ``DICOMDIR`` (an index of other files)."""
+    path = Path(path)
+    if not path.is_file() or path.name.upper() == "DICOMDIR":
+        return False
+    return _suffix(path) in IMAGE_SUFFIXES or is_dicom(path)
+
+
+def image_stem(name: str | Path) -> str:
+    """An image's file name without its image suffix: ``1.2.840.1.dcm`` -> ``1.2.840.1``, ``ceph.nii.gz`` -> ``ceph``;
+    a name without one (a DICOM found by its content) stays whole. Its landmark file is ``<stem><landmark_suffix>``
+    and its inference outputs ``<stem>.mrk.json``, ``<stem>_overlay.png`` (see :func:`output_stems`)."""
+    name = Path(name).name
+    suffix = _suffix(Path(name))
+    return name[: -len(suffix)] if suffix in IMAGE_SUFFIXES and len(suffix) < len(name) else name
+
+
+def output_stems(names: Sequence[str], taken: dict[str, str] | None = None) -> dict[str, str]:
+    """The stem of each image's output files, in the order the images are written: :func:`image_stem`, except that an
+    image whose stem an earlier one (in ``names``, or in ``taken``: stem -> image name) already holds (``a.png``,
+    then ``a.jpg``) gets its whole name with its dots turned into underscores (``a_jpg``), so that neither image's
+    outputs overwrite the other's. ``taken`` is updated in place when given."""
+    taken = {} if taken is None else taken
+    stems = {}
+    for name in names:
+        stem = image_stem(name)
+        if taken.setdefault(stem, name) != name:
+            stem = Path(name).name.replace(".", "_")
+            taken.setdefault(stem, name)
+        stems[name] = stem
+    return stems
 
 
 def read_image(path: str | Path) -> tuple[np.ndarray, tuple[float, float] | None]:
@@ -149,7 +201,7 @@ def read_image_geometry(path: str | Path) -> tuple[np.ndarray, tuple[float, floa
                     arr = np.asarray(im, dtype=np.float32)
                 else:
                     arr = np.asarray(im.convert("L"), dtype=np.float32)
-        elif suffix == ".dcm":
+        elif is_dicom(path):
             arr, spacing, geometry = _read_dicom(path)
         else:
             arr, spacing, geometry = _read_itk(path)
@@ -177,7 +229,7 @@ def image_geometry(path: str | Path) -> np.ndarray:
     suffix = _suffix(path)
     if suffix in _PIL_SUFFIXES:
         return PICTURE_GEOMETRY.copy()
-    if suffix == ".dcm" and path.is_file():
+    if is_dicom(path) and path.is_file():
         import pydicom
 
         try:
@@ -492,12 +544,11 @@ def folder_datalist(input_dir: str | Path, landmark_suffix: str | None = None) -
         raise FileNotFoundError(f"{root}: input folder not found")
     items = []
     for p in sorted(root.iterdir()):
-        if not p.is_file() or _suffix(p) not in IMAGE_SUFFIXES:
+        if not is_image_file(p):
             continue
         item: dict = {"image": str(p)}
         if landmark_suffix:
-            stem = p.name[: -len(_suffix(p))]
-            item["label_files"] = [str(root / f"{stem}{landmark_suffix}")]
+            item["label_files"] = [str(root / f"{image_stem(p.name)}{landmark_suffix}")]
         items.append(item)
     return items
 
@@ -526,7 +577,8 @@ def landmark_datalist(
         raise ValueError(f"split should be train, val, trainval or test, got {split!r}.")
     items = folder_datalist(data_root, landmark_suffix)
     if not items:
-        raise FileNotFoundError(f"{data_root}: no images found (looked for {', '.join(IMAGE_SUFFIXES)})")
+        raise FileNotFoundError(f"{data_root}: no images found (looked for {', '.join(IMAGE_SUFFIXES)} and DICOM "
+                                "files by their content)")
     if split in ("train", "val"):
         items = split_datalist(items, split, val_fraction, seed, fold)
     return items[:limit] if limit else items

@@ -342,19 +342,36 @@ def _rows_by_image(path: Path, header: Sequence[str]) -> dict[str, list[list[str
     return out
 
 
-def finished_images(output_dir: str | Path, n_landmarks: int, overlay: bool = True) -> dict[str, list[list[str]]]:
+def nothing_to_do(input_dir: str | Path, output_dir: str | Path) -> None:
+    """What inference says when its data list is empty: every image of ``input_dir`` already done (``--resume
+    true``), or no image there at all, which is an error that names the folder."""
+    from .io import IMAGE_SUFFIXES, folder_datalist
+
+    if not folder_datalist(input_dir):
+        raise FileNotFoundError(f"{input_dir}: no images found (looked for {', '.join(IMAGE_SUFFIXES)} and DICOM files by "
+                                "their content)")
+    logger.info("every image of %s already has its results in %s", input_dir, output_dir)
+
+
+def finished_images(output_dir: str | Path, n_landmarks: int, overlay: bool = True,
+                    stems: dict[str, str] | None = None) -> dict[str, list[list[str]]]:
     """The images an earlier inference run into ``output_dir`` finished: all ``n_landmarks`` rows in
     ``landmarks.csv``, its ``<stem>.mrk.json`` and (with ``overlay``) its ``<stem>_overlay.png`` written (the writer's
     last step). Returns their ``landmarks.csv`` rows by image name; an image cut off half-way is not among them and is
-    done again."""
+    done again. ``stems``, when given, receives the output stem of each finished image (:func:`bundle.io.output_stems`:
+    the stems were handed out in the order of ``landmarks.csv``)."""
+    from .io import output_stems
+
     out = Path(output_dir)
     landmarks = _rows_by_image(out / "landmarks.csv", LANDMARKS_CSV_HEADER)
     done = {}
-    for name, rows in landmarks.items():
-        stem = name.split(".")[0]
+    for name, stem in output_stems(list(landmarks)).items():
+        rows = landmarks[name]
         if (len(rows) == n_landmarks and (out / f"{stem}.mrk.json").is_file()
                 and (not overlay or (out / f"{stem}_overlay.png").is_file())):
             done[name] = rows
+            if stems is not None:
+                stems[name] = stem
     return done
 
 
@@ -413,6 +430,7 @@ class LandmarkOutputWriter:
         self.analysis = self.analysis_asked and has_analysis_landmarks(self.names)
         self._entries: list[dict] = []
         self._errors: list[tuple[str, str]] = []
+        self._taken: dict[str, str] = {}  # output stem -> the image whose files it names (bundle.io.output_stems)
         self._reported_at = float("-inf")
         self.n_ok = 0
         self.n_failed = 0
@@ -428,9 +446,9 @@ class LandmarkOutputWriter:
         from .io import atomic_write_csv
 
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        kept, kept_measurements, kept_checks, kept_readings = {}, {}, {}, {}
+        kept, kept_measurements, kept_checks, kept_readings, kept_stems = {}, {}, {}, {}, {}
         if self.resume:  # the images an earlier run finished stay, and pending_datalist left them out of this one
-            kept = finished_images(self.output_dir, len(self.names), self.overlay)
+            kept = finished_images(self.output_dir, len(self.names), self.overlay, kept_stems)
 
             def kept_rows(file: str, header: Sequence[str]) -> dict[str, list[list[str]]]:
                 return {n: rows for n, rows in _rows_by_image(self.output_dir / file, header).items() if n in kept}
@@ -457,20 +475,25 @@ class LandmarkOutputWriter:
                         len(self.names))
         self.n_ok = self.n_failed = 0
         self.n_kept = len(kept)
+        self._taken = {stem: name for name, stem in kept_stems.items()}
         self._entries = [self._entry_from_rows(name, rows, kept_measurements.get(name), kept_checks.get(name),
-                                               kept_readings.get(name)) for name, rows in kept.items()]
+                                               kept_readings.get(name), kept_stems[name]) for name, rows in kept.items()]
         self._errors = []
         self._reported_at = float("-inf")
         self._report(force=True)
 
     def _entry_from_rows(self, name: str, rows: list[list[str]], measurements: list[list[str]] | None,
-                         checks: list[list[str]] | None = None, readings: list[list[str]] | None = None) -> dict:
+                         checks: list[list[str]] | None = None, readings: list[list[str]] | None = None,
+                         stem: str | None = None) -> dict:
         """A report entry of an image kept from an earlier run, from its CSV rows."""
         analysis = None
         if measurements:
             analysis = [{"measurement": m[1], "value": float(m[2]), "unit": m[3], "type": int(m[4]), "meaning": m[5]}
                         for m in measurements]
-        return {"image": name, "overlay": f"{name.split('.')[0]}_overlay.png" if self.overlay else None,
+        from .io import image_stem
+
+        stem = stem or image_stem(name)
+        return {"image": name, "overlay": f"{stem}_overlay.png" if self.overlay else None,
                 "analysis": analysis,
                 "landmarks": [(int(r[1]), r[2], float(r[3]), float(r[4]), float(r[7])) for r in rows],
                 "checks": [r[1] for r in checks or []],
@@ -552,7 +575,7 @@ class LandmarkOutputWriter:
                 self._append("measurements.csv", [[name, r["measurement"], f"{r['value']:.4f}", r["unit"], r["type"],
                                                    r["meaning"]] for r in analysis])
                 caption = analysis_caption(analysis)
-        stem = name.split(".")[0]
+        stem = self._stem(name)
         geometry = item.get("pixel_to_lps")
         geometry = None if geometry is None else torch.as_tensor(geometry).double().cpu().numpy()
         markups = slicer_markups(xy, self.names, geometry, [f"uncertainty {u:.2f} mm" for u in unc])
@@ -577,6 +600,16 @@ class LandmarkOutputWriter:
                                             for i, ((x, y), u) in enumerate(zip(xy, unc))],
                               **readings, "checks": checks})
         self._report()
+
+    def _stem(self, name: str) -> str:
+        """The stem of ``name``'s output files (:func:`bundle.io.output_stems`), said when another image holds the
+        usual one."""
+        from .io import image_stem, output_stems
+
+        stem = output_stems([name], self._taken)[name]
+        if stem != image_stem(name):
+            logger.warning("%s: another image's outputs are named %s.*; this one's are %s.*", name, image_stem(name), stem)
+        return stem
 
     def _finish(self, engine) -> None:
         self._report(force=True)

@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bundle.analysis import measurement_agreement  # noqa: E402
-from bundle.io import ISBI_SPACING_MM, read_isbi_landmarks  # noqa: E402
+from bundle.io import ISBI_SPACING_MM, image_stem, read_isbi_landmarks  # noqa: E402
 
 
 def main() -> int:
@@ -73,8 +73,8 @@ def main() -> int:
             preds_mm.append(pred_xy * ISBI_SPACING_MM)
             truths_mm.append(truth_yx[:, ::-1] * ISBI_SPACING_MM)
         errors = np.stack(errors)
-        outputs_ok = all((out / f"{p.name.split('.')[0]}.mrk.json").is_file() and
-                         (out / f"{p.name.split('.')[0]}_overlay.png").is_file() for p in images)
+        outputs_ok = all((out / f"{image_stem(p.name)}.mrk.json").is_file() and
+                         (out / f"{image_stem(p.name)}_overlay.png").is_file() for p in images)
         with open(out / "measurements.csv") as f:  # the analysis inference wrote, against the senior's
             written = list(csv.DictReader(f))
         outputs_ok = outputs_ok and len(written) == 8 * len(images) and (out / "report.html").is_file()

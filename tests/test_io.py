@@ -284,6 +284,30 @@ class TestDicom(unittest.TestCase):
             with self.assertRaises(ValueError):
                 LoadCephalogramd(dicom_spacing_mm=0.0)
 
+    def test_dicom_files_found_by_content(self):
+        """PACS exports name DICOM files without a suffix (IM0001) or by their UID (1.2.840.113619.2.55): a folder's
+        files that start as DICOM files do are read as DICOM; a DICOMDIR (an index) and other files are not images."""
+        from bundle.io import folder_datalist, image_stem, is_dicom, output_stems
+
+        with tempfile.TemporaryDirectory() as tmp:
+            root = Path(tmp)
+            pixels = np.arange(40 * 30, dtype=np.uint16).reshape(40, 30)
+            for name in ("IM0001", "1.2.840.113619.2.55", "DICOMDIR"):
+                write_dicom(root / name, pixels, spacing=(0.12, 0.15))
+            (root / "notes").write_text("x" * 200)
+            (root / "IM0001.csv").write_text("1,2\n")
+            self.assertTrue(is_dicom(root / "IM0001"))
+            self.assertFalse(is_dicom(root / "notes"))
+            self.assertEqual([Path(i["image"]).name for i in folder_datalist(root)], ["1.2.840.113619.2.55", "IM0001"])
+            self.assertEqual(folder_datalist(root, ".csv")[1]["label_files"], [str(root / "IM0001.csv")])
+            image, spacing = read_image(root / "1.2.840.113619.2.55")
+            self.assertEqual(spacing, (0.12, 0.15))
+            self.assertTrue(np.array_equal(image, pixels.astype(np.float32)))
+        self.assertEqual([image_stem(n) for n in ("1.2.840.5.dcm", "ceph.nii.gz", "a.PNG", "IM0001", ".png")],
+                         ["1.2.840.5", "ceph", "a", "IM0001", ".png"])
+        self.assertEqual(output_stems(["a.png", "a.jpg", "b.png", "a.nii.gz"]),
+                         {"a.png": "a", "a.jpg": "a_jpg", "b.png": "b", "a.nii.gz": "a_nii_gz"})
+
     def test_dicom_spacing_mm_reaches_every_loader(self):
         """``--dicom_spacing_mm`` on the command line reaches the loaders of training, refinement training and
         inference (evaluation uses training's)."""

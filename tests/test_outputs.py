@@ -190,7 +190,80 @@ class TestChecks(unittest.TestCase):
                 self.assertEqual(list(csv.reader(f))[1:], [["a.png", "mirrored"], ["a.png", "reframed"], ["c.png", "widened"]])
 
 
+class TestOutputStems(unittest.TestCase):
+    def test_names_with_dots_and_shared_stems_keep_their_own_files(self):
+        """Output files are named by the image's name without its image suffix, so PACS-style names with dots
+        (1.2.840.5.1.dcm, 1.2.840.5.2.dcm) no longer share "1.mrk.json"; a.png and a.jpg in one folder get a.* and
+        a_jpg.*; a resumed run finds each image's files again and runs neither a second time."""
+        import csv
+        import json
+        import tempfile
+        from pathlib import Path
+
+        import torch
+
+        from bundle import ISBI_LANDMARK_NAMES
+        from bundle.outputs import LandmarkOutputWriter, pending_datalist
+
+        names = ["1.2.840.5.1.dcm", "1.2.840.5.2.dcm", "a.png", "a.jpg", "ceph.nii.gz", "IM0001"]
+        item = {"spacing": torch.tensor([0.1, 0.1])}
+        with tempfile.TemporaryDirectory() as tmp:
+            out_dir = Path(tmp) / "out"
+            writer = LandmarkOutputWriter(out_dir, ISBI_LANDMARK_NAMES, overlay=False, analysis=False)
+            writer._start(None)
+            points = {}
+            for k, name in enumerate(names):
+                yx = torch.full((19, 2), 10.0 + k)
+                points[name] = 10.0 + k
+                out = {"pred_landmarks": yx, "pred_mm": yx * 0.1, "uncertainty_mm": torch.ones(19)}
+                if name == "a.jpg":
+                    with self.assertLogs("bundle.outputs", "WARNING") as logs:
+                        writer._write_one(name, name, out, item)
+                    self.assertIn("another image's outputs are named a.*; this one's are a_jpg.*", logs.output[0])
+                else:
+                    writer._write_one(name, name, out, item)
+            stems = {"1.2.840.5.1.dcm": "1.2.840.5.1", "1.2.840.5.2.dcm": "1.2.840.5.2", "a.png": "a", "a.jpg": "a_jpg",
+                     "ceph.nii.gz": "ceph", "IM0001": "IM0001"}
+            self.assertEqual(sorted(f.name for f in out_dir.glob("*.mrk.json")), sorted(f"{s}.mrk.json" for s in stems.values()))
+            for name, stem in stems.items():  # each point list holds its own image's landmarks
+                mrk = json.loads((out_dir / f"{stem}.mrk.json").read_text())
+                self.assertEqual(mrk["markups"][0]["controlPoints"][0]["position"][0], points[name], name)
+            items = [{"image": f"in/{n}"} for n in names]
+            self.assertEqual(pending_datalist(items, out_dir, ISBI_LANDMARK_NAMES, resume=True, overlay=False), [])
+            (out_dir / "a_jpg.mrk.json").unlink()  # a.jpg cut off before its point list: done again, under a_jpg
+            self.assertEqual(pending_datalist(items, out_dir, ISBI_LANDMARK_NAMES, resume=True, overlay=False), [{"image": "in/a.jpg"}])
+            resumed = LandmarkOutputWriter(out_dir, ISBI_LANDMARK_NAMES, overlay=False, analysis=False, resume=True)
+            resumed._start(None)
+            yx = torch.full((19, 2), 99.0)
+            resumed._write_one("a.jpg", "a.jpg", {"pred_landmarks": yx, "pred_mm": yx * 0.1, "uncertainty_mm": torch.ones(19)}, item)
+            self.assertEqual(json.loads((out_dir / "a.mrk.json").read_text())["markups"][0]["controlPoints"][0]["position"][0],
+                             points["a.png"])  # a.png's point list untouched
+            self.assertEqual(json.loads((out_dir / "a_jpg.mrk.json").read_text())["markups"][0]["controlPoints"][0]["position"][0], 99.0)
+            with open(out_dir / "landmarks.csv") as f:
+                self.assertEqual(len(list(csv.DictReader(f))), 19 * len(names))
+
+
 class TestResumeGuards(unittest.TestCase):
+    def test_an_empty_data_list_is_said_for_what_it_is(self):
+        """Inference with nothing to do: a folder without images is an error naming it (a folder of PACS files it
+        does not recognise would otherwise end in silence); a folder whose images are all done says so."""
+        import tempfile
+        from pathlib import Path
+
+        from PIL import Image
+
+        from bundle.outputs import nothing_to_do
+
+        with tempfile.TemporaryDirectory() as tmp:
+            (Path(tmp) / "notes.txt").write_text("not an image")
+            with self.assertRaises(FileNotFoundError) as cm:
+                nothing_to_do(tmp, "out")
+            self.assertIn(f"{tmp}: no images found", str(cm.exception))
+            Image.fromarray(np.zeros((16, 16), np.uint8)).save(Path(tmp) / "a.png")
+            with self.assertLogs("bundle.outputs", "INFO") as logs:
+                nothing_to_do(tmp, "out")
+            self.assertIn("already has its results in out", logs.output[0])
+
     def test_foreign_csv_is_refused_and_replacing_is_said(self):
         """--resume never rewrites a landmarks.csv that is not ours; a run without it says what it replaces."""
         import tempfile
