@@ -137,15 +137,19 @@ def image_stem(name: str | Path) -> str:
 def output_stems(names: Sequence[str], taken: dict[str, str] | None = None) -> dict[str, str]:
     """The stem of each image's output files, in the order the images are written: :func:`image_stem`, except that an
     image whose stem an earlier one (in ``names``, or in ``taken``: stem -> image name) already holds (``a.png``,
-    then ``a.jpg``) gets its whole name with its dots turned into underscores (``a_jpg``), so that neither image's
-    outputs overwrite the other's. ``taken`` is updated in place when given."""
+    then ``a.jpg``) gets its whole name with its dots turned into underscores (``a_jpg``; ``a_jpg_2``, ``a_jpg_3``
+    ... when that is held too), so that no image's outputs overwrite another's. ``taken`` is updated in place when
+    given."""
     taken = {} if taken is None else taken
     stems = {}
     for name in names:
         stem = image_stem(name)
         if taken.setdefault(stem, name) != name:
-            stem = Path(name).name.replace(".", "_")
-            taken.setdefault(stem, name)
+            base = stem = Path(name).name.replace(".", "_")
+            k = 1
+            while taken.setdefault(stem, name) != name:
+                k += 1
+                stem = f"{base}_{k}"
         stems[name] = stem
     return stems
 

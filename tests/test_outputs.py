@@ -191,6 +191,18 @@ class TestChecks(unittest.TestCase):
 
 
 class TestOutputStems(unittest.TestCase):
+    def test_a_second_fallback_stem_is_numbered(self):
+        """a.png, a_jpg.png and a.jpg: a.jpg's fallback a_jpg is a_jpg.png's stem already, so it gets a_jpg_2; the
+        same names in the same order give the same stems again (a resumed run finds them)."""
+        from bundle.io import output_stems
+
+        names = ["a.png", "a_jpg.png", "a.jpg", "a.tif"]
+        want = {"a.png": "a", "a_jpg.png": "a_jpg", "a.jpg": "a_jpg_2", "a.tif": "a_tif"}
+        self.assertEqual(output_stems(names), want)
+        taken = {}
+        self.assertEqual({n: output_stems([n], taken)[n] for n in names}, want)  # one at a time, as the writer does
+        self.assertEqual(len(set(want.values())), len(names))
+
     def test_names_with_dots_and_shared_stems_keep_their_own_files(self):
         """Output files are named by the image's name without its image suffix, so PACS-style names with dots
         (1.2.840.5.1.dcm, 1.2.840.5.2.dcm) no longer share "1.mrk.json"; a.png and a.jpg in one folder get a.* and
