@@ -143,6 +143,26 @@ class TestImageOrientation(unittest.TestCase):
         self.assertEqual((d["mirrored"], d["inverted"]), (False, False))
         self.assertFalse(torch.isnan(d["reading_spread_mm"]).any())  # all four were tried
 
+    def test_a_file_not_read_is_not_read_again(self):
+        """An item whose file could not be read (the loader's placeholder, its error bound for errors.csv) gets none
+        of auto's other readings, nor a warning that the global pass is unsure of it."""
+        net = AsTrainedNet()
+        seen = []
+        net.register_forward_pre_hook(lambda module, args: seen.append(1))
+        d = item()
+        d["image"] = torch.zeros(1, H, W)  # as unsure as can be
+        decode = HeatmapToLandmarksd()
+        d = decode({**d, "pred": net(d["image"][None])[0], "error": "x.png: cannot read image (OSError: truncated)"})
+        with self.assertNoLogs("bundle.orientation", "WARNING"):
+            out = OrientImaged(net, infer, decode, "auto", "auto", auto_spread_mm=3.0)(d)
+        self.assertEqual(len(seen), 1)  # only the test's own pass
+        self.assertEqual((out["mirrored"], out["inverted"]), (False, False))
+        self.assertNotIn("checks", out)
+        del d["error"]
+        with self.assertLogs("bundle.orientation", "WARNING"):  # the same item read: all four readings, and the warning
+            OrientImaged(net, infer, decode, "auto", "auto", auto_spread_mm=3.0)(d)
+        self.assertEqual(len(seen), 4)
+
     def test_a_reading_a_rounding_error_surer_is_not_chosen(self):
         """Readings whose spreads differ by float rounding (a symmetric picture, summed in another order on another
         CPU) are equally sure: the reading asked for is kept; one surer by more than TIE_MM is taken."""
