@@ -22,7 +22,8 @@
 # is kept); the global models keep their validation split, since at 400 x 320 they overfit and the best checkpoint
 # (chosen on validation) beats the last. The released CPU recipe (run from nothing on 2 AMD EPYC cores with AVX-512
 # BF16: 118.1 minutes of training; Test1 1.482 mm; its global stages retrained with the re-fit above: 111.3 minutes,
-# 1.483 mm): REFIT=1 bash scripts/cpu_recipe.sh OUT 35 0; on 2 AVX2 cores
+# 1.483 mm; run again from nothing on 0.5.21: 117.3 minutes, 1.478 mm): REFIT=1 bash scripts/cpu_recipe.sh OUT 35 0;
+# on 2 AVX2 cores
 # without it (one network of each, 114.6 minutes of training; Test1 1.497 mm; drawn again with SEED=1: 116.1
 # minutes, 1.486 mm; both with the budgets fitted once, before 0.5.18):
 # REFIT=1 bash scripts/cpu_recipe.sh OUT 45 75

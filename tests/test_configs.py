@@ -149,7 +149,7 @@ class TestMeasuredNumbersFollowMetadata(unittest.TestCase):
 
         results = {name: json.loads((root / "docs" / "results" / name).read_text()) for name in (
             "cpu_recipe_avx2_45_result.json", "cpu_recipe_avx2_45_s1_result.json", "cpu_recipe_avx512bf16_result.json",
-            "cpu_recipe_avx512bf16_reestimate_result.json")}
+            "cpu_recipe_avx512bf16_reestimate_result.json", "cpu_recipe_avx512bf16_0_5_21_result.json")}
 
         def measured(name: str) -> tuple[float, float]:  # training minutes, Test1 MRE
             return results[name]["minutes"]["training_total"], results[name]["test1_both_passes"]["mre_mm"]
@@ -168,7 +168,8 @@ class TestMeasuredNumbersFollowMetadata(unittest.TestCase):
 
         # the native-bf16 runs (2 AVX-512 BF16 cores: from nothing, and with the budgets re-fitted after every epoch):
         # the script's header, README, "Not yet done" and the docs' recipe section
-        for name in ("cpu_recipe_avx512bf16_result.json", "cpu_recipe_avx512bf16_reestimate_result.json"):
+        for name in ("cpu_recipe_avx512bf16_result.json", "cpu_recipe_avx512bf16_reestimate_result.json",
+                     "cpu_recipe_avx512bf16_0_5_21_result.json"):
             total, mre = measured(name)
             with self.subTest(result=name):
                 for text in (script, readme, not_yet_done):
