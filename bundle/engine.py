@@ -291,6 +291,13 @@ class TimeBudget:
     slows down (other trainings sharing the GPU start, or stop) still ends inside the budget; the schedule's end
     moves with it.
 
+    A killed run keeps its budget: the handler's ``state_dict`` (the seconds trained, the epoch count decided, the
+    recent epochs' end times) goes into ``checkpoint_last.pt`` through :class:`bundle.training.ResumableCheckpoint`'s
+    ``save_dict``, so a resumed run counts the minutes trained before the kill, keeps the decided ``max_epochs`` and
+    ends where the run would have ended uninterrupted. Without that state (a checkpoint written before 0.5.22) it times
+    the resumed epochs only and fits them into a budget of their own. Under DDP every rank takes rank 0's decision, so
+    all ranks stop after the same epoch.
+
     Args:
         minutes: the training budget; None or 0 disables the handler.
         lr_scheduler: a ``LambdaLR`` made by :func:`bundle.training.warmup_cosine_schedule` (its factor has a
@@ -302,34 +309,61 @@ class TimeBudget:
     def __init__(self, minutes: float | None, lr_scheduler=None, measure_epochs: int = 2, reestimate: bool = False):
         self.minutes, self.lr_scheduler, self.measure_epochs = minutes, lr_scheduler, measure_epochs
         self.reestimate = str2bool(str(reestimate), raise_exc=False)
-        self._start: float | None = None
         self.decided_epochs: int | None = None
+        self._engine = None
+        self._start: float | None = None
+        self._before = 0.0  # seconds trained before this process started (a resumed run)
+        self._restored = False
+        self._epoch0: int | None = None  # epochs whose time is not known (a resumed run without saved state)
+        self._ends: list[float] = []  # seconds trained at the end of each epoch timed since the decision began
 
     def attach(self, engine) -> None:
         from ignite.engine import Events
 
+        self._engine = engine
         if not self.minutes:
             return
         engine.add_event_handler(Events.STARTED, self._started)
+        engine.add_event_handler(Events.EPOCH_STARTED, self._epoch_started)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self._epoch_completed)
 
-    def _started(self, engine) -> None:
+    def elapsed(self) -> float:
+        """Seconds of training so far, those before a resume included."""
+        return self._before + (0.0 if self._start is None else time.perf_counter() - self._start)
 
+    def state_dict(self) -> dict:
+        return {"elapsed_s": float(self.elapsed()), "decided_epochs": self.decided_epochs, "ends": list(self._ends),
+                "epoch0": self._epoch0}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Called by ResumableCheckpoint at ``STARTED``, after ``_started``: the clock goes on from the saved seconds."""
+        self._before = float(state["elapsed_s"])
         self._start = time.perf_counter()
-        self._start_epoch = engine.state.epoch
-        self._ends: list[float] = []
+        self.decided_epochs = state["decided_epochs"]
+        self._ends = [float(t) for t in state["ends"]]
+        self._epoch0 = state.get("epoch0") or 0
+        self._restored = True
+        if self.minutes and self.decided_epochs is not None and self._engine is not None:
+            self._engine.state.max_epochs = int(self.decided_epochs)
+
+    def _started(self, engine) -> None:
+        self._start = time.perf_counter()
+
+    def _epoch_started(self, engine) -> None:
+        if self._epoch0 is None:  # first epoch of a fresh run (0), or of a resumed run whose earlier time is unknown
+            self._epoch0 = engine.state.epoch - 1
 
     def _epoch_completed(self, engine) -> None:
-        done = engine.state.epoch - self._start_epoch
+        done = engine.state.epoch - (self._epoch0 or 0)
         if done < self.measure_epochs or (self.decided_epochs is not None and not self.reestimate):
             return
-        now = time.perf_counter()
-        self._ends.append(now)
-        per_epoch = (now - self._start) / done
+        elapsed = self.elapsed()
+        self._ends.append(elapsed)
+        per_epoch = elapsed / done
         if self.reestimate and len(self._ends) > 5:  # the recent pace counts when it is the slower one
-            per_epoch = max(per_epoch, (now - self._ends[-6]) / 5)
-        remaining = self.minutes * 60 - (now - self._start)
-        total = max(engine.state.epoch + 1, engine.state.epoch + int(remaining // per_epoch))
+            per_epoch = max(per_epoch, (self._ends[-1] - self._ends[-6]) / 5)
+        remaining = self.minutes * 60 - elapsed
+        total = _rank0_decides(max(engine.state.epoch + 1, engine.state.epoch + int(remaining // per_epoch)))
         if self.decided_epochs is not None and total >= engine.state.max_epochs:
             return  # later epochs only shorten the run: the end of the schedule never moves out
         first = self.decided_epochs is None
@@ -343,6 +377,17 @@ class TimeBudget:
             "time budget %.1f min: %.1f s per epoch, training for %d epochs%s", self.minutes, per_epoch, total,
             "" if first else " (re-estimated)",
         )
+
+
+def _rank0_decides(value: int) -> int:
+    """``value`` as rank 0 has it when torch.distributed runs (each rank's clock differs), else ``value``."""
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return int(value)
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    t = torch.tensor([int(value)], dtype=torch.int64, device=device)
+    dist.broadcast(t, src=0)
+    return int(t.item())
 
 
 class LearningCurveWriter:

@@ -299,7 +299,9 @@ class ResumableCheckpoint:
     ``persistent_workers=True``: persistent workers carry private RNG streams across epochs, so a resumed run
     trains correctly but draws other augmentations than the uninterrupted run would have.
 
-    Not saved: the validator's best metric and the early-stopping counter (a resumed run starts those afresh).
+    The validator's best metric and the early-stopping counter are saved when ``save_dict`` holds a
+    :class:`bundle.engine.ValidationState`, the time budget's clock when it holds the
+    :class:`bundle.engine.TimeBudget` (otherwise a resumed run starts those afresh).
 
     List it after ``LrScheduleHandler`` and ``ValidationHandler`` (best: last in ``train_handlers``) so the epoch
     checkpoint is written after the learning-rate schedule has stepped.
@@ -312,6 +314,8 @@ class ResumableCheckpoint:
         resume: on ``Events.STARTED`` load the file if it exists (else log that the run starts fresh).
         save_interval_iterations: also save every N iterations (0: only at epoch ends). Iterations that end an
             epoch are saved by the epoch-end save instead, after the schedule has stepped.
+        optional: keys of ``save_dict`` that a checkpoint may lack (one written before they were saved): their
+            objects keep their fresh state and a warning names them; any other missing key stops the resume.
     """
 
     def __init__(
@@ -321,6 +325,7 @@ class ResumableCheckpoint:
         filename: str = "checkpoint_last.pt",
         resume: bool = False,
         save_interval_iterations: int = 0,
+        optional: Sequence[str] = (),
     ):
         if not save_dict:
             raise ValueError("save_dict should name at least one object to save.")
@@ -338,6 +343,10 @@ class ResumableCheckpoint:
         self.filename = filename
         self.resume = bool(resume)
         self.save_interval_iterations = int(save_interval_iterations)
+        self.optional = set(optional)
+        unknown = sorted(self.optional - set(self.save_dict))
+        if unknown:
+            raise ValueError(f"optional names {unknown}, which save_dict lacks; save_dict has {sorted(self.save_dict)}.")
         self._rng: _RngSources | None = None
         self._data_iter: _CountingIterator | None = None
         self._pending_replay: tuple[dict, dict, int] | None = None
@@ -414,11 +423,15 @@ class ResumableCheckpoint:
     def load(self, engine: Any) -> None:
         """Restore the objects, RNG states and the trainer's epoch/iteration from the checkpoint file."""
         ckpt = torch.load(self.path, map_location="cpu", weights_only=True)
-        missing = [k for k in self.save_dict if k not in ckpt]
+        missing = [k for k in self.save_dict if k not in ckpt and k not in self.optional]
         if missing:
             raise ValueError(f"checkpoint {self.path} lacks {missing}; it holds {sorted(ckpt)}.")
+        absent = [k for k in self.save_dict if k not in ckpt]
+        if absent:
+            logger.warning("checkpoint %s was written without %s (an older version): they start afresh.", self.path, absent)
         for name, obj in self.save_dict.items():
-            obj.load_state_dict(ckpt[name])
+            if name in ckpt:
+                obj.load_state_dict(ckpt[name])
         scaler = getattr(engine, "scaler", None)
         if scaler is not None and getattr(engine, "amp", False) and ckpt.get("grad_scaler") is not None:
             scaler.load_state_dict(ckpt["grad_scaler"])

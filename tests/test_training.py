@@ -192,6 +192,29 @@ class TestResumableCheckpoint(unittest.TestCase):
         trainer.run()
         return net, trainer, epochs_run
 
+    def test_a_checkpoint_may_lack_only_the_optional_objects(self):
+        """A checkpoint written before an object was saved resumes with that object fresh (and a warning) when the
+        object is optional; a missing required object stops the resume and names what the file holds."""
+        with tempfile.TemporaryDirectory() as tmp:
+            self._run(tmp, net_seed=0, max_epochs=1)  # checkpoint_last.pt holds model, optimizer, lr_scheduler
+            net, extra = make_net(0), torch.optim.lr_scheduler.LambdaLR(
+                torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0), lambda e: 1.0)
+            opt = torch.optim.AdamW(param_groups(net, 0.01, weight_decay=0.01))
+            with self.assertRaises(ValueError):
+                ResumableCheckpoint(tmp, {"model": net}, optional=["extra"])  # not in save_dict
+            for optional in ([], ["extra"]):
+                handler = ResumableCheckpoint(tmp, {"model": net, "optimizer": opt, "extra": extra}, resume=True,
+                                              optional=optional)
+                trainer = make_trainer(net, opt, [handler], max_epochs=2)
+                if not optional:
+                    with self.assertRaisesRegex(ValueError, r"lacks \['extra'\]"):
+                        trainer.run()
+                    continue
+                with self.assertLogs("bundle.training", "WARNING") as logs:
+                    trainer.run()
+                self.assertTrue(any("without ['extra']" in m for m in logs.output), logs.output)
+                self.assertEqual(trainer.state.epoch, 2)
+
     def test_resume_at_epoch_boundary_matches_uninterrupted(self):
         ref_net, _, _ = self._run(None, net_seed=0)
         with tempfile.TemporaryDirectory() as tmp:
@@ -509,6 +532,28 @@ class TestFinalValidation(unittest.TestCase):
             self.assertEqual(runs, expected)
 
 
+def _budget_rank(rank: int, init_file: str, result_file: str) -> None:
+    """One of two gloo processes training under one time budget; rank 1's epochs take twice as long."""
+    import torch.distributed as dist
+    from ignite.engine import Engine
+
+    from bundle.engine import TimeBudget
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        clock, step = [0.0], 1.0 + rank
+        trainer = Engine(lambda e, b: None)
+        trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda e: clock.__setitem__(0, clock[0] + step))
+        TimeBudget(1.0).attach(trainer)
+        with mock.patch("bundle.engine.time.perf_counter", lambda: clock[0]):
+            trainer.run([0], max_epochs=1000)
+        dist.barrier()  # a rank left with more epochs than the other would wait here, or in its next all-reduce
+        with open(f"{result_file}.{rank}", "w") as f:
+            f.write(str(trainer.state.epoch))
+    finally:
+        dist.destroy_process_group()
+
+
 class TestTimeBudget(unittest.TestCase):
     """A fake clock: epochs take 1 s, then 3 s from epoch 5 on (another training started on the same GPU)."""
 
@@ -542,6 +587,72 @@ class TestTimeBudget(unittest.TestCase):
         self.assertGreater(seconds, 60 - 2 * 3)
         self.assertEqual(total, epochs)  # the cosine schedule ends with the run
         self.assertLess(epochs, 30)
+
+    def _run_killed(self, reestimate: bool, kill_after: int, saved: bool = True):
+        """The same run killed after ``kill_after`` epochs and resumed by a new process: a fresh engine (the command
+        line's max_epochs again), a fresh budget and schedule, their states loaded at STARTED as
+        ResumableCheckpoint does (the budget's only when ``saved``: a checkpoint written before it had one)."""
+        from ignite.engine import Engine
+
+        from bundle.engine import TimeBudget
+
+        clock = [0.0]
+
+        def run(state: dict | None, max_epochs: int):
+            trainer = Engine(lambda e, b: None)
+            trainer.add_event_handler(
+                Events.EPOCH_COMPLETED, lambda e: clock.__setitem__(0, clock[0] + (1.0 if e.state.epoch <= 4 else 3.0))
+            )
+            opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+            schedule = warmup_cosine_schedule(opt, 1, 1000)
+            budget = TimeBudget(1.0, schedule, reestimate=reestimate)
+            budget.attach(trainer)
+            if state is not None:
+                def load(e):
+                    e.state.epoch = state["epoch"]
+                    schedule.load_state_dict(state["lr_scheduler"])
+                    if saved:
+                        budget.load_state_dict(state["time_budget"])
+                trainer.add_event_handler(Events.STARTED, load)
+            trainer.add_event_handler(
+                Events.EPOCH_COMPLETED(once=kill_after) if state is None else Events.EPOCH_COMPLETED(once=10**6),
+                lambda e: e.terminate(),
+            )
+            with mock.patch("bundle.engine.time.perf_counter", lambda: clock[0]):
+                trainer.run([0], max_epochs=max_epochs)
+                return trainer, schedule, budget.state_dict()  # as the checkpoint saves it, the clock still patched
+
+        trainer, schedule, budget_state = run(None, 1000)
+        state = {"epoch": trainer.state.epoch, "lr_scheduler": schedule.state_dict(), "time_budget": budget_state}
+        self.assertEqual(state["epoch"], kill_after)
+        clock[0] += 100.0  # the machine was down: no training time
+        trainer, schedule, _ = run(state, 1000)
+        return trainer.state.epoch, clock[0] - 100.0, schedule.lr_lambdas[0].total
+
+    def test_a_resumed_run_keeps_its_budget(self):
+        """Killed and resumed, a run ends where it would have ended uninterrupted: the minutes trained before the kill
+        count, and the schedule is not stretched again (which would raise the learning rate mid-run)."""
+        for reestimate in (False, True):
+            for kill_after in (3, 10):
+                with self.subTest(reestimate=reestimate, kill_after=kill_after):
+                    self.assertEqual(self._run_killed(reestimate, kill_after), self._run(reestimate))
+
+    def test_every_rank_takes_rank_0s_decision(self):
+        """Under DDP each rank has its own clock; all of them must stop after the same epoch (else one waits forever
+        in the next all-reduce). Rank 0's epochs take 1 s, rank 1's 2 s: both train rank 0's 60 epochs."""
+        import torch.multiprocessing as mp
+
+        with tempfile.TemporaryDirectory() as tmp:
+            mp.start_processes(_budget_rank, args=(f"{tmp}/init", f"{tmp}/epochs"), nprocs=2, start_method="spawn")
+            self.assertEqual([open(f"{tmp}/epochs.{r}").read() for r in (0, 1)], ["60", "60"])
+
+    def test_a_checkpoint_without_the_budget_times_the_resumed_epochs_only(self):
+        """A checkpoint written before the budget was saved: the resumed run times its own epochs (not the earlier
+        epochs at no cost) and fits a budget of its own; it does not stretch the schedule past what fits."""
+        epochs, seconds, total = self._run_killed(False, 10, saved=False)
+        self.assertEqual(total, epochs)
+        resumed = seconds - (4 * 1.0 + 6 * 3.0)  # the 10 epochs before the kill took 22 s
+        self.assertAlmostEqual(resumed, 60, delta=2 * 3)  # then about one budget more
 
 
 if __name__ == "__main__":

@@ -211,6 +211,7 @@ class TestBundleWorkflow(unittest.TestCase):
         ckpt = torch.load(self.runs / "checkpoint_last.pt", map_location="cpu", weights_only=True)
         self.assertEqual(ckpt["epoch"], 2)
         best_before = ckpt["validation"]["best_metric"]
+        self.assertIn("decided_epochs", ckpt["time_budget"])  # the TimeBudget handler (train#handlers#2) is saved
         wf = ConfigWorkflow(
             workflow_type="train", config_file=str(CONFIGS / "train.yaml"), logging_file=False,
             meta_file=str(CONFIGS / "metadata.json"), max_epochs=3, val_interval=1, resume=True, **self.common,
