@@ -298,17 +298,24 @@ class TimeBudget:
     the resumed epochs only and fits them into a budget of their own. Under DDP every rank takes rank 0's decision, so
     all ranks stop after the same epoch.
 
+    With ``lengthen=False`` the budget is a cap: the run trains the trainer's ``max_epochs`` (and its schedule is left
+    as it is) when they fit, fewer (the schedule ending with them) when they do not.
+
     Args:
         minutes: the training budget; None or 0 disables the handler.
         lr_scheduler: a ``LambdaLR`` made by :func:`bundle.training.warmup_cosine_schedule` (its factor has a
             ``total`` attribute), or None.
         measure_epochs: epochs to time before deciding.
         reestimate: decide again after every epoch (False: once, after ``measure_epochs``).
+        lengthen: fill the budget with as many epochs as fit (False: never more than the trainer's ``max_epochs``).
     """
 
-    def __init__(self, minutes: float | None, lr_scheduler=None, measure_epochs: int = 2, reestimate: bool = False):
+    def __init__(self, minutes: float | None, lr_scheduler=None, measure_epochs: int = 2, reestimate: bool = False,
+                 lengthen: bool = True):
         self.minutes, self.lr_scheduler, self.measure_epochs = minutes, lr_scheduler, measure_epochs
         self.reestimate = str2bool(str(reestimate), raise_exc=False)
+        self.lengthen = str2bool(str(lengthen), raise_exc=False)
+        self._ceiling: int | None = None  # the trainer's max_epochs when it started (the cap when not lengthening)
         self.decided_epochs: int | None = None
         self._engine = None
         self._start: float | None = None
@@ -348,6 +355,7 @@ class TimeBudget:
 
     def _started(self, engine) -> None:
         self._start = time.perf_counter()
+        self._ceiling = engine.state.max_epochs
 
     def _epoch_started(self, engine) -> None:
         if self._epoch0 is None:  # first epoch of a fresh run (0), or of a resumed run whose earlier time is unknown
@@ -363,7 +371,10 @@ class TimeBudget:
         if self.reestimate and len(self._ends) > 5:  # the recent pace counts when it is the slower one
             per_epoch = max(per_epoch, (self._ends[-1] - self._ends[-6]) / 5)
         remaining = self.minutes * 60 - elapsed
-        total = _rank0_decides(max(engine.state.epoch + 1, engine.state.epoch + int(remaining // per_epoch)))
+        fit = max(engine.state.epoch + 1, engine.state.epoch + int(remaining // per_epoch))
+        if not self.lengthen and self._ceiling is not None:
+            fit = min(fit, int(self._ceiling))
+        total = _rank0_decides(fit)
         if self.decided_epochs is not None and total >= engine.state.max_epochs:
             return  # later epochs only shorten the run: the end of the schedule never moves out
         first = self.decided_epochs is None

@@ -13,7 +13,10 @@
 #   e.g. bash scripts/cpu_recipe.sh runs/cpu_recipe 35 12 ../shared/data/isbi2015
 # SEED=K (default 0) starts every stage's augmentation and initialisation seeds at K instead of 0 (another draw of
 # the same recipe; the train / validation split stays split seed 0).
-# REFINE_MINUTES 0 trains each refinement network for configs/refine.yaml's fixed 16 epochs instead of a budget.
+# REFINE_MINUTES 0 trains each refinement network for configs/refine.yaml's fixed 16 epochs instead of a budget,
+# fewer if they would carry the recipe past TOTAL_MINUTES (default 120, the issue's 2 hours; 0: no limit): each such
+# stage is capped at its share of the minutes the stages before it left (--time_budget_lengthen false: a stage whose
+# 16 epochs fit its share trains exactly as without the cap; since 0.5.22).
 # Each stage with a time budget re-fits its epoch count to it after every epoch (--time_budget_reestimate true;
 # since 0.5.18), so epochs that slow down later do not carry it past its budget: on 2 AVX-512 BF16 cores the two
 # 35-minute global stages took 34.2 and 34.0 minutes instead of 38.0 and 37.0 (session p). REESTIMATE=0 fits it
@@ -49,7 +52,7 @@ if [ "$default_members" = 1 ]; then
     "the recipe was first measured on. The global stages keep their time budgets (35 minutes fit 11 epochs on 2 AVX2" \
     "cores instead of 41); a refinement stage without one (REFINE_MINUTES 0) takes about 72 minutes there" \
     "instead of 13. So the recipe trains one global and one refinement network by default on such a CPU" \
-    "(GLOBAL_MEMBERS=2 REFINE_MEMBERS=2 for two of each, about 3.5 hours there); now: $global_members global," \
+    "(GLOBAL_MEMBERS=2 REFINE_MEMBERS=2 TOTAL_MINUTES=0 for two of each, about 3.5 hours there); now: $global_members global," \
     "$members refinement. Measured on 2 AVX2 cores: REFIT=1 bash scripts/cpu_recipe.sh OUT 45 75, 114.6 minutes" \
     "of training, Test1 1.497 mm; with SEED=1, 116.1 minutes, 1.486 mm (docs/README.md, 'Speed')"
 fi
@@ -69,6 +72,9 @@ stage() {  # name, minutes, config args...: train unless OUT/name/done exists; t
   local length=(--max_epochs 1000 --time_budget_minutes "$minutes" --early_stop_patience 1000)
   [ "${REESTIMATE:-1}" != "0" ] && length+=(--time_budget_reestimate true)
   [ "$minutes" = 0 ] && length=()                          # the config's own epochs
+  if [[ "$minutes" == cap:* ]]; then                       # the config's own epochs, fewer if they do not fit
+    length=(--time_budget_minutes "${minutes#cap:}" --time_budget_lengthen false --time_budget_reestimate true)
+  fi
   echo "$name: python -m monai.bundle run training $* --dataset_dir $data --output_dir $out/$name ${length[*]} --resume $resume"
   local start; start=$(date +%s)
   python -m monai.bundle run training "$@" --dataset_dir "$data" --output_dir "$out/$name" "${length[@]}" \
@@ -83,10 +89,27 @@ for ((m = 1; m < global_members; m++)); do      # more global networks: other au
 done
 global_ensemble=()
 [ "$global_members" -gt 1 ] && global_ensemble=(--ensemble "[$(IFS=,; echo "${global_ckpts[*]}")]")
+total_min="${TOTAL_MINUTES:-120}"
+refine_share() {  # member index: its cap, the minutes the finished stages left to the TOTAL_MINUTES over the members left
+  python - "$out" "$total_min" "$members" "$1" <<'PY'
+import sys
+from pathlib import Path
+out, total, members, m = Path(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+spent = sum(int(p.read_text()) for p in out.glob("*/done")) / 60
+share = (total - spent) / (members - m) - 0.5  # half a minute for the start (reading the images, building the crops)
+share = max(share, 0.01)  # at least the two epochs the budget times and one more
+if share < 5:
+    print(f"warning: the stages so far took {spent:.1f} of the {total:g} minutes (TOTAL_MINUTES): refinement member"
+          f" {m} may train {share:.2f} minutes, too few for a good network", file=sys.stderr)
+print(f"cap:{share:.2f}")
+PY
+}
 refine_ckpts=()
 for ((m = 0; m < members; m++)); do
   name=refine; [ "$m" -gt 0 ] && name="refine_s$m"
-  stage "$name" "$refine_min" "${refine[@]}" --seed "$((seed0 + m))" --split_seed 0
+  minutes="$refine_min"
+  [ "$refine_min" = 0 ] && [ "$total_min" != 0 ] && [ ! -f "$out/$name/done" ] && minutes=$(refine_share "$m")
+  stage "$name" "$minutes" "${refine[@]}" --seed "$((seed0 + m))" --split_seed 0
   refine_ckpts+=("'$out/$name/model.pt'")
 done
 ensemble="[$(IFS=,; echo "${refine_ckpts[*]}")]"

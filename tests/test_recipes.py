@@ -1,5 +1,6 @@
 """scripts/cpu_recipe.sh end to end on a small synthetic set: both global networks and the refinement network train,
-the evaluations average the two global networks, a second run keeps what the first finished."""
+the refinement within what TOTAL_MINUTES leaves, the evaluations average the two global networks, a second run keeps
+what the first finished."""
 
 import json
 import os
@@ -9,6 +10,8 @@ import sys
 import tempfile
 import unittest
 from pathlib import Path
+
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -20,11 +23,12 @@ class TestCpuRecipe(unittest.TestCase):
             data, out = tmp / "synthetic", tmp / "recipe"
             # two global networks (the default where bf16 is native; CI's CPU defaults to one: see test_engine)
             env = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONPATH": str(ROOT), "REFINE_MEMBERS": "1",
-                   "GLOBAL_MEMBERS": "2"}
+                   "GLOBAL_MEMBERS": "2", "TOTAL_MINUTES": "0.01"}
             subprocess.run([sys.executable, "-m", "bundle.synthetic", "--out", str(data), "--n-train", "10",
                             "--n-test", "3"], cwd=ROOT, env=env, check=True, capture_output=True)
-            # budgets of about a second: each stage trains its first epoch and stops
-            cmd = ["bash", "scripts/cpu_recipe.sh", str(out), "0.02", "0.02", str(data)]
+            # global budgets of about a second: each trains its first epoch and stops; the refinement keeps refine.yaml's
+            # 16 epochs (REFINE_MINUTES 0), capped by what the global stages left of TOTAL_MINUTES: nothing
+            cmd = ["bash", "scripts/cpu_recipe.sh", str(out), "0.02", "0", str(data)]
             res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
             self.assertEqual(res.returncode, 0, res.stdout[-3000:] + res.stderr[-3000:])
             for stage in ("global", "global_s1", "refine"):
@@ -32,6 +36,10 @@ class TestCpuRecipe(unittest.TestCase):
                 self.assertTrue((out / stage / "done").is_file(), stage)
                 # each budgeted stage re-fits its epochs after every epoch (the default since 0.5.18)
                 self.assertIn(">time_budget_reestimate:'true'", "".join((out / f"{stage}.log").read_text().split()), stage)
+            # the refinement's budget only caps its epochs: the two it times and one more, not 16 (nor more)
+            self.assertIn(">time_budget_lengthen:'false'", "".join((out / "refine.log").read_text().split()))
+            self.assertEqual(torch.load(out / "refine" / "checkpoint_last.pt", weights_only=True)["epoch"], 3)
+            self.assertIn("too few for a good network", res.stderr)
             self.assertFalse((out / "refine_s1").exists())
             for name in ("eval_coarse", "eval_refined"):
                 log = "".join((out / f"{name}.log").read_text().split())  # the log wraps long values

@@ -557,7 +557,7 @@ def _budget_rank(rank: int, init_file: str, result_file: str) -> None:
 class TestTimeBudget(unittest.TestCase):
     """A fake clock: epochs take 1 s, then 3 s from epoch 5 on (another training started on the same GPU)."""
 
-    def _run(self, reestimate: bool):
+    def _run(self, reestimate: bool, max_epochs: int = 1000, lengthen: bool = True, slow_from: int = 4):
         from ignite.engine import Engine
 
         from bundle.engine import TimeBudget
@@ -565,15 +565,25 @@ class TestTimeBudget(unittest.TestCase):
         clock = [0.0]
         trainer = Engine(lambda e, b: None)
         trainer.add_event_handler(
-            Events.EPOCH_COMPLETED, lambda e: clock.__setitem__(0, clock[0] + (1.0 if e.state.epoch <= 4 else 3.0))
+            Events.EPOCH_COMPLETED,
+            lambda e: clock.__setitem__(0, clock[0] + (1.0 if e.state.epoch <= slow_from else 3.0)),
         )
         opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-        schedule = warmup_cosine_schedule(opt, 1, 1000)
-        budget = TimeBudget(1.0, schedule, reestimate=reestimate)  # 60 s
+        schedule = warmup_cosine_schedule(opt, 1, max_epochs)
+        budget = TimeBudget(1.0, schedule, reestimate=reestimate, lengthen=lengthen)  # 60 s
         with mock.patch("bundle.engine.time.perf_counter", lambda: clock[0]):
             budget.attach(trainer)  # the clock advances before the budget looks at each epoch
-            trainer.run([0], max_epochs=1000)
+            trainer.run([0], max_epochs=max_epochs)
         return trainer.state.epoch, clock[0], schedule.lr_lambdas[0].total
+
+    def test_a_cap_trains_the_epochs_asked_when_they_fit(self):
+        """lengthen=False: 20 epochs of 1 s fit 60 s: the run trains its 20, its schedule untouched (not the 60 that fit);
+        when they do not fit (3 s epochs from epoch 5 on) it stops inside the budget, as the filling budget does."""
+        self.assertEqual(self._run(True, max_epochs=20, lengthen=False, slow_from=1000), (20, 20.0, 20))
+        self.assertEqual(self._run(True, max_epochs=1000, lengthen=True, slow_from=1000), (60, 60.0, 60))
+        capped, filled = self._run(True, max_epochs=40, lengthen=False), self._run(True)
+        self.assertEqual(capped, filled)
+        self.assertLess(capped[0], 30)
 
     def test_decides_once_by_default(self):
         epochs, seconds, total = self._run(False)
