@@ -118,7 +118,7 @@ class CorrectBiasd(Transform):
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
         d = dict(data)
-        if self.bias_yx is None or d.get("error") or "pred_mm" not in d:
+        if self.bias_yx is None or "pred_mm" not in d:
             return d
         spacing = torch.as_tensor(d["spacing"]).float().cpu()
         pred_mm = torch.as_tensor(d["pred_mm"]).float().cpu()

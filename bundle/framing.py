@@ -225,7 +225,7 @@ class ReframeImaged(Transform):
         too, and the surest widened reading wins whichever it comes from."""
         d = dict(data)
         d["reframed"], d["widened"] = 0, 0.0
-        if self.model is None or d.get("error") or "pred_mm" not in d or self.image_key not in d:
+        if self.model is None or "pred_mm" not in d or self.image_key not in d:
             return d, 0
         name = d.get("image_name", "image")
         measures, outside = self.measure(d)

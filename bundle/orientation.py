@@ -135,11 +135,6 @@ class OrientImaged(Transform):
         items = {}
         # the reading the input already is (OrientInputd: face left / bone dark applied before the evaluator's pass)
         pre = tuple(bool(v) for v in torch.as_tensor(d.get("preoriented", (False, False))).flatten().tolist())
-        if d.get("error"):  # a file not read (errors.csv): its placeholder gets no other readings and no warning
-            d["mirrored"], d["inverted"] = pre
-            d["reading_spread_mm"] = spreads
-            return d
-
         def item(reading: tuple[bool, bool]) -> dict:
             if reading not in items:
                 change = (reading[0] != pre[0], reading[1] != pre[1])  # from the input as it is

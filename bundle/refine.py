@@ -363,8 +363,8 @@ class RefineLandmarksd(Transform):
     @torch.no_grad()
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
         d = dict(data)
-        if d.get("error") or "pred_landmarks" not in d:
-            return d  # an unreadable image: nothing to refine
+        if "pred_landmarks" not in d:
+            return d  # nothing to refine (a file not read never gets here: bundle.transforms.UnlessErrord)
         image = torch.as_tensor(d[self.image_key]).float().to(self.device)
         scale = torch.as_tensor(d[self.image_key + "_scale"]).float().cpu()
         spacing = torch.as_tensor(d["spacing"]).float().cpu()

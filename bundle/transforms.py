@@ -39,6 +39,7 @@ from .shape import load_shape_model, shape_z_scores
 
 __all__ = [
     "LoadCephalogramd",
+    "UnlessErrord",
     "ResizeLandmarksd",
     "ScaleIntensityRangePercentiles",
     "ScaleIntensityRangePercentilesd",
@@ -181,6 +182,30 @@ class LoadCephalogramd(MapTransform):
         d["pixel_to_lps"] = torch.as_tensor(geometry)  # where Slicer shows each pixel: the Slicer point lists use it
         d["orig_size"] = torch.tensor((h, w), dtype=torch.float32)
         d["scale"] = torch.ones(2)
+
+
+class UnlessErrord(Transform):
+    """Apply ``transforms`` in order to an item unless its file was not read: :class:`LoadCephalogramd` with
+    ``on_error="record"`` puts the problem in ``data["error"]`` and a placeholder image in place of the file, and such
+    an item goes on unchanged (to ``errors.csv``). The post-processing after the decoding (other readings, the
+    refinement, the bias correction, the orientation restored) is wrapped in one, so none of those transforms reads a
+    placeholder, and none of them needs a check of its own.
+
+    Args:
+        transforms: the transforms (a list, or a single one), applied as MONAI's ``Compose`` applies them.
+        error_key: the item's entry that holds the loader's error message (empty or absent: the file was read).
+    """
+
+    def __init__(self, transforms, error_key: str = "error"):
+        from monai.transforms import Compose
+
+        self.transforms = Compose(transforms)
+        self.error_key = error_key
+
+    def __call__(self, data: Mapping[Hashable, object]):
+        if data.get(self.error_key):
+            return data
+        return self.transforms(data)
 
 
 class ResizeLandmarksd(MapTransform):

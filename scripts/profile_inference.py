@@ -73,7 +73,9 @@ def main(argv: list[str] | None = None) -> dict:
                 d = timed(f"pre {i}: {type(transform).__name__}", transform, d)
             logits = timed("global network (inferer)", lambda x: inferer(x["image"][None], net), d)
             d = {**d, "pred": logits[0]}
-            for i, transform in enumerate(post.transforms):
+            # each post-processing transform timed by itself, those inside UnlessErrord too (the files are read)
+            steps_after = [u for t in post.transforms for u in getattr(getattr(t, "transforms", None), "transforms", [t])]
+            for i, transform in enumerate(steps_after):
                 d = timed(f"post {i}: {type(transform).__name__}", transform, d)
             steps["total"].append(time.perf_counter() - t0)
     result = {"what": "median seconds of each inference step per full-size image", "command": "python " + " ".join(

@@ -39,6 +39,27 @@ class TestPipelineSettingsAgree(unittest.TestCase):
             self.assertEqual(e, i, key)
         self.assertIsNone(ev["refine_centre_correction"])
         self.assertIn("models/bias_correction.json", inf["refine_centre_correction"])
+        self.assertEqual(ev["validate#postprocessing"], inf["postprocessing"])
+
+    def test_a_file_not_read_is_only_decoded(self):
+        """After the decoding, the whole post-processing (other readings, refinement, bias, orientation restored) sits
+        in one UnlessErrord: an item whose file was not read passes it untouched, on its way to errors.csv."""
+        from monai.bundle import ConfigParser
+
+        from bundle.transforms import UnlessErrord
+
+        inf = ConfigParser()
+        inf.read_config(str(CONFIGS / "inference.yaml"))
+        post = inf.get_parsed_content("postprocessing").transforms
+        self.assertEqual([type(t).__name__ for t in post], ["HeatmapToLandmarksd", "UnlessErrord"])  # the rest: test_bias
+        called = []
+        spies = UnlessErrord([lambda d, i=i: called.append(i) or d for i in range(5)])
+        item = {"error": "x.png: cannot read image", "pred_landmarks": object()}
+        self.assertIs(post[1](item), item)
+        self.assertIs(spies(item), item)
+        self.assertEqual(called, [])
+        spies({"error": "", "x": 1})
+        self.assertEqual(called, [0, 1, 2, 3, 4])  # a file read goes through every one, in order
 
     def test_every_config_scales_with_the_linear_time_percentiles(self):
         """No config (training, refinement, evaluation, inference) scales intensities with MONAI's transform, which

@@ -325,7 +325,6 @@ class TestReframeImaged(unittest.TestCase):
         self.assertFalse(ReframeImaged(net, infer, decode, None)(d)["reframed"])
         no_copy = {k: v for k, v in d.items() if k != "image_fine"}
         self.assertFalse(ReframeImaged(net, infer, decode, frame_model())(no_copy)["reframed"])
-        self.assertFalse(ReframeImaged(net, infer, decode, frame_model())({**d, "error": "unreadable"})["reframed"])
         with self.assertRaises(ValueError):
             ReframeImaged(net, infer, decode, frame_model(), margin=-1)
         with self.assertRaises(ValueError):
