@@ -158,7 +158,7 @@ class TestConfigWiring(unittest.TestCase):
         from bundle.framing import ReframeImaged
         from bundle.orientation import OrientImaged, RestoreOrientationd
         from bundle.refine import RefineLandmarksd
-        from bundle.transforms import HeatmapToLandmarksd
+        from bundle.transforms import CoarsePixelCheckd, HeatmapToLandmarksd
 
         shipped = str(ROOT / "models" / "bias_correction.json")
         for files, post, extra in (
@@ -172,10 +172,11 @@ class TestConfigWiring(unittest.TestCase):
             chain = parser.get_parsed_content(post).transforms
             chain = [chain[0], *chain[1].transforms.transforms]  # after the decoding: UnlessErrord (test_configs)
             self.assertEqual([type(t) for t in chain],
-                             [HeatmapToLandmarksd, OrientImaged, CorrectBiasd, RefineLandmarksd, CorrectBiasd, RestoreOrientationd])
+                             [HeatmapToLandmarksd, OrientImaged, CorrectBiasd, RefineLandmarksd, CorrectBiasd, RestoreOrientationd,
+                              CoarsePixelCheckd])
             self.assertIsInstance(chain[1].reframe, ReframeImaged)  # each reading framed first: tests/test_framing.py
             self.assertIsNotNone(chain[1].reframe.model)  # the shipped shape model carries the frame model
-            chain = [chain[0], *chain[2:-1]]  # the image's orientation: tests/test_orientation.py
+            chain = [chain[0], *chain[2:-2]]  # the image's orientation: tests/test_orientation.py
             self.assertEqual(chain[1].entry, "global")
             self.assertIsNotNone(chain[1].bias_yx)
             self.assertIsNone(chain[3].bias_yx)  # the final correction is off by default

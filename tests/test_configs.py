@@ -16,7 +16,8 @@ SAME = ["refine_spacing_mm", "refine_context_factor", "crop_size", "refine_coars
         "shape_z_max", "bias_correction", "refine_ckpt_path", "refine_network_def", "refine_network", "fine_transforms",
         "centre_correction", "correct_bias", "use_refine", "tta", "ensemble", "refine_ensemble", "face",
         "bone", "orientation_auto_spread_mm", "restore_orientation", "reframe", "reframe_margin", "reframe_fill", "frame_model",
-        "reframe_unsure_widen", "use_reframe", "orient_input", "runtime", "runtime_cache", "network_runtime"]
+        "reframe_unsure_widen", "use_reframe", "orient_input", "runtime", "runtime_cache", "network_runtime",
+        "coarse_pixel_mm", "check_pixels"]
 # intended differences: evaluation fits calibrations (inference applies them), evaluation can iterate the refinement
 # for experiments, and only inference moves the crop centres by default (evaluate.yaml evaluates any checkpoint)
 ONLY_INFERENCE = {"calibration"}

@@ -142,6 +142,27 @@ def run_script(tc: unittest.TestCase, script: str, *args: str) -> str:
     return run.stdout
 
 
+class TestResolutionProbe(unittest.TestCase):
+    def test_shrunk_images_are_measured_and_the_coarse_ones_checked(self):
+        """scripts/probe_resolution.py on two synthetic cephalograms at 0.1 mm pixels, as they are and shrunk 16 times:
+        a row per factor with both images read and scored against their senior annotation, and only the 1.6 mm
+        pixels listed to check (coarse_pixel_mm 1.0)."""
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            subprocess.run([sys.executable, "-m", "bundle.synthetic", "--out", tmp, "--n-train", "2", "--n-test", "0",
+                            "--size", "2400", "1935"], cwd=ROOT, check=True, capture_output=True)
+            report = json.loads(run_script(self, "probe_resolution.py", "--dataset_dir", tmp, "--names", "001", "002",
+                                           "--factors", "1", "16"))
+        rows = report["rows"]
+        self.assertEqual([(r["pixel_mm"], r["size_wh"], r["images_read"]) for r in rows],
+                         [(0.1, [1935, 2400], 2), (1.6, [121, 150], 2)])
+        coarse = [[c for c in r["checks"] if c.startswith("its pixels are")] for r in rows]
+        self.assertEqual(coarse, [[], ["its pixels are 1.6 x 1.6 mm (121 x 150 pixels), coarser than 1 mm"]])
+        self.assertEqual(rows[1]["images_checked"], 2)
+        self.assertTrue(all(0 < r["mre_mm"] < 50 and r["expected_error_mm"] > 0 for r in rows))
+
+
 class TestRoundingProbe(unittest.TestCase):
     def test_fp32_reading_ignores_the_scalings_rounding(self):
         """scripts/probe_bf16_rounding.py in fp32 on a synthetic cephalogram: MONAI's percentile scaling and the

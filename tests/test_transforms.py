@@ -7,6 +7,7 @@ import torch
 
 from bundle.heatmaps import heatmap_to_landmarks, render_gaussian_heatmaps
 from bundle.transforms import (
+    CoarsePixelCheckd,
     HeatmapToLandmarksd,
     LandmarksToHeatmapd,
     RandAffineLandmarksd,
@@ -88,6 +89,25 @@ class TestLandmarksFollowImage(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class TestCoarsePixelCheck(unittest.TestCase):
+    def test_coarse_pixels_are_listed_to_check(self):
+        """Pixels coarser than max_mm on either axis add a check naming the spacing and the size; finer ones, an
+        existing check list, or the check turned off are left as they are."""
+        item = {"image_name": "a.png", "spacing": torch.tensor([0.1, 0.1]), "orig_size": torch.tensor([2400.0, 1935.0])}
+        self.assertNotIn("checks", CoarsePixelCheckd(1.0)(item))
+        coarse = {**item, "spacing": torch.tensor([0.8, 1.6]), "orig_size": torch.tensor([150.0, 121.0]),
+                  "checks": ["earlier"]}
+        with self.assertLogs("bundle.transforms", "WARNING") as logs:
+            out = CoarsePixelCheckd(1.0)(coarse)
+        self.assertEqual(out["checks"][0], "earlier")
+        self.assertIn("its pixels are 0.8 x 1.6 mm (121 x 150 pixels), coarser than 1 mm", out["checks"][1])
+        self.assertIn("a.png", logs.output[0])
+        self.assertEqual(coarse["checks"], ["earlier"])  # the input item is not changed
+        self.assertEqual(CoarsePixelCheckd(None)(coarse)["checks"], ["earlier"])
+        self.assertEqual(CoarsePixelCheckd(0)(coarse)["checks"], ["earlier"])
+        self.assertEqual(CoarsePixelCheckd(2.0)(coarse)["checks"], ["earlier"])
 
 
 class TestPercentileScaling(unittest.TestCase):
