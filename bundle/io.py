@@ -14,7 +14,7 @@ import logging
 import os
 import random
 from collections.abc import Sequence
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 
@@ -126,12 +126,16 @@ def is_image_file(path: str | Path) -> bool:
 
 
 def image_stem(name: str | Path) -> str:
-    """An image's file name without its image suffix: ``1.2.840.1.dcm`` -> ``1.2.840.1``, ``ceph.nii.gz`` -> ``ceph``;
-    a name without one (a DICOM found by its content) stays whole. Its landmark file is ``<stem><landmark_suffix>``
-    and its inference outputs ``<stem>.mrk.json``, ``<stem>_overlay.png`` (see :func:`output_stems`)."""
-    name = Path(name).name
+    """An image's name without its image suffix: ``1.2.840.1.dcm`` -> ``1.2.840.1``, ``ceph.nii.gz`` -> ``ceph``;
+    a name without one (a DICOM found by its content) stays whole. The folders of a name relative to the input folder
+    stay (``series1/IM0001.dcm`` -> ``series1/IM0001``: :func:`folder_datalist` with ``recursive``). Its landmark file
+    is ``<stem><landmark_suffix>`` and its inference outputs ``<stem>.mrk.json``, ``<stem>_overlay.png`` (see
+    :func:`output_stems`)."""
+    path = PurePosixPath(Path(name).as_posix())
+    name = path.name
     suffix = _suffix(Path(name))
-    return name[: -len(suffix)] if suffix in IMAGE_SUFFIXES and len(suffix) < len(name) else name
+    stem = name[: -len(suffix)] if suffix in IMAGE_SUFFIXES and len(suffix) < len(name) else name
+    return (path.parent / stem).as_posix()
 
 
 def output_stems(names: Sequence[str], taken: dict[str, str] | None = None) -> dict[str, str]:
@@ -145,7 +149,8 @@ def output_stems(names: Sequence[str], taken: dict[str, str] | None = None) -> d
     for name in names:
         stem = image_stem(name)
         if taken.setdefault(stem, name) != name:
-            base = stem = Path(name).name.replace(".", "_")
+            path = PurePosixPath(Path(name).as_posix())
+            base = stem = (path.parent / path.name.replace(".", "_")).as_posix()
             k = 1
             while taken.setdefault(stem, name) != name:
                 k += 1
@@ -536,23 +541,40 @@ def n_cv_folds(val_fraction: float) -> int:
     return max(2, int(round(1.0 / val_fraction)))
 
 
-def folder_datalist(input_dir: str | Path, landmark_suffix: str | None = None) -> list[dict]:
-    """Every image in ``input_dir`` (sorted by name), for inference or for a user's own data set.
+def folder_datalist(input_dir: str | Path, landmark_suffix: str | None = None, recursive: bool | str = False,
+                    exclude: Sequence[str | Path | None] = ()) -> list[dict]:
+    """Every image in ``input_dir`` (sorted by name), for inference or for a user's own data set. Each item names its
+    image by its path relative to ``input_dir`` (``image_name``: the file name, or ``series1/IM0001`` in a subfolder).
 
     Args:
         landmark_suffix: when given (``".csv"``, ``".txt"``, ``".mrk.json"``), each image ``NAME.ext`` takes its
             landmarks from ``NAME<landmark_suffix>`` beside it.
+        recursive: the images in the subfolders too, at any depth (a PACS export's tree of patients and series);
+            hidden folders (``.name``) and those in ``exclude`` are left out, and a folder linked twice is read once.
+        exclude: folders not to look in (inference passes its output folder, which may lie inside ``input_dir``).
     """
+    from monai.utils import str2bool
+
     root = Path(input_dir)
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: input folder not found")
+    recursive = str2bool(str(recursive), raise_exc=False)
+    seen = {Path(e).resolve() for e in exclude if e}
+
+    def images(folder: Path):
+        seen.add(folder.resolve())
+        for p in sorted(folder.iterdir()):
+            if p.is_dir():
+                if recursive and not p.name.startswith(".") and p.resolve() not in seen:
+                    yield from images(p)
+            elif is_image_file(p):
+                yield p
+
     items = []
-    for p in sorted(root.iterdir()):
-        if not is_image_file(p):
-            continue
-        item: dict = {"image": str(p)}
+    for p in images(root):
+        item: dict = {"image": str(p), "image_name": p.relative_to(root).as_posix()}
         if landmark_suffix:
-            item["label_files"] = [str(root / f"{image_stem(p.name)}{landmark_suffix}")]
+            item["label_files"] = [str(p.parent / f"{image_stem(p.name)}{landmark_suffix}")]
         items.append(item)
     return items
 

@@ -342,14 +342,20 @@ def _rows_by_image(path: Path, header: Sequence[str]) -> dict[str, list[list[str
     return out
 
 
-def nothing_to_do(input_dir: str | Path, output_dir: str | Path) -> None:
+def nothing_to_do(input_dir: str | Path, output_dir: str | Path, recursive=False) -> None:
     """What inference says when its data list is empty: every image of ``input_dir`` already done (``--resume
-    true``), or no image there at all, which is an error that names the folder."""
+    true``), or no image there at all, which is an error that names the folder (and says ``--recursive true`` when its
+    subfolders hold images)."""
+    from monai.utils import str2bool
+
     from .io import IMAGE_SUFFIXES, folder_datalist
 
-    if not folder_datalist(input_dir):
-        raise FileNotFoundError(f"{input_dir}: no images found (looked for {', '.join(IMAGE_SUFFIXES)} and DICOM files by "
-                                "their content)")
+    recursive = str2bool(str(recursive), raise_exc=False)
+    if not folder_datalist(input_dir, recursive=recursive, exclude=[output_dir]):
+        nested = not recursive and folder_datalist(input_dir, recursive=True, exclude=[output_dir])
+        raise FileNotFoundError(
+            f"{input_dir}: no images found (looked for {', '.join(IMAGE_SUFFIXES)} and DICOM files by their content)"
+            + (f"; its subfolders hold {len(nested)}: add --recursive true to read them" if nested else ""))
     logger.info("every image of %s already has its results in %s", input_dir, output_dir)
 
 
@@ -377,7 +383,7 @@ def finished_images(output_dir: str | Path, n_landmarks: int, overlay: bool = Tr
 
 def pending_datalist(items: Sequence[dict], output_dir: str | Path, names: Sequence[str], resume=False,
                      overlay=True) -> list[dict]:
-    """The inference data list: every item, or with ``resume`` only those whose image (by file name) an earlier run
+    """The inference data list: every item, or with ``resume`` only those whose image (by name) an earlier run
     into ``output_dir`` has not finished (:func:`finished_images`); images that could not be read are tried again."""
     from monai.utils import str2bool
 
@@ -385,7 +391,7 @@ def pending_datalist(items: Sequence[dict], output_dir: str | Path, names: Seque
     if not str2bool(str(resume), raise_exc=False):
         return items
     done = finished_images(output_dir, len(names), str2bool(str(overlay), raise_exc=False))
-    pending = [item for item in items if Path(str(item["image"])).name not in done]
+    pending = [item for item in items if str(item.get("image_name") or Path(str(item["image"])).name) not in done]
     logger.info("resuming in %s: %d of %d image(s) already done, %d to do", output_dir, len(items) - len(pending),
                 len(items), len(pending))
     return pending
@@ -576,6 +582,7 @@ class LandmarkOutputWriter:
                                                    r["meaning"]] for r in analysis])
                 caption = analysis_caption(analysis)
         stem = self._stem(name)
+        (self.output_dir / stem).parent.mkdir(parents=True, exist_ok=True)  # an image in a subfolder: the same one here
         geometry = item.get("pixel_to_lps")
         geometry = None if geometry is None else torch.as_tensor(geometry).double().cpu().numpy()
         markups = slicer_markups(xy, self.names, geometry, [f"uncertainty {u:.2f} mm" for u in unc])

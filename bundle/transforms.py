@@ -120,7 +120,7 @@ class LoadCephalogramd(MapTransform):
         d = dict(data)
         key = self.keys[0]
         path = str(d[key])
-        d["image_name"] = Path(path).name
+        d["image_name"] = str(d.get("image_name") or Path(path).name)  # the data list's (a path in a subfolder) or the file's
         d["image_path"] = path
         try:
             self._load(d, key, path)

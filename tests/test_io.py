@@ -308,6 +308,35 @@ class TestDicom(unittest.TestCase):
         self.assertEqual(output_stems(["a.png", "a.jpg", "b.png", "a.nii.gz"]),
                          {"a.png": "a", "a.jpg": "a_jpg", "b.png": "b", "a.nii.gz": "a_nii_gz"})
 
+    def test_a_folder_tree_is_read_with_recursive(self):
+        """A PACS export's tree (patient/series/IM0001, the same file name in every series): with ``recursive`` each
+        image is found and named by its path under the input folder, so names, output stems and landmark files beside
+        the images stay apart; hidden folders, the excluded output folder and a folder linked twice are not read again;
+        without ``recursive`` only the top folder's images are."""
+        from bundle.io import folder_datalist, image_stem, output_stems
+        from bundle.transforms import LoadCephalogramd
+
+        with tempfile.TemporaryDirectory() as tmp:
+            root = Path(tmp)
+            pixels = np.arange(40 * 30, dtype=np.uint16).reshape(40, 30)
+            for series in ("p1/s1", "p1/s2", "p2/s1", ".cache", "out"):
+                (root / series).mkdir(parents=True)
+                write_dicom(root / series / "IM0001", pixels, spacing=(0.12, 0.15))
+                (root / series / "IM0001.csv").write_text("1,2\n")
+            Image.fromarray(pixels.astype(np.uint8)).save(root / "top.png")
+            (root / "p2" / "again").symlink_to(root / "p1", target_is_directory=True)  # read once, as p1
+            self.assertEqual([i["image_name"] for i in folder_datalist(root)], ["top.png"])
+            items = folder_datalist(root, ".csv", recursive="true", exclude=[root / "out"])
+            names = [i["image_name"] for i in items]
+            self.assertEqual(names, ["p1/s1/IM0001", "p1/s2/IM0001", "p2/s1/IM0001", "top.png"])
+            self.assertEqual(items[1]["label_files"], [str(root / "p1" / "s2" / "IM0001.csv")])
+            self.assertEqual([image_stem(n) for n in names], ["p1/s1/IM0001", "p1/s2/IM0001", "p2/s1/IM0001", "top"])
+            self.assertEqual(output_stems(["s1/a.png", "s1/a.jpg", "s2/a.png"]),
+                             {"s1/a.png": "s1/a", "s1/a.jpg": "s1/a_jpg", "s2/a.png": "s2/a"})
+            d = LoadCephalogramd()({k: v for k, v in items[2].items() if k != "label_files"})
+            self.assertEqual((d["image_name"], d["image_path"]), ("p2/s1/IM0001", str(root / "p2" / "s1" / "IM0001")))
+            self.assertEqual(LoadCephalogramd()({"image": str(root / "top.png")})["image_name"], "top.png")
+
     def test_dicom_spacing_mm_reaches_every_loader(self):
         """``--dicom_spacing_mm`` on the command line reaches the loaders of training, refinement training and
         inference (evaluation uses training's)."""

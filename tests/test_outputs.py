@@ -271,6 +271,13 @@ class TestResumeGuards(unittest.TestCase):
             with self.assertRaises(FileNotFoundError) as cm:
                 nothing_to_do(tmp, "out")
             self.assertIn(f"{tmp}: no images found", str(cm.exception))
+            (Path(tmp) / "series").mkdir()
+            Image.fromarray(np.zeros((16, 16), np.uint8)).save(Path(tmp) / "series" / "a.png")
+            with self.assertRaisesRegex(FileNotFoundError, "its subfolders hold 1: add --recursive true to read them"):
+                nothing_to_do(tmp, "out")
+            with self.assertLogs("bundle.outputs", "INFO") as logs:
+                nothing_to_do(tmp, "out", recursive="true")
+            self.assertIn("already has its results in out", logs.output[0])
             Image.fromarray(np.zeros((16, 16), np.uint8)).save(Path(tmp) / "a.png")
             with self.assertLogs("bundle.outputs", "INFO") as logs:
                 nothing_to_do(tmp, "out")

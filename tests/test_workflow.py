@@ -207,6 +207,36 @@ class TestBundleWorkflow(unittest.TestCase):
         for name in good:
             self.assertIn(f"<h2>{name}</h2>", report)
 
+    def test_3b_inference_on_a_folder_tree(self):
+        """--recursive true on a PACS-like tree (the same file name in two series) with the output folder inside the
+        input folder: each image is named by its path, its outputs go to the same subfolders of the output folder,
+        report.html links them there, and nothing of the output folder is read as input; --resume finds them."""
+        inp = self.tmp / "tree"
+        images = sorted((self.data / "RawImage" / "Test1Data").iterdir())[:2]
+        for series, image in zip(("p1/s1", "p2/s1"), images):
+            (inp / series).mkdir(parents=True)
+            shutil.copy(image, inp / series / "ceph.png")
+        out = inp / "out"
+        common = dict(workflow_type="infer", config_file=UNET_INFERENCE, logging_file=False,
+                      meta_file=str(CONFIGS / "metadata.json"), bundle_root=str(ROOT), input_dir=str(inp),
+                      output_dir=str(out), ckpt_path=str(self.runs / "model.pt"), image_size=[64, 48], num_workers=0,
+                      recursive="true", **UNET_AS_TRAINED)
+        wf = ConfigWorkflow(**common)
+        wf.initialize()
+        wf.run()
+        wf.finalize()
+        with open(out / "landmarks.csv") as f:
+            rows = list(csv.DictReader(f))
+        self.assertEqual(sorted({r["image"] for r in rows}), ["p1/s1/ceph.png", "p2/s1/ceph.png"])
+        report = (out / "report.html").read_text()
+        for series in ("p1/s1", "p2/s1"):
+            self.assertTrue((out / series / "ceph.mrk.json").is_file())
+            self.assertTrue((out / series / "ceph_overlay.png").is_file())
+            self.assertIn(f"<a href='{series}/ceph_overlay.png'>", report)
+        wf = ConfigWorkflow(**common, resume=True)  # the overlays now in out/ are not inputs, and both are done
+        wf.initialize()
+        self.assertEqual(wf.parser.get_parsed_content("datalist"), [])
+
     def test_5_resume_continues_the_run(self):
         ckpt = torch.load(self.runs / "checkpoint_last.pt", map_location="cpu", weights_only=True)
         self.assertEqual(ckpt["epoch"], 2)
