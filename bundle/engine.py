@@ -320,7 +320,6 @@ class TimeBudget:
         self._engine = None
         self._start: float | None = None
         self._before = 0.0  # seconds trained before this process started (a resumed run)
-        self._restored = False
         self._epoch0: int | None = None  # epochs whose time is not known (a resumed run without saved state)
         self._ends: list[float] = []  # seconds trained at the end of each epoch timed since the decision began
 
@@ -349,7 +348,6 @@ class TimeBudget:
         self.decided_epochs = state["decided_epochs"]
         self._ends = [float(t) for t in state["ends"]]
         self._epoch0 = state.get("epoch0") or 0
-        self._restored = True
         if self.minutes and self.decided_epochs is not None and self._engine is not None:
             self._engine.state.max_epochs = int(self.decided_epochs)
 
