@@ -588,6 +588,7 @@ def landmark_datalist(
     limit: int | None = None,
     fold: int | None = None,
     landmark_suffix: str | None = None,
+    recursive: bool | str = False,
 ) -> list[dict]:
     """The data list of either layout, one call for training, validation and evaluation configs.
 
@@ -595,13 +596,14 @@ def landmark_datalist(
     as there). With one (``".csv"``, ``".txt"``, ``".mrk.json"``), it is a folder of images with their landmarks
     beside them (:func:`folder_datalist`, ``configs/folder_data.yaml``): ``"train"`` / ``"val"`` (and ``fold``) split
     it as :func:`split_datalist` does, ``"trainval"`` and ``"test"`` take every image in it (evaluate a test set by
-    pointing ``--dataset_dir`` at its own folder), and ``ground_truth`` does not apply (one annotation per image).
+    pointing ``--dataset_dir`` at its own folder), and ``ground_truth`` does not apply (one annotation per image);
+    ``recursive`` takes the images of its subfolders too (each with its landmark file beside it).
     """
     if not landmark_suffix:
         return isbi_datalist(data_root, split, ground_truth, val_fraction, seed, limit, fold)
     if split not in ("train", "val", "trainval", "test"):
         raise ValueError(f"split should be train, val, trainval or test, got {split!r}.")
-    items = folder_datalist(data_root, landmark_suffix)
+    items = folder_datalist(data_root, landmark_suffix, recursive=recursive)
     if not items:
         raise FileNotFoundError(f"{data_root}: no images found (looked for {', '.join(IMAGE_SUFFIXES)} and DICOM "
                                 "files by their content)")

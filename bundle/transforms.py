@@ -167,7 +167,7 @@ class LoadCephalogramd(MapTransform):
             )
         files = d.get(self.label_key)
         if files:
-            pts = [read_landmarks(f, self.n_landmarks, image_name=d["image_name"], pixel_to_lps=geometry) for f in files]
+            pts = [read_landmarks(f, self.n_landmarks, image_name=Path(path).name, pixel_to_lps=geometry) for f in files]
             for f, p in zip(files, pts):
                 outside = np.where((p[:, 0] < -0.5) | (p[:, 0] > h - 0.5) | (p[:, 1] < -0.5) | (p[:, 1] > w - 0.5))[0]
                 if outside.size:

@@ -66,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dataset_dir", required=True, help="an ISBI 2015-layout folder, or an own folder with --landmark_suffix")
     ap.add_argument("--out", required=True, help="the JSON file to write")
     ap.add_argument("--landmark_suffix", default=None, help=".csv | .txt | .mrk.json: a folder of images with landmark files beside them")
+    ap.add_argument("--recursive", action="store_true", help="with --landmark_suffix: the subfolders' images too, as "
+                    "training's --recursive true")
     ap.add_argument("--split", default="trainval", choices=["trainval", "train"])
     ap.add_argument("--val_fold", type=int, default=None, help="cross-validation fold held out (with --split train)")
     ap.add_argument("--ground_truth", default="mean", choices=["mean", "senior", "junior"], help="ISBI layout only")
@@ -96,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         extents = [picture_extent_mm(item["image"], item["spacing_mm"]) for item in items]
     else:
         items = landmark_datalist(args.dataset_dir, args.split, args.ground_truth, args.val_fraction, args.split_seed,
-                                  None, args.val_fold, args.landmark_suffix)
+                                  None, args.val_fold, args.landmark_suffix, args.recursive)
         shapes, extents, problems = folder_shapes(items, args.n_landmarks, args.pixel_spacing_mm, args.dicom_spacing_mm)
     if len(shapes) < 2:
         print(f"error: {len(shapes)} readable annotated images in {args.dataset_dir}; a shape model needs at least 2",

@@ -176,6 +176,15 @@ class TestOwnDataFolder(unittest.TestCase):
                 landmark_datalist(root, "train")
             with self.assertRaises(FileNotFoundError):
                 landmark_datalist(root / "case0.csv", "test", landmark_suffix=".csv")
+            # a folder per patient, each image's CSV beside it naming the image by its file name: read with recursive
+            (root / "p9").mkdir()
+            Image.fromarray(rng.integers(0, 255, (40, 30), dtype=np.uint8)).save(root / "p9" / "case0.png")
+            (root / "p9" / "case0.csv").write_text("image,x,y\n" + "".join(f"case0.png,{v},{v}\n" for v in (3, 4, 5)))
+            self.assertEqual(landmark_datalist(root, "test", landmark_suffix=".csv"), items)  # not without it
+            nested = landmark_datalist(root, "test", landmark_suffix=".csv", recursive=True)
+            self.assertEqual([i["image_name"] for i in nested], [f"case{i}.png" for i in range(5)] + ["p9/case0.png"])
+            d = LoadCephalogramd(n_landmarks=3)(nested[-1])
+            self.assertEqual((d["image_name"], d["landmarks"][:, 0].tolist()), ("p9/case0.png", [3.0, 4.0, 5.0]))
 
 
 def write_dicom(path: Path, pixels: np.ndarray, spacing=None, monochrome1: bool = False, position=None,
