@@ -576,6 +576,12 @@ def folder_datalist(input_dir: str | Path, landmark_suffix: str | None = None, r
         if landmark_suffix:
             item["label_files"] = [str(p.parent / f"{image_stem(p.name)}{landmark_suffix}")]
         items.append(item)
+    if items and not recursive:  # say so when subfolders hold images too (the first one found ends the look)
+        sub = next((q for d in sorted(root.iterdir()) if d.is_dir() and not d.name.startswith(".") and d.resolve() not in seen
+                    for q in d.rglob("*") if is_image_file(q)), None)
+        if sub is not None:
+            logger.info("%s: reading the %d image(s) in the folder itself; its subfolders hold more (e.g. %s): "
+                        "--recursive true reads them too", root, len(items), sub.relative_to(root).as_posix())
     return items
 
 

@@ -334,7 +334,14 @@ class TestDicom(unittest.TestCase):
                 (root / series / "IM0001.csv").write_text("1,2\n")
             Image.fromarray(pixels.astype(np.uint8)).save(root / "top.png")
             (root / "p2" / "again").symlink_to(root / "p1", target_is_directory=True)  # read once, as p1
-            self.assertEqual([i["image_name"] for i in folder_datalist(root)], ["top.png"])
+            with self.assertLogs("bundle.io", "INFO") as logs:  # and says the subfolders hold more
+                self.assertEqual([i["image_name"] for i in folder_datalist(root)], ["top.png"])
+            self.assertIn("its subfolders hold more (e.g. out/IM0001): --recursive true reads them too", logs.output[0])
+            with self.assertLogs("bundle.io", "INFO") as logs:  # not the excluded output folder's, nor the hidden one's
+                folder_datalist(root, exclude=[root / "out"])
+            self.assertIn("(e.g. p1/s1/IM0001)", logs.output[0])
+            with self.assertNoLogs("bundle.io", "INFO"):  # a folder without subfolders: nothing to say
+                folder_datalist(root / "p2" / "s1")
             items = folder_datalist(root, ".csv", recursive="true", exclude=[root / "out"])
             names = [i["image_name"] for i in items]
             self.assertEqual(names, ["p1/s1/IM0001", "p1/s2/IM0001", "p2/s1/IM0001", "top.png"])
