@@ -561,24 +561,23 @@ def folder_datalist(input_dir: str | Path, landmark_suffix: str | None = None, r
     recursive = str2bool(str(recursive), raise_exc=False)
     seen = {Path(e).resolve() for e in exclude if e}
 
-    def images(folder: Path):
+    def images(folder: Path, deep: bool):
         seen.add(folder.resolve())
         for p in sorted(folder.iterdir()):
             if p.is_dir():
-                if recursive and not p.name.startswith(".") and p.resolve() not in seen:
-                    yield from images(p)
+                if deep and not p.name.startswith(".") and p.resolve() not in seen:
+                    yield from images(p, deep)
             elif is_image_file(p):
                 yield p
 
     items = []
-    for p in images(root):
+    for p in images(root, recursive):
         item: dict = {"image": str(p), "image_name": p.relative_to(root).as_posix()}
         if landmark_suffix:
             item["label_files"] = [str(p.parent / f"{image_stem(p.name)}{landmark_suffix}")]
         items.append(item)
     if items and not recursive:  # say so when subfolders hold images too (the first one found ends the look)
-        sub = next((q for d in sorted(root.iterdir()) if d.is_dir() and not d.name.startswith(".") and d.resolve() not in seen
-                    for q in d.rglob("*") if is_image_file(q)), None)
+        sub = next((q for q in images(root, True) if q.parent != root), None)
         if sub is not None:
             logger.info("%s: reading the %d image(s) in the folder itself; its subfolders hold more (e.g. %s): "
                         "--recursive true reads them too", root, len(items), sub.relative_to(root).as_posix())

@@ -336,7 +336,8 @@ class TestDicom(unittest.TestCase):
             (root / "p2" / "again").symlink_to(root / "p1", target_is_directory=True)  # read once, as p1
             with self.assertLogs("bundle.io", "INFO") as logs:  # and says the subfolders hold more
                 self.assertEqual([i["image_name"] for i in folder_datalist(root)], ["top.png"])
-            self.assertIn("its subfolders hold more (e.g. out/IM0001): --recursive true reads them too", logs.output[0])
+            self.assertIn("reading the 1 image(s) in the folder itself; its subfolders hold more (e.g. out/IM0001): "
+                          "--recursive true reads them too", logs.output[0])
             with self.assertLogs("bundle.io", "INFO") as logs:  # not the excluded output folder's, nor the hidden one's
                 folder_datalist(root, exclude=[root / "out"])
             self.assertIn("(e.g. p1/s1/IM0001)", logs.output[0])
@@ -352,6 +353,12 @@ class TestDicom(unittest.TestCase):
             d = LoadCephalogramd()({k: v for k, v in items[2].items() if k != "label_files"})
             self.assertEqual((d["image_name"], d["image_path"]), ("p2/s1/IM0001", str(root / "p2" / "s1" / "IM0001")))
             self.assertEqual(LoadCephalogramd()({"image": str(root / "top.png")})["image_name"], "top.png")
+            (root / "z" / "y").mkdir(parents=True)  # the example is a subfolder's image, not the folder's own first one
+            Image.fromarray(pixels.astype(np.uint8)).save(root / "z" / "a.png")
+            Image.fromarray(pixels.astype(np.uint8)).save(root / "z" / "y" / "b.png")
+            with self.assertLogs("bundle.io", "INFO") as logs:
+                folder_datalist(root / "z")
+            self.assertIn("(e.g. y/b.png)", logs.output[0])
 
     def test_dicom_spacing_mm_reaches_every_loader(self):
         """``--dicom_spacing_mm`` on the command line reaches the loaders of training, refinement training and
