@@ -360,7 +360,7 @@ class TimeBudget:
             self._epoch0 = engine.state.epoch - 1
 
     def _epoch_completed(self, engine) -> None:
-        done = engine.state.epoch - (self._epoch0 or 0)
+        done = engine.state.epoch - self._epoch0
         if done < self.measure_epochs or (self.decided_epochs is not None and not self.reestimate):
             return
         elapsed = self.elapsed()
@@ -372,7 +372,9 @@ class TimeBudget:
         fit = max(engine.state.epoch + 1, engine.state.epoch + int(remaining // per_epoch))
         if not self.lengthen and self._ceiling is not None:
             fit = min(fit, int(self._ceiling))
-        total = _rank0_decides(fit)
+        import ignite.distributed as idist
+
+        total = int(idist.broadcast(fit, src=0))  # under DDP each rank's clock differs: all take rank 0's decision
         if self.decided_epochs is not None and total >= engine.state.max_epochs:
             return  # later epochs only shorten the run: the end of the schedule never moves out
         first = self.decided_epochs is None
@@ -386,17 +388,6 @@ class TimeBudget:
             "time budget %.1f min: %.1f s per epoch, training for %d epochs%s", self.minutes, per_epoch, total,
             "" if first else " (re-estimated)",
         )
-
-
-def _rank0_decides(value: int) -> int:
-    """``value`` as rank 0 has it when torch.distributed runs (each rank's clock differs), else ``value``."""
-    dist = torch.distributed
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return int(value)
-    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
-    t = torch.tensor([int(value)], dtype=torch.int64, device=device)
-    dist.broadcast(t, src=0)
-    return int(t.item())
 
 
 class LearningCurveWriter:

@@ -125,6 +125,12 @@ def is_image_file(path: str | Path) -> bool:
     return _suffix(path) in IMAGE_SUFFIXES or is_dicom(path)
 
 
+def item_image_name(item: dict) -> str:
+    """The name an item's image goes by in the outputs and on resume: the data list's ``image_name`` (its path under the
+    input folder, :func:`folder_datalist`), else its file name."""
+    return str(item.get("image_name") or Path(str(item["image"])).name)
+
+
 def image_stem(name: str | Path) -> str:
     """An image's name without its image suffix: ``1.2.840.1.dcm`` -> ``1.2.840.1``, ``ceph.nii.gz`` -> ``ceph``;
     a name without one (a DICOM found by its content) stays whole. The folders of a name relative to the input folder
@@ -577,7 +583,8 @@ def folder_datalist(input_dir: str | Path, landmark_suffix: str | None = None, r
             item["label_files"] = [str(p.parent / f"{image_stem(p.name)}{landmark_suffix}")]
         items.append(item)
     if items and not recursive:  # say so when subfolders hold images too (the first one found ends the look)
-        sub = next((q for q in images(root, True) if q.parent != root), None)
+        subfolders = (d for d in sorted(root.iterdir()) if d.is_dir() and not d.name.startswith(".") and d.resolve() not in seen)
+        sub = next((q for d in subfolders for q in images(d, True)), None)
         if sub is not None:
             logger.info("%s: reading the %d image(s) in the folder itself; its subfolders hold more (e.g. %s): "
                         "--recursive true reads them too", root, len(items), sub.relative_to(root).as_posix())

@@ -135,6 +135,7 @@ class OrientImaged(Transform):
         items = {}
         # the reading the input already is (OrientInputd: face left / bone dark applied before the evaluator's pass)
         pre = tuple(bool(v) for v in torch.as_tensor(d.get("preoriented", (False, False))).flatten().tolist())
+
         def item(reading: tuple[bool, bool]) -> dict:
             if reading not in items:
                 change = (reading[0] != pre[0], reading[1] != pre[1])  # from the input as it is

@@ -387,11 +387,13 @@ def pending_datalist(items: Sequence[dict], output_dir: str | Path, names: Seque
     into ``output_dir`` has not finished (:func:`finished_images`); images that could not be read are tried again."""
     from monai.utils import str2bool
 
+    from .io import item_image_name
+
     items = list(items)
     if not str2bool(str(resume), raise_exc=False):
         return items
     done = finished_images(output_dir, len(names), str2bool(str(overlay), raise_exc=False))
-    pending = [item for item in items if str(item.get("image_name") or Path(str(item["image"])).name) not in done]
+    pending = [item for item in items if item_image_name(item) not in done]
     logger.info("resuming in %s: %d of %d image(s) already done, %d to do", output_dir, len(items) - len(pending),
                 len(items), len(pending))
     return pending

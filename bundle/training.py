@@ -423,10 +423,10 @@ class ResumableCheckpoint:
     def load(self, engine: Any) -> None:
         """Restore the objects, RNG states and the trainer's epoch/iteration from the checkpoint file."""
         ckpt = torch.load(self.path, map_location="cpu", weights_only=True)
-        missing = [k for k in self.save_dict if k not in ckpt and k not in self.optional]
+        absent = [k for k in self.save_dict if k not in ckpt]
+        missing = [k for k in absent if k not in self.optional]
         if missing:
             raise ValueError(f"checkpoint {self.path} lacks {missing}; it holds {sorted(ckpt)}.")
-        absent = [k for k in self.save_dict if k not in ckpt]
         if absent:
             logger.warning("checkpoint %s was written without %s (an older version): they start afresh.", self.path, absent)
         for name, obj in self.save_dict.items():

@@ -34,7 +34,8 @@ from monai.transforms import ScaleIntensityRangePercentilesd as _MonaiScaleInten
 from monai.utils import TransformBackends, convert_to_tensor
 
 from .heatmaps import heatmap_spread, heatmap_to_landmarks, render_gaussian_heatmaps
-from .io import DICOM_SPACING_TAGS, PICTURE_GEOMETRY, CephDataError, is_dicom, read_image_geometry, read_landmarks
+from .io import (DICOM_SPACING_TAGS, PICTURE_GEOMETRY, CephDataError, is_dicom, item_image_name, read_image_geometry,
+                 read_landmarks)
 from .shape import load_shape_model, shape_z_scores
 
 __all__ = [
@@ -120,7 +121,7 @@ class LoadCephalogramd(MapTransform):
         d = dict(data)
         key = self.keys[0]
         path = str(d[key])
-        d["image_name"] = str(d.get("image_name") or Path(path).name)  # the data list's (a path in a subfolder) or the file's
+        d["image_name"] = item_image_name(d)  # the data list's (a path in a subfolder) or the file's
         d["image_path"] = path
         try:
             self._load(d, key, path)
