@@ -441,16 +441,116 @@ def read_slicer_landmarks(path: str | Path, n_landmarks: int | None = None,
     return _check_landmarks(path, xy, n_landmarks)
 
 
+LABEL_MAP_SUFFIXES = (".nrrd", ".nii", ".nii.gz", ".mha", ".mhd")
+
+
+def _label_centre(mask: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """``(row, col)`` of a landmark's region: the centre of the circle fitted to its edge where it meets the
+    background (a disc cut by a neighbour's, or by the image's edge, keeps its centre; its centroid would move away),
+    or the region's centroid when fewer than 8 such edge points are left or the circle's centre falls outside the
+    region's bounding box (a region painted by hand into another shape). The edge points are the midpoints between a
+    region pixel and a background pixel next to it, away from other regions and from the image's edge."""
+    rows, cols = np.nonzero(mask)
+    centroid = np.array([rows.mean(), cols.mean()])
+    h, w = labels.shape
+    others = (labels != 0) & ~mask
+    near_others = others.copy()  # within 2 pixels of another region: the cut, not the circle
+    for dr in range(-2, 3):
+        for dc in range(-2, 3):
+            near_others |= np.roll(np.roll(others, dr, axis=0), dc, axis=1)
+    points = []
+    for dr, dc in ((-1, 0), (1, 0), (0, -1), (0, 1)):
+        r, c = rows + dr, cols + dc
+        inside = (r >= 2) & (r < h - 2) & (c >= 2) & (c < w - 2)
+        r0, c0, r, c = rows[inside], cols[inside], r[inside], c[inside]
+        edge = (labels[r, c] == 0) & ~near_others[r, c] & ~near_others[r0, c0]
+        points.append(np.stack([(r0[edge] + r[edge]) / 2, (c0[edge] + c[edge]) / 2], axis=1))
+    pts = np.concatenate(points).astype(np.float64)
+    if len(pts) < 8:
+        return centroid
+    # algebraic circle fit (Kasa): r^2 + c^2 + D r + E c + F = 0 in the least-squares sense
+    a = np.concatenate([pts, np.ones((len(pts), 1))], axis=1)
+    sol = np.linalg.lstsq(a, -(pts ** 2).sum(axis=1), rcond=None)[0]
+    centre = -sol[:2] / 2
+    if not (rows.min() - 1 <= centre[0] <= rows.max() + 1 and cols.min() - 1 <= centre[1] <= cols.max() + 1):
+        return centroid
+    return centre
+
+
+def read_label_map_landmarks(path: str | Path, n_landmarks: int | None = None,
+                             pixel_to_lps: np.ndarray | None = None) -> np.ndarray:
+    """Read landmarks from a label map (NRRD, NIfTI, MHA) in which landmark ``i`` is the region of value ``i``: the
+    discs that :func:`bundle.serving.write_label_map` draws (the MONAI Label app's answer), as 3D Slicer saves them
+    after a landmark was moved or painted again. Each landmark is its region's centre (:func:`_label_centre`), taken
+    through the label map's own geometry (origin, spacing, direction) to the image's pixels with the image's
+    ``pixel_to_lps`` (None: a plain picture, 1 mm pixels from the origin), so a label map on another grid than the
+    image's is read right too.
+
+    Returns:
+        ``(N, 2)`` float32 landmarks as ``(y, x)`` pixels; ``N`` is ``n_landmarks``, else the largest label value.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CephDataError(path, "landmark file not found")
+    try:
+        import itk
+
+        image = itk.imread(str(path))
+        labels = np.asarray(itk.array_from_image(image))
+    except Exception as e:  # noqa: BLE001 - ITK raises RuntimeError and others for files it cannot read
+        raise CephDataError(path, f"cannot read label map ({type(e).__name__}: {e})") from None
+    dims = image.GetImageDimension()
+    if not (dims == 2 or (dims == 3 and labels.shape[0] == 1)) or min(labels.shape[-2:]) < 2:
+        raise CephDataError(path, f"expected a 2D label map (or a volume of one slice), got size "
+                                  f"{' x '.join(map(str, labels.shape[::-1]))}")
+    if not np.issubdtype(labels.dtype, np.integer):
+        if not np.all(np.isfinite(labels)) or np.any(labels != np.round(labels)):
+            raise CephDataError(path, "not a label map: its values are not whole numbers")
+        labels = labels.astype(np.int64)
+    plane = labels.reshape(labels.shape[-2:])  # (rows, cols): ITK's index (x = col, y = row[, slice 0])
+    n = int(n_landmarks) if n_landmarks else int(plane.max())
+    if n < 1:
+        raise CephDataError(path, "the label map holds no landmark (every value is 0)")
+    missing = [i for i in range(1, n + 1) if not np.any(plane == i)]
+    if missing:
+        raise CephDataError(path, f"no region for landmark(s) {', '.join(map(str, missing))} (label values 1 to {n} "
+                                  "expected, one per landmark)")
+    extra = int(plane.max())
+    if extra > n:
+        raise CephDataError(path, f"label value {extra} found, but {n} landmarks are expected")
+    origin = np.asarray(image.GetOrigin(), dtype=np.float64)
+    spacing = np.asarray(image.GetSpacing(), dtype=np.float64)
+    direction = np.asarray(itk.array_from_matrix(image.GetDirection()), dtype=np.float64)
+    lps = []
+    h, w = plane.shape
+    for i in range(1, n + 1):
+        rows, cols = np.nonzero(plane == i)
+        r0, r1 = max(rows.min() - 3, 0), min(rows.max() + 4, h)  # the region and 3 pixels around it
+        c0, c1 = max(cols.min() - 3, 0), min(cols.max() + 4, w)
+        crop = plane[r0:r1, c0:c1]
+        row, col = _label_centre(crop == i, crop) + (r0, c0)
+        index = np.zeros(dims)
+        index[0], index[1] = col, row  # a one-slice volume: the slice index stays 0
+        point = origin + direction @ (spacing * index)
+        lps.append((list(point) + [0.0, 0.0, 0.0])[:3])
+    geometry = PICTURE_GEOMETRY if pixel_to_lps is None else np.asarray(pixel_to_lps, dtype=np.float64)
+    xy = np.linalg.lstsq(geometry[:, :2], (np.asarray(lps) - geometry[:, 2]).T, rcond=None)[0].T
+    return _check_landmarks(path, xy, n_landmarks)
+
+
 def read_landmarks(path: str | Path, n_landmarks: int | None = 19, image_name: str | None = None,
                    pixel_to_lps: np.ndarray | None = None) -> np.ndarray:
-    """Read landmarks from an ISBI ``.txt``, a ``.csv`` or a Slicer ``.mrk.json`` file: ``(N, 2)`` ``(y, x)`` px.
-    A Slicer file's millimetres are turned into pixels with the image's ``pixel_to_lps`` (see
+    """Read landmarks from an ISBI ``.txt``, a ``.csv``, a Slicer ``.mrk.json`` file or a label map (``.nrrd``,
+    ``.nii.gz``, ``.mha``: :func:`read_label_map_landmarks`): ``(N, 2)`` ``(y, x)`` px. A Slicer file's
+    millimetres and a label map's geometry are turned into pixels with the image's ``pixel_to_lps`` (see
     :func:`read_slicer_landmarks`)."""
     name = str(path).lower()
     if name.endswith(".csv"):
         return read_csv_landmarks(path, n_landmarks, image_name)
     if name.endswith(".json"):
         return read_slicer_landmarks(path, n_landmarks, pixel_to_lps)
+    if name.endswith(LABEL_MAP_SUFFIXES):
+        return read_label_map_landmarks(path, n_landmarks, pixel_to_lps)
     return read_isbi_landmarks(path, n_landmarks)
 
 
@@ -553,8 +653,9 @@ def folder_datalist(input_dir: str | Path, landmark_suffix: str | None = None, r
     image by its path relative to ``input_dir`` (``image_name``: the file name, or ``series1/IM0001`` in a subfolder).
 
     Args:
-        landmark_suffix: when given (``".csv"``, ``".txt"``, ``".mrk.json"``), each image ``NAME.ext`` takes its
-            landmarks from ``NAME<landmark_suffix>`` beside it.
+        landmark_suffix: when given (``".csv"``, ``".txt"``, ``".mrk.json"``, a label map's ``".nrrd"``), each
+            image ``NAME.ext`` takes its landmarks from ``NAME<landmark_suffix>`` beside it; files ending in it are
+            landmark files, not images.
         recursive: the images in the subfolders too, at any depth (a PACS export's tree of patients and series);
             hidden folders (``.name``) and those in ``exclude`` are left out, and a folder linked twice is read once.
         exclude: folders not to look in (inference passes its output folder, which may lie inside ``input_dir``).
@@ -573,8 +674,8 @@ def folder_datalist(input_dir: str | Path, landmark_suffix: str | None = None, r
             if p.is_dir():
                 if deep and not p.name.startswith(".") and p.resolve() not in seen:
                     yield from images(p, deep)
-            elif is_image_file(p):
-                yield p
+            elif is_image_file(p) and not (landmark_suffix and p.name.lower().endswith(landmark_suffix.lower())):
+                yield p  # a landmark file (a label map NAME.nrrd beside NAME.png) is not an image to read
 
     items = []
     for p in images(root, recursive):

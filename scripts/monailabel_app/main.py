@@ -1,0 +1,162 @@
+"""A MONAI Label app that serves this bundle's landmarks to 3D Slicer's MONAI Label module.
+
+    .venv-monailabel/bin/python -m monailabel.main start_server --app scripts/monailabel_app --studies IMAGES_DIR
+
+in the MONAI Label environment that ``bash scripts/check_monailabel.sh`` sets up (``monailabel start_server ...``
+with it activated; docs/README.md, "Serving through MONAI Label"). The model ``cephalometric_landmarks``
+runs ``configs/inference.yaml`` (the shipped weights, the refinement pass, the checks) on the image asked for, held
+in memory between requests (:class:`bundle.serving.LandmarkPredictor`). It answers with a label map in the image's
+geometry, each landmark a disc of its number (2 mm radius: the clinical tolerance), which Slicer shows as 19 named
+segments over the radiograph, and a JSON result with the landmarks in pixels and mm, their expected errors, the
+cephalometric analysis, the checks and the 3D Slicer point list (``markups``).
+
+``--conf`` keys (strings, as MONAI Label passes them): ``fast`` (``true``: the fast CPU profile,
+``configs/inference_fast.yaml``), ``configs`` (comma-separated config files layered on ``configs/inference.yaml``,
+relative to the bundle), ``overrides`` (a JSON object of config values, e.g. ``{"refine": false}``), ``radius_mm``
+(the discs' radius), ``bundle_root`` (default: the bundle this app is in).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, Tuple
+
+from monailabel.config import settings
+from monailabel.datastore.local import LocalDatastore
+from monailabel.interfaces.app import MONAILabelApp
+from monailabel.interfaces.exception import MONAILabelError, MONAILabelException
+from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
+
+logger = logging.getLogger(__name__)
+
+MODEL_NAME = "cephalometric_landmarks"
+IMAGE_SUFFIXES = ("*.bmp", "*.jpeg", "*.jpg", "*.png", "*.tif", "*.tiff", "*.dcm", "*.mha", "*.nrrd", "*.nii",
+                  "*.nii.gz")  # the studies folder's images MONAI Label lists, besides its own defaults
+
+
+def _bad_input(message: str) -> Exception:
+    """An error for the client: HTTP 422 with ``message`` as its detail (MONAI Label's own exceptions reach the
+    client as a bare "Internal Server Error")."""
+    from fastapi import HTTPException
+
+    return HTTPException(status_code=422, detail=message)
+
+
+def _true(value: Any) -> bool:
+    return str(value).strip().lower() in ("1", "true", "yes", "on")
+
+
+class LandmarkInferTask(InferTask):
+    """The bundle's inference on one image: a label map (landmark ``i`` a disc of value ``i``) and a JSON result."""
+
+    def __init__(self, bundle_root: Path, config_files: list[Path], overrides: Dict[str, Any], radius_mm: float):
+        from bundle.serving import LandmarkPredictor
+
+        self.bundle_root = bundle_root
+        self.predictor = LandmarkPredictor(config_files, overrides, bundle_root)
+        self.radius_mm = radius_mm
+        names = self.predictor.names
+        super().__init__(
+            type=InferType.SEGMENTATION,
+            labels={name: i + 1 for i, name in enumerate(names)},
+            dimension=2,
+            description=f"{len(names)} cephalometric landmarks on a lateral skull radiograph (MAHT-Net and a "
+                        f"refinement network, bundle {self.bundle_root.name}); each a {radius_mm:g} mm disc",
+            config={"radius_mm": radius_mm},
+        )
+
+        self._warm_up()
+
+    def _warm_up(self) -> None:
+        """Write a tiny label map once: ITK loads its file modules on first use (about 4 s), at start, not on
+        the first request."""
+        from bundle.serving import write_label_map
+
+        with tempfile.TemporaryDirectory() as tmp:
+            write_label_map(Path(tmp) / "warm_up.nrrd", {"landmarks": [], "size": [8, 8], "spacing_mm": [1.0, 1.0],
+                                                         "pixel_to_lps": [[1, 0, 0], [0, 1, 0], [0, 0, 0]]})
+
+    def is_valid(self) -> bool:
+        return True  # the predictor loaded its weights when the app started
+
+    def __call__(self, request) -> Tuple[str, Dict]:
+        from bundle.io import CephDataError
+        from bundle.serving import write_label_map
+
+        image = request.get("image")
+        if not isinstance(image, str) or not image:
+            raise _bad_input("no image to read: the image asked for is neither in the datastore nor a file")
+        radius_mm = float(request.get("radius_mm", self.radius_mm))
+        work = Path(tempfile.mkdtemp(prefix="ceph_landmarks_"))
+        try:
+            try:
+                result = self.predictor(image, work)
+            except CephDataError as e:  # a file that cannot be read: the client gets the file and the problem
+                raise _bad_input(str(e)) from e
+            stem = Path(image).name.split(".")[0] or "image"
+            fd, label = tempfile.mkstemp(prefix=f"{stem}_landmarks_", suffix=".nrrd")
+            os.close(fd)
+            write_label_map(label, result, radius_mm)
+            markups = next(work.glob("*.mrk.json"), None)
+            answer = {
+                "label_names": dict(self.labels),
+                "landmarks": result["landmarks"],
+                "measurements": result["measurements"],
+                "checks": result["checks"],
+                "readings": result["readings"],
+                "spacing_mm": result["spacing_mm"],
+                "radius_mm": radius_mm,
+                "markups": json.loads(markups.read_text()) if markups else None,
+            }
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        logger.info("%s: %d landmarks%s", image, len(result["landmarks"]),
+                    f"; to check: {', '.join(result['checks'])}" if result["checks"] else "")
+        return label, answer
+
+
+class CephalometricLandmarksApp(MONAILabelApp):
+    """The bundle's landmarks for MONAI Label: one inference model, ``cephalometric_landmarks``."""
+
+    def __init__(self, app_dir, studies, conf):
+        conf = conf or {}
+        self.bundle_root = Path(conf.get("bundle_root") or Path(app_dir).resolve().parents[1]).resolve()
+        if not (self.bundle_root / "configs" / "inference.yaml").is_file():
+            raise MONAILabelException(MONAILabelError.APP_INIT_ERROR,
+                                      f"{self.bundle_root}: no configs/inference.yaml (--conf bundle_root DIR)")
+        if str(self.bundle_root) not in sys.path:
+            sys.path.insert(0, str(self.bundle_root))  # `import bundle` and the configs' `$import bundle...`
+        meta = json.loads((self.bundle_root / "configs" / "metadata.json").read_text())
+        configs = [self.bundle_root / "configs" / "inference.yaml"]
+        if _true(conf.get("fast", "false")):
+            configs.append(self.bundle_root / "configs" / "inference_fast.yaml")
+        configs += [self.bundle_root / c.strip() for c in str(conf.get("configs", "")).split(",") if c.strip()]
+        self.task_args = dict(bundle_root=self.bundle_root, config_files=configs,
+                              overrides=json.loads(conf.get("overrides") or "{}"),
+                              radius_mm=float(conf.get("radius_mm", 2.0)))
+        super().__init__(app_dir=app_dir, studies=studies, conf=conf, name="Cephalometric landmarks",
+                         description=meta.get("description", ""), version=meta.get("version", ""))
+
+    def init_datastore(self):
+        if self.studies.startswith(("http://", "https://")):
+            # DICOMweb: the series as downloaded, not converted to NIfTI: the bundle reads the pixel spacing from
+            # the DICOM's own tags (PixelSpacing, ImagerPixelSpacing, ...) and refuses a DICOM with none, where a
+            # converted NIfTI carries the converter's spacing (ITK's 1 mm when it finds no tag); the other remote
+            # stores as MONAI Label sets them up
+            if settings.MONAI_LABEL_DICOMWEB_CONVERT_TO_NIFTI:
+                logger.info("DICOMweb series are read as DICOM, not converted to NIfTI (their pixel spacing)")
+                settings.MONAI_LABEL_DICOMWEB_CONVERT_TO_NIFTI = False
+            return super().init_datastore()
+        return LocalDatastore(self.studies,
+                              extensions=sorted(set(settings.MONAI_LABEL_DATASTORE_FILE_EXT) | set(IMAGE_SUFFIXES)),
+                              auto_reload=settings.MONAI_LABEL_DATASTORE_AUTO_RELOAD,
+                              read_only=settings.MONAI_LABEL_DATASTORE_READ_ONLY)
+
+    def init_infers(self) -> Dict[str, InferTask]:
+        return {MODEL_NAME: LandmarkInferTask(**self.task_args)}

@@ -1,0 +1,270 @@
+"""bundle.serving: the inference bundle held in memory for a server (the MONAI Label app in scripts/monailabel_app),
+and the label map it answers with. The app itself runs in a MONAI Label environment: scripts/check_monailabel.sh."""
+
+import csv
+import shutil
+import tempfile
+import unittest
+from pathlib import Path
+
+import numpy as np
+from monai.bundle import ConfigWorkflow
+from PIL import Image
+
+from bundle.io import CephDataError, image_geometry
+from bundle.serving import LandmarkPredictor, landmark_label_map, write_label_map
+from bundle.synthetic import synthesize_cephalogram
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs"
+# the shipped weights, one global pass per image (the refinement and the extra readings are inference.yaml's own,
+# tested elsewhere): what matters here is that the served pipeline is the folder pipeline
+QUICK = {"refine": False, "reframe": False, "face": "right", "bone": "bright", "num_workers": 0, "overlay": False}
+
+
+def _landmarks_csv(path: Path) -> dict[str, np.ndarray]:
+    with open(path, newline="") as f:
+        rows: dict[str, list] = {}
+        for r in csv.DictReader(f):
+            rows.setdefault(r["image"], []).append([float(r["x"]), float(r["y"])])
+    return {k: np.array(v) for k, v in rows.items()}
+
+
+class TestLandmarkPredictor(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = Path(tempfile.mkdtemp())
+        cls.inp = cls.tmp / "in"
+        cls.inp.mkdir()
+        for seed in (3, 4):
+            image, _ = synthesize_cephalogram(np.random.default_rng(seed), (2400, 1935))
+            Image.fromarray(image).save(cls.inp / f"ceph{seed}.jpg", quality=95)
+        (cls.inp / "corrupt.jpg").write_bytes(b"not an image")
+        cls.cli_out = cls.tmp / "cli"
+        wf = ConfigWorkflow(workflow_type="infer", config_file=str(CONFIGS / "inference.yaml"), logging_file=False,
+                            meta_file=str(CONFIGS / "metadata.json"), bundle_root=str(ROOT), input_dir=str(cls.inp),
+                            output_dir=str(cls.cli_out), progress_bar=False, **QUICK)
+        wf.initialize()
+        wf.run()
+        wf.finalize()
+        cls.cli = _landmarks_csv(cls.cli_out / "landmarks.csv")
+        cls.predictor = LandmarkPredictor(overrides=QUICK)
+
+    @classmethod
+    def tearDownClass(cls):
+        shutil.rmtree(cls.tmp, ignore_errors=True)
+
+    def test_one_image_per_call_as_the_folder_pipeline(self):
+        """Image after image through one predictor, a file not read between them: each gets the landmarks the
+        folder pipeline gives it, and the same again when asked twice."""
+        self.assertEqual(sorted(self.cli), ["ceph3.jpg", "ceph4.jpg"])
+        first = self.predictor(self.inp / "ceph3.jpg", self.tmp / "a")
+        with self.assertRaises(CephDataError) as err:
+            self.predictor(self.inp / "corrupt.jpg", self.tmp / "b")
+        self.assertIn("corrupt.jpg", str(err.exception))
+        self.assertIn("cannot read image", str(err.exception))
+        second = self.predictor(self.inp / "ceph4.jpg", self.tmp / "c")
+        again = self.predictor(self.inp / "ceph3.jpg", self.tmp / "d")
+        for result, name in ((first, "ceph3.jpg"), (second, "ceph4.jpg"), (again, "ceph3.jpg")):
+            xy = np.array([[p["x"], p["y"]] for p in result["landmarks"]])
+            np.testing.assert_allclose(xy, self.cli[name], atol=0.02)
+            self.assertEqual(result["image"], name)
+            self.assertEqual([p["name"] for p in result["landmarks"]][:2], ["Sella", "Nasion"])
+            self.assertEqual([p["landmark"] for p in result["landmarks"]], list(range(1, 20)))
+            self.assertTrue(all(p["uncertainty_mm"] > 0 for p in result["landmarks"]))
+            self.assertEqual(len(result["measurements"]), 8)
+            self.assertEqual(result["size"], [2400, 1935])
+            self.assertEqual(result["spacing_mm"], [0.1, 0.1])
+            np.testing.assert_allclose(result["pixel_to_lps"], [[1, 0, 0], [0, 1, 0], [0, 0, 0]])
+        # each call's files are its image's alone, as a folder run of that image writes them
+        self.assertEqual(sorted(p.name for p in (self.tmp / "c").glob("*.mrk.json")), ["ceph4.mrk.json"])
+        self.assertEqual(list(_landmarks_csv(self.tmp / "c" / "landmarks.csv")), ["ceph4.jpg"])
+        self.assertIn("corrupt.jpg", (self.tmp / "b" / "errors.csv").read_text())
+
+    def test_a_folder_holding_one_image(self):
+        """A DICOM series of one radiograph comes as a folder (MONAI Label's DICOMweb store): its one image is read;
+        a folder of none or several is an error that says so."""
+        series = self.tmp / "series"
+        series.mkdir()
+        shutil.copy(self.inp / "ceph4.jpg", series / "ceph4.jpg")
+        (series / "notes.txt").write_text("not an image")
+        result = self.predictor(series, self.tmp / "f")
+        np.testing.assert_allclose([[p["x"], p["y"]] for p in result["landmarks"]], self.cli["ceph4.jpg"], atol=0.02)
+        self.assertEqual(result["image"], "ceph4.jpg")
+        shutil.copy(self.inp / "ceph3.jpg", series / "ceph3.jpg")
+        with self.assertRaisesRegex(CephDataError, r"series: expected a folder holding one image .*found 2 images "
+                                                   r"\(ceph3.jpg, ceph4.jpg\)"):
+            self.predictor(series, self.tmp / "g")
+        empty = self.tmp / "empty"
+        empty.mkdir()
+        with self.assertRaisesRegex(CephDataError, "empty: expected a folder holding one image .*found none"):
+            self.predictor(empty, self.tmp / "h")
+
+    def test_the_label_map_lies_over_the_image(self):
+        result = self.predictor(self.inp / "ceph4.jpg", self.tmp / "e")
+        path = write_label_map(self.tmp / "e" / "label.nrrd", result)
+        import itk
+
+        label = itk.array_from_image(itk.imread(str(path)))
+        self.assertEqual(label.shape, (1, 2400, 1935))
+        for p in result["landmarks"]:
+            self.assertEqual(label[0, round(p["y"]), round(p["x"])], p["landmark"])
+        # 2 mm discs of 0.1 mm pixels: about pi * 20^2 pixels each, fewer where two overlap
+        counts = np.bincount(label.ravel(), minlength=20)[1:]
+        self.assertTrue((counts > 0).all() and (counts <= np.pi * 21 ** 2).all(), counts)
+        np.testing.assert_allclose(image_geometry(path), result["pixel_to_lps"], atol=1e-9)
+
+
+class TestLabelMap(unittest.TestCase):
+    def result(self, points, size=(60, 80), spacing=(0.1, 0.1), geometry=None):
+        return {"landmarks": [{"landmark": i + 1, "x": x, "y": y} for i, (x, y) in enumerate(points)],
+                "size": list(size), "spacing_mm": list(spacing),
+                "pixel_to_lps": geometry if geometry is not None else [[1, 0, 0], [0, 1, 0], [0, 0, 0]]}
+
+    def test_discs_of_the_radius_in_mm(self):
+        # rows 0.2 mm, columns 0.1 mm: a 1 mm disc is 5 rows and 10 columns from its centre
+        label = landmark_label_map(self.result([(40.0, 30.0)], spacing=(0.2, 0.1)), radius_mm=1.0)
+        self.assertEqual(label.dtype, np.uint8)
+        self.assertEqual(label[30, 40], 1)
+        self.assertEqual(label[34, 40], 1)
+        self.assertEqual(label[36, 40], 0)
+        self.assertEqual(label[30, 49], 1)
+        self.assertEqual(label[30, 51], 0)
+        self.assertEqual(label[0, 0], 0)
+
+    def test_overlapping_discs_go_to_the_nearer_landmark(self):
+        label = landmark_label_map(self.result([(30.0, 30.0), (36.0, 30.0)]), radius_mm=1.0)
+        self.assertEqual(label[30, 30], 1)
+        self.assertEqual(label[30, 32], 1)
+        self.assertEqual(label[30, 34], 2)
+        self.assertEqual(label[30, 36], 2)
+        self.assertEqual(label[30, 45], 2)
+        self.assertEqual(label[30, 21], 1)
+
+    def test_a_landmark_off_the_image_draws_nothing(self):
+        label = landmark_label_map(self.result([(-50.0, 10.0), (79.4, 59.4)]), radius_mm=0.3)
+        self.assertNotIn(1, label)
+        self.assertEqual(label[59, 79], 2)
+        with self.assertRaisesRegex(ValueError, "radius_mm should be positive"):
+            landmark_label_map(self.result([(1.0, 1.0)]), radius_mm=0)
+
+    def test_written_in_the_image_geometry(self):
+        """A DICOM-like geometry (rotated axes, 0.12 x 0.15 mm pixels, an origin): ITK places each landmark's
+        pixel of the label map where the point list (pixel_to_lps) puts the landmark."""
+        import itk
+
+        m = np.array([[0.0, -0.15, 10.0], [0.12, 0.0, 20.0], [0.0, 0.0, 30.0]])  # x runs along P, y along -L
+        result = self.result([(12.0, 7.0), (50.0, 40.0)], spacing=(0.15, 0.12), geometry=m.tolist())
+        with tempfile.TemporaryDirectory() as tmp:
+            for suffix in (".nrrd", ".nii.gz"):
+                path = write_label_map(Path(tmp) / f"label{suffix}", result, radius_mm=0.5)
+                image = itk.imread(str(path))
+                for p in result["landmarks"]:
+                    index = [int(p["x"]), int(p["y"]), 0]
+                    self.assertEqual(itk.array_from_image(image)[0, index[1], index[0]], p["landmark"])
+                    np.testing.assert_allclose(image.TransformIndexToPhysicalPoint(index), m @ [p["x"], p["y"], 1],
+                                               atol=1e-5)
+                np.testing.assert_allclose(image_geometry(path), m, atol=1e-5)
+
+
+class TestLabelMapLandmarks(unittest.TestCase):
+    """A label map the app answered with, as 3D Slicer saves it back (MONAI Label's submitted labels), read as
+    landmarks: bundle.io.read_label_map_landmarks and scripts/monailabel_labels.py."""
+
+    POINTS = [(40.3, 30.7), (55.2, 30.1), (66.0, 41.5), (3.0, 50.0)]  # 2 and 3 overlap 1; 4 is cut by the edge
+
+    def result(self, geometry=None, points=POINTS):
+        return {"landmarks": [{"landmark": i + 1, "x": x, "y": y} for i, (x, y) in enumerate(points)],
+                "size": [70, 90], "spacing_mm": [0.1, 0.1],
+                "pixel_to_lps": geometry if geometry is not None else [[1, 0, 0], [0, 1, 0], [0, 0, 0]]}
+
+    def test_discs_read_back_at_their_centres(self):
+        """Discs cut by their neighbours' and by the image's edge give back their centres within half a pixel
+        (their centroids would be pixels off), in a picture's geometry and in a DICOM-like one."""
+        from bundle.io import read_label_map_landmarks, read_landmarks
+
+        rotated = [[0.0, -0.1, 10.0], [0.1, 0.0, 20.0], [0.0, 0.0, 30.0]]
+        with tempfile.TemporaryDirectory() as tmp:
+            for geometry, suffix in ((None, ".nrrd"), (rotated, ".nii.gz")):
+                path = write_label_map(Path(tmp) / f"label{suffix}", self.result(geometry), radius_mm=2.0)
+                yx = read_label_map_landmarks(path, 4, None if geometry is None else np.array(geometry))
+                np.testing.assert_allclose(yx[:, ::-1], self.POINTS, atol=0.5)
+                np.testing.assert_allclose(read_landmarks(path, 4, pixel_to_lps=geometry), yx)
+            label = landmark_label_map(self.result())
+            rows, cols = np.nonzero(label == 2)
+            self.assertGreater(abs(cols.mean() - 55.2), 1.0)  # the centroid of a cut disc is off
+
+    def test_a_region_painted_by_hand_is_read_at_its_centroid(self):
+        from bundle.io import read_label_map_landmarks
+
+        label = np.zeros((1, 40, 50), dtype=np.uint8)
+        label[0, 10:14, 20:30] = 1  # a thin bar: no circle
+        label[0, 30, 5] = 2  # a single pixel
+        import itk
+
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "painted.nrrd"
+            itk.imwrite(itk.image_from_array(label), str(path))
+            yx = read_label_map_landmarks(path, 2)
+        np.testing.assert_allclose(yx, [[11.5, 24.5], [30.0, 5.0]], atol=1e-6)
+
+    def test_a_label_map_that_cannot_be_landmarks(self):
+        from bundle.io import read_label_map_landmarks
+
+        with tempfile.TemporaryDirectory() as tmp:
+            path = write_label_map(Path(tmp) / "three.nrrd", self.result(points=self.POINTS[:3]))
+            with self.assertRaisesRegex(CephDataError, r"three.nrrd: no region for landmark\(s\) 4 "):
+                read_label_map_landmarks(path, 4)
+            with self.assertRaisesRegex(CephDataError, "three.nrrd: label value 3 found, but 2 landmarks"):
+                read_label_map_landmarks(path, 2)
+            (Path(tmp) / "bad.nrrd").write_bytes(b"NRRD0004\ngarbage")
+            with self.assertRaisesRegex(CephDataError, "bad.nrrd: cannot read label map"):
+                read_label_map_landmarks(Path(tmp) / "bad.nrrd", 4)
+
+    def test_submitted_labels_become_a_training_folder(self):
+        """scripts/monailabel_labels.py on a studies folder: each image with a submitted label map is copied beside
+        its landmark CSV, which the training data list reads back; a label map short of a landmark is listed in
+        errors.csv and the rest go on."""
+        import json
+        import subprocess
+        import sys
+
+        from bundle.io import folder_datalist, read_landmarks
+
+        with tempfile.TemporaryDirectory() as tmp:
+            studies, out = Path(tmp) / "studies", Path(tmp) / "train"
+            (studies / "labels" / "final").mkdir(parents=True)
+            rng = np.random.default_rng(0)
+            for name in ("a", "b", "c"):
+                Image.fromarray((rng.random((70, 90)) * 255).astype(np.uint8)).save(studies / f"{name}.png")
+            write_label_map(studies / "labels" / "final" / "a.nrrd", self.result())
+            write_label_map(studies / "labels" / "final" / "b.nrrd", self.result(points=self.POINTS[:3]))
+            res = subprocess.run([sys.executable, str(ROOT / "scripts" / "monailabel_labels.py"), "--studies",
+                                  str(studies), "--out", str(out), "--n_landmarks", "4"],
+                                 capture_output=True, text=True, cwd=ROOT)
+            self.assertEqual(res.returncode, 0, res.stderr[-2000:])
+            report = json.loads(res.stdout)
+            self.assertEqual(report["written"], ["a.png"])
+            self.assertEqual([e["label"] for e in report["errors"]], ["b.nrrd"])
+            self.assertIn("no region for landmark(s) 4", (out / "errors.csv").read_text())
+            items = folder_datalist(out, landmark_suffix=".csv")
+            self.assertEqual([i["image_name"] for i in items], ["a.png"])
+            np.testing.assert_allclose(read_landmarks(items[0]["label_files"][0], 4)[:, ::-1], self.POINTS,
+                                       atol=0.5)
+            self.assertEqual((out / "a.csv").read_text().splitlines()[1].split(",")[:2], ["1", "Sella"])
+
+    def test_label_maps_beside_their_images_are_training_landmarks(self):
+        """A folder of NAME.png with NAME.nrrd label maps beside them, as --landmark_suffix .nrrd reads it for
+        training: the label maps are landmark files, not images, and the loader reads them as landmarks."""
+        from bundle.io import landmark_datalist
+        from bundle.transforms import LoadCephalogramd
+
+        with tempfile.TemporaryDirectory() as tmp:
+            rng = np.random.default_rng(1)
+            for name in ("a", "b"):
+                Image.fromarray((rng.random((70, 90)) * 255).astype(np.uint8)).save(Path(tmp) / f"{name}.png")
+                write_label_map(Path(tmp) / f"{name}.nrrd", self.result())
+            items = landmark_datalist(tmp, split="trainval", landmark_suffix=".nrrd")
+            self.assertEqual([i["image_name"] for i in items], ["a.png", "b.png"])
+            d = LoadCephalogramd(n_landmarks=4)(items[0])
+            np.testing.assert_allclose(np.asarray(d["landmarks"])[:, ::-1], self.POINTS, atol=0.5)
