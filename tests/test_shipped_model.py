@@ -144,22 +144,23 @@ def run_script(tc: unittest.TestCase, script: str, *args: str) -> str:
 
 class TestResolutionProbe(unittest.TestCase):
     def test_shrunk_images_are_measured_and_the_coarse_ones_checked(self):
-        """scripts/probe_resolution.py on two synthetic cephalograms at 0.1 mm pixels, as they are and shrunk 16 times:
-        a row per factor with both images read and scored against their senior annotation, and only the 1.6 mm
-        pixels listed to check (coarse_pixel_mm 1.0)."""
+        """scripts/probe_resolution.py on a synthetic cephalogram at 0.1 mm pixels, as it is and shrunk 16 times: a
+        row per factor with the image read and scored against its senior annotation, and only the 1.6 mm pixels
+        listed to check (coarse_pixel_mm 1.0). (One image: the global pass is unsure of a synthetic one and reads it
+        several ways, about 50 s on 2 AVX2 cores.)"""
         import tempfile
 
         with tempfile.TemporaryDirectory() as tmp:
-            subprocess.run([sys.executable, "-m", "bundle.synthetic", "--out", tmp, "--n-train", "2", "--n-test", "0",
+            subprocess.run([sys.executable, "-m", "bundle.synthetic", "--out", tmp, "--n-train", "1", "--n-test", "0",
                             "--size", "2400", "1935"], cwd=ROOT, check=True, capture_output=True)
-            report = json.loads(run_script(self, "probe_resolution.py", "--dataset_dir", tmp, "--names", "001", "002",
+            report = json.loads(run_script(self, "probe_resolution.py", "--dataset_dir", tmp, "--names", "001",
                                            "--factors", "1", "16"))
         rows = report["rows"]
         self.assertEqual([(r["pixel_mm"], r["size_wh"], r["images_read"]) for r in rows],
-                         [(0.1, [1935, 2400], 2), (1.6, [121, 150], 2)])
+                         [(0.1, [1935, 2400], 1), (1.6, [121, 150], 1)])
         coarse = [[c for c in r["checks"] if c.startswith("its pixels are")] for r in rows]
         self.assertEqual(coarse, [[], ["its pixels are 1.6 x 1.6 mm (121 x 150 pixels), coarser than 1 mm"]])
-        self.assertEqual(rows[1]["images_checked"], 2)
+        self.assertEqual(rows[1]["images_checked"], 1)
         self.assertTrue(all(0 < r["mre_mm"] < 50 and r["expected_error_mm"] > 0 for r in rows))
 
 
