@@ -15,6 +15,7 @@ Prints JSON and exits non-zero when a check fails.
 
     python scripts/check_monailabel.py                      # 2 synthetic 2400 x 1935 cephalograms
     python scripts/check_monailabel.py --images ../shared/data/isbi2015/RawImage/Test1Data --n 3
+    python scripts/check_monailabel.py --images ../shared/data/isbi2015/RawImage/Test1Data --n 3 --fast
 """
 
 from __future__ import annotations
@@ -76,6 +77,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", default=None, help="a folder of images (default: 2 synthetic cephalograms)")
     ap.add_argument("--n", type=int, default=2, help="images of --images to use")
+    ap.add_argument("--fast", action="store_true",
+                    help="the fast CPU profile: the server with --conf fast true, the folder run with "
+                         "configs/inference_fast.yaml")
     ap.add_argument("--startup_s", type=float, default=300, help="how long to wait for the server")
     args = ap.parse_args()
 
@@ -84,7 +88,7 @@ def main() -> int:
     from bundle.io import image_geometry, is_image_file
 
     failures: list[str] = []
-    report: dict = {"images": []}
+    report: dict = {"fast_profile": args.fast, "images": []}
     with tempfile.TemporaryDirectory() as tmp:
         studies, out = Path(tmp) / "studies", Path(tmp) / "cli_out"
         studies.mkdir()
@@ -106,7 +110,8 @@ def main() -> int:
 
         # the bundle as a user runs it, on the same images (the corrupt one goes to errors.csv)
         t0 = time.perf_counter()
-        res = subprocess.run([sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.yaml",
+        configs = "['configs/inference.yaml','configs/inference_fast.yaml']" if args.fast else "configs/inference.yaml"
+        res = subprocess.run([sys.executable, "-m", "monai.bundle", "run", "--config_file", configs,
                               "--input_dir", str(studies), "--output_dir", str(out), "--progress_bar", "false"],
                              cwd=ROOT, capture_output=True, text=True)
         report["cli_seconds"] = round(time.perf_counter() - t0, 1)
@@ -123,9 +128,11 @@ def main() -> int:
         port = _free_port()
         base = f"http://127.0.0.1:{port}"
         log = open(Path(tmp) / "server.log", "w")
+        conf = ["--conf", "fast", "true"] if args.fast else []
         server = subprocess.Popen([sys.executable, "-m", "monailabel.main", "start_server", "--app",
                                    str(ROOT / "scripts" / "monailabel_app"), "--studies", str(studies), "--host",
-                                   "127.0.0.1", "--port", str(port)], cwd=tmp, stdout=log, stderr=subprocess.STDOUT)
+                                   "127.0.0.1", "--port", str(port)] + conf,
+                                  cwd=tmp, stdout=log, stderr=subprocess.STDOUT)
         try:
             t0 = time.perf_counter()
             info = None

@@ -12,8 +12,9 @@ cephalometric analysis, the checks and the 3D Slicer point list (``markups``).
 
 ``--conf`` keys (strings, as MONAI Label passes them): ``fast`` (``true``: the fast CPU profile,
 ``configs/inference_fast.yaml``), ``configs`` (comma-separated config files layered on ``configs/inference.yaml``,
-relative to the bundle), ``overrides`` (a JSON object of config values, e.g. ``{"refine": false}``), ``radius_mm``
-(the discs' radius), ``bundle_root`` (default: the bundle this app is in).
+relative to the bundle), ``overrides`` (a JSON object of config values, e.g. ``{"refine": false}``; the overlay
+picture is off unless it says ``"overlay": true``, since the answer does not carry it), ``radius_mm`` (the discs'
+radius), ``bundle_root`` (default: the bundle this app is in).
 """
 
 from __future__ import annotations
@@ -138,7 +139,8 @@ class CephalometricLandmarksApp(MONAILabelApp):
             configs.append(self.bundle_root / "configs" / "inference_fast.yaml")
         configs += [self.bundle_root / c.strip() for c in str(conf.get("configs", "")).split(",") if c.strip()]
         self.task_args = dict(bundle_root=self.bundle_root, config_files=configs,
-                              overrides=json.loads(conf.get("overrides") or "{}"),
+                              # no overlay picture: the answer does not carry it (0.3 s a request)
+                              overrides={"overlay": False, **json.loads(conf.get("overrides") or "{}")},
                               radius_mm=float(conf.get("radius_mm", 2.0)))
         super().__init__(app_dir=app_dir, studies=studies, conf=conf, name="Cephalometric landmarks",
                          description=meta.get("description", ""), version=meta.get("version", ""))
