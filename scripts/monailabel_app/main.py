@@ -138,9 +138,16 @@ class CephalometricLandmarksApp(MONAILabelApp):
         if _true(conf.get("fast", "false")):
             configs.append(self.bundle_root / "configs" / "inference_fast.yaml")
         configs += [self.bundle_root / c.strip() for c in str(conf.get("configs", "")).split(",") if c.strip()]
+        try:
+            overrides = json.loads(conf.get("overrides") or "{}")
+            if not isinstance(overrides, dict):
+                raise ValueError(f"got {type(overrides).__name__}")
+        except ValueError as e:  # json.JSONDecodeError is a ValueError
+            raise MONAILabelException(MONAILabelError.APP_INIT_ERROR,
+                                      f"--conf overrides should be a JSON object such as '{{\"refine\": false}}' ({e})")
         self.task_args = dict(bundle_root=self.bundle_root, config_files=configs,
                               # no overlay picture: the answer does not carry it (0.3 s a request)
-                              overrides={"overlay": False, **json.loads(conf.get("overrides") or "{}")},
+                              overrides={"overlay": False, **overrides},
                               radius_mm=float(conf.get("radius_mm", 2.0)))
         super().__init__(app_dir=app_dir, studies=studies, conf=conf, name="Cephalometric landmarks",
                          description=meta.get("description", ""), version=meta.get("version", ""))
