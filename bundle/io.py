@@ -435,10 +435,15 @@ def read_slicer_landmarks(path: str | Path, n_landmarks: int | None = None,
             lps[:, :2] = -lps[:, :2]
     except (KeyError, IndexError, TypeError, ValueError) as e:  # json.JSONDecodeError is a ValueError
         raise CephDataError(path, f"not a Slicer markups file ({type(e).__name__}: {e})") from None
+    return _check_landmarks(path, _lps_to_pixels(lps, pixel_to_lps), n_landmarks)
+
+
+def _lps_to_pixels(lps: np.ndarray, pixel_to_lps: np.ndarray | None) -> np.ndarray:
+    """``(N, 2)`` ``(x, y)`` pixels of ``(N, 3)`` LPS points in an image's plane (``pixel_to_lps``: its geometry,
+    :func:`read_image_geometry`; None: a plain picture, 1 mm pixels from the origin)."""
     geometry = PICTURE_GEOMETRY if pixel_to_lps is None else np.asarray(pixel_to_lps, dtype=np.float64)
     # least squares: the image plane's two steps against the point's offset from pixel (0, 0)
-    xy = np.linalg.lstsq(geometry[:, :2], (lps - geometry[:, 2]).T, rcond=None)[0].T
-    return _check_landmarks(path, xy, n_landmarks)
+    return np.linalg.lstsq(geometry[:, :2], (np.asarray(lps) - geometry[:, 2]).T, rcond=None)[0].T
 
 
 LABEL_MAP_SUFFIXES = (".nrrd", ".nii", ".nii.gz", ".mha", ".mhd")
@@ -511,31 +516,32 @@ def read_label_map_landmarks(path: str | Path, n_landmarks: int | None = None,
     n = int(n_landmarks) if n_landmarks else int(plane.max())
     if n < 1:
         raise CephDataError(path, "the label map holds no landmark (every value is 0)")
-    missing = [i for i in range(1, n + 1) if not np.any(plane == i)]
-    if missing:
-        raise CephDataError(path, f"no region for landmark(s) {', '.join(map(str, missing))} (label values 1 to {n} "
-                                  "expected, one per landmark)")
     extra = int(plane.max())
     if extra > n:
         raise CephDataError(path, f"label value {extra} found, but {n} landmarks are expected")
-    origin = np.asarray(image.GetOrigin(), dtype=np.float64)
-    spacing = np.asarray(image.GetSpacing(), dtype=np.float64)
-    direction = np.asarray(itk.array_from_matrix(image.GetDirection()), dtype=np.float64)
-    lps = []
+    centres, missing = [], []
     h, w = plane.shape
     for i in range(1, n + 1):
         rows, cols = np.nonzero(plane == i)
+        if rows.size == 0:
+            missing.append(i)
+            continue
         r0, r1 = max(rows.min() - 3, 0), min(rows.max() + 4, h)  # the region and 3 pixels around it
         c0, c1 = max(cols.min() - 3, 0), min(cols.max() + 4, w)
         crop = plane[r0:r1, c0:c1]
-        row, col = _label_centre(crop == i, crop) + (r0, c0)
-        index = np.zeros(dims)
-        index[0], index[1] = col, row  # a one-slice volume: the slice index stays 0
-        point = origin + direction @ (spacing * index)
-        lps.append((list(point) + [0.0, 0.0, 0.0])[:3])
-    geometry = PICTURE_GEOMETRY if pixel_to_lps is None else np.asarray(pixel_to_lps, dtype=np.float64)
-    xy = np.linalg.lstsq(geometry[:, :2], (np.asarray(lps) - geometry[:, 2]).T, rcond=None)[0].T
-    return _check_landmarks(path, xy, n_landmarks)
+        centres.append(_label_centre(crop == i, crop) + (r0, c0))
+    if missing:
+        raise CephDataError(path, f"no region for landmark(s) {', '.join(map(str, missing))} (label values 1 to {n} "
+                                  "expected, one per landmark)")
+    index = np.zeros((n, dims))  # ITK's index: x = col, y = row (a one-slice volume: the slice index stays 0)
+    index[:, :2] = np.asarray(centres)[:, ::-1]
+    origin = np.asarray(image.GetOrigin(), dtype=np.float64)
+    spacing = np.asarray(image.GetSpacing(), dtype=np.float64)
+    direction = np.asarray(itk.array_from_matrix(image.GetDirection()), dtype=np.float64)
+    points = origin + (spacing * index) @ direction.T
+    lps = np.zeros((n, 3))
+    lps[:, :dims] = points[:, :3]
+    return _check_landmarks(path, _lps_to_pixels(lps, pixel_to_lps), n_landmarks)
 
 
 def read_landmarks(path: str | Path, n_landmarks: int | None = 19, image_name: str | None = None,

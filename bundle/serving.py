@@ -11,7 +11,6 @@ Examples::
 
 from __future__ import annotations
 
-import csv
 import logging
 import threading
 from pathlib import Path
@@ -108,23 +107,25 @@ class LandmarkPredictor:
         out, item = kept[0]
         if item.get("error"):
             raise CephDataError(path, str(item["error"]).removeprefix(f"{path}: "))
-        rows = _csv_rows(output_dir / "landmarks.csv")
-        if len(rows) != self.num_landmarks:  # the writer failed on this image: errors.csv says why
-            errors = _csv_rows(output_dir / "errors.csv")
-            raise RuntimeError(f"{path}: no landmarks written ({errors[0]['error'] if errors else 'no reason given'})")
-        landmarks = [{"landmark": int(r["landmark"]), "name": r["name"], "x": float(r["x"]), "y": float(r["y"]),
-                      "x_mm": float(r["x_mm"]), "y_mm": float(r["y_mm"]), "uncertainty_mm": float(r["uncertainty_mm"])}
-                     for r in rows]
-        measurements = [{"measurement": r["measurement"], "value": float(r["value"]), "unit": r["unit"],
-                         "type": int(r["type"]), "meaning": r["meaning"]}
-                        for r in _csv_rows(output_dir / "measurements.csv")]
+        from .outputs import (CHECKS_CSV_HEADER, LANDMARKS_CSV_HEADER, MEASUREMENTS_CSV_HEADER, READINGS_CSV_HEADER,
+                              _rows_by_image)
+
+        def rows(file: str, header: Sequence[str]) -> list[list[str]]:  # this image's rows of one output CSV
+            return _rows_by_image(output_dir / file, header).get(name, [])
+
+        written = rows("landmarks.csv", LANDMARKS_CSV_HEADER)
+        if len(written) != self.num_landmarks:  # the writer failed on this image: errors.csv says why
+            errors = rows("errors.csv", ["image", "error"])
+            raise RuntimeError(f"{path}: no landmarks written ({errors[0][1] if errors else 'no reason given'})")
         return {
             "image": name,
             "image_path": str(path),
-            "landmarks": landmarks,
-            "measurements": measurements,
-            "checks": [r["check"] for r in _csv_rows(output_dir / "checks.csv")],
-            "readings": [r["reading"] for r in _csv_rows(output_dir / "readings.csv")],
+            "landmarks": [{"landmark": int(r[1]), "name": r[2], "x": float(r[3]), "y": float(r[4]), "x_mm": float(r[5]),
+                           "y_mm": float(r[6]), "uncertainty_mm": float(r[7])} for r in written],
+            "measurements": [{"measurement": r[1], "value": float(r[2]), "unit": r[3], "type": int(r[4]),
+                              "meaning": r[5]} for r in rows("measurements.csv", MEASUREMENTS_CSV_HEADER)],
+            "checks": [r[1] for r in rows("checks.csv", CHECKS_CSV_HEADER)],
+            "readings": [r[1] for r in rows("readings.csv", READINGS_CSV_HEADER)],
             "size": [int(v) for v in torch.as_tensor(item["orig_size"]).flatten().tolist()],
             # float32 in the pipeline: written as its shortest decimal (0.1, not 0.10000000149)
             "spacing_mm": [float(str(np.float32(v))) for v in torch.as_tensor(item["spacing"]).flatten().tolist()],
@@ -134,26 +135,19 @@ class LandmarkPredictor:
 
 
 def single_image(path: str | Path) -> Path:
-    """``path`` itself, or the one image in the folder ``path`` (a DICOM series of one radiograph: its files by
-    content, suffix or none; :func:`bundle.io.is_image_file`)."""
-    from .io import is_image_file
+    """``path`` itself, or the one image in the folder ``path`` (a DICOM series of one radiograph; its images as
+    :func:`bundle.io.folder_datalist` lists a folder's)."""
+    from .io import folder_datalist
 
     path = Path(path)
     if not path.is_dir():
         return path
-    images = sorted(p for p in path.iterdir() if is_image_file(p))
+    images = [Path(item["image"]) for item in folder_datalist(path)]
     if len(images) != 1:
         found = f"{len(images)} images ({', '.join(p.name for p in images[:3])}{', ...' if len(images) > 3 else ''})"
         raise CephDataError(path, f"expected a folder holding one image (a cephalogram's series), found "
                                   f"{found if images else 'none'}")
     return images[0]
-
-
-def _csv_rows(path: Path) -> list[dict[str, str]]:
-    if not path.is_file():
-        return []
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
 
 
 def landmark_label_map(result: Mapping[str, Any], radius_mm: float = 2.0) -> np.ndarray:

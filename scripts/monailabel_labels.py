@@ -37,8 +37,8 @@ def main() -> int:
     args = ap.parse_args()
 
     from bundle import ISBI_LANDMARK_NAMES
-    from bundle.io import CephDataError, LABEL_MAP_SUFFIXES, image_geometry, image_stem, is_image_file
-    from bundle.io import read_label_map_landmarks
+    from bundle.io import (CephDataError, LABEL_MAP_SUFFIXES, folder_datalist, image_geometry, image_stem,
+                           read_label_map_landmarks)
 
     names = args.landmark_names.split(",") if args.landmark_names else list(ISBI_LANDMARK_NAMES)
     if len(names) < args.n_landmarks:
@@ -48,7 +48,7 @@ def main() -> int:
     if not label_dir.is_dir():
         print(json.dumps({"error": f"{label_dir}: no labels folder (nothing submitted from Slicer yet?)"}))
         return 1
-    images = {image_stem(p.name): p for p in sorted(studies.iterdir()) if is_image_file(p)}
+    images = {image_stem(p.name): p for p in (Path(item["image"]) for item in folder_datalist(studies))}
     out.mkdir(parents=True, exist_ok=True)
     written, errors = [], []
     for label in sorted(label_dir.iterdir()):
