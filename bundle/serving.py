@@ -61,6 +61,12 @@ class LandmarkPredictor:
         self.writer = parser.get_parsed_content("writer")
         self.evaluator = parser.get_parsed_content("evaluator")
         self.evaluator.add_event_handler(Events.ITERATION_COMPLETED, self._keep)
+        # the weights are read at the first call's start; later calls keep them (MONAI's CheckpointLoader would read
+        # them again at every run's start)
+        from monai.handlers import CheckpointLoader
+
+        handlers = parser.get_parsed_content("handlers") if "handlers" in parser else []
+        self._loaders = [h for h in handlers if isinstance(h, CheckpointLoader)]
         self._lock = threading.Lock()
         self._kept: list[tuple[dict, dict]] = []
 
@@ -88,6 +94,7 @@ class LandmarkPredictor:
                 a folder with no image or several); the message names the file and the problem, as ``errors.csv``
                 does.
         """
+        from ignite.engine import Events
         from monai.data import DataLoader, Dataset
 
         path = single_image(image_path)
@@ -102,6 +109,9 @@ class LandmarkPredictor:
             self.evaluator.state.epoch_length = len(loader)
             self.evaluator.run()
             kept, self._kept = self._kept, []
+            for loader in self._loaders:  # the weights are in: no more reading them
+                self.evaluator.remove_event_handler(loader, Events.STARTED)
+            self._loaders = []
         if len(kept) != 1:
             raise RuntimeError(f"{path}: the evaluator ran {len(kept)} items, expected 1")
         out, item = kept[0]

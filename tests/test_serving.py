@@ -81,6 +81,25 @@ class TestLandmarkPredictor(unittest.TestCase):
         self.assertEqual(list(_landmarks_csv(self.tmp / "c" / "landmarks.csv")), ["ceph4.jpg"])
         self.assertIn("corrupt.jpg", (self.tmp / "b" / "errors.csv").read_text())
 
+    def test_the_weights_are_read_once(self):
+        """The weights are read at the first call only: later calls keep the networks as they are (a server answers
+        many requests), and still give the folder pipeline's landmarks."""
+        from unittest import mock
+
+        from monai.handlers import CheckpointLoader
+
+        calls, loads = [], []
+        real = CheckpointLoader.__call__
+        with mock.patch.object(CheckpointLoader, "__call__", autospec=True,
+                               side_effect=lambda h, engine: calls.append(h.load_path) or real(h, engine)):
+            for i, name in enumerate(("ceph4.jpg", "ceph3.jpg")):
+                before = len(calls)
+                result = self.predictor(self.inp / name, self.tmp / f"w{i}")
+                loads.append(calls[before:])
+                np.testing.assert_allclose([[p["x"], p["y"]] for p in result["landmarks"]], self.cli[name], atol=0.02)
+        self.assertIn(loads[0], ([], [str(ROOT / "models" / "model.pt")]))  # [] when an earlier test called first
+        self.assertEqual(loads[1], [])
+
     def test_a_folder_holding_one_image(self):
         """A DICOM series of one radiograph comes as a folder (MONAI Label's DICOMweb store): its one image is read;
         a folder of none or several is an error that says so."""
