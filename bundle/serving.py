@@ -7,6 +7,9 @@ Examples::
     predictor = LandmarkPredictor()                     # configs/inference.yaml and the shipped weights, loaded once
     result = predictor("IN/001.bmp", "OUT/001")         # OUT/001/landmarks.csv, 001.mrk.json, ... and the result
     write_label_map("001_label.nrrd", result)           # landmark i is a 2 mm disc of value i in 001.bmp's geometry
+    # corrected label maps back: a training folder, then both networks fine-tuned on it
+    labels_to_training_folder([{"image": "IN/001.bmp", "label": "001_label.nrrd"}], "TRAIN")
+    FineTuner("MODELS")("TRAIN")                        # MODELS/model.pt, MODELS/refine.pt, MODELS/train_stats.json
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ from .io import CephDataError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["LandmarkPredictor", "landmark_label_map", "single_image", "write_label_map"]
+__all__ = ["FineTuner", "LandmarkPredictor", "labels_to_training_folder", "landmark_label_map", "single_image",
+           "write_label_map"]
 
 BUNDLE_ROOT = Path(__file__).resolve().parents[1]
 
@@ -215,3 +219,178 @@ def write_label_map(path: str | Path, result: Mapping[str, Any], radius_mm: floa
     path.parent.mkdir(parents=True, exist_ok=True)
     itk.imwrite(image, str(path), compression=True)
     return path
+
+
+def labels_to_training_folder(pairs: Sequence[Mapping[str, str]], out: str | Path, n_landmarks: int = 19,
+                              names: Sequence[str] | None = None,
+                              errors: Sequence[Sequence[str]] = ()) -> tuple[list[str], list[list[str]]]:
+    """Label maps back as landmarks: for each ``{"image", "label"}`` pair (MONAI Label's ``datastore.datalist()``,
+    the submitted ``labels/final`` maps), a copy of the image and its landmarks as ``NAME.csv`` (``landmark,name,x,y``
+    in pixels of the image, each region's centre: :func:`bundle.io.read_label_map_landmarks`) in ``out``, the training
+    folder of ``configs/folder_data.yaml``. A label that cannot be read (a landmark with no region, a value too many,
+    no image) is listed, not written, and the rest go on.
+
+    Returns:
+        ``(written, errors)``: the image names written, and ``[label, error]`` rows (also ``out/errors.csv``), after
+        the ``errors`` given (labels the caller found no image for).
+    """
+    import csv
+    import shutil
+
+    from . import ISBI_LANDMARK_NAMES
+    from .io import image_geometry, image_stem, read_label_map_landmarks
+
+    names = list(names or ISBI_LANDMARK_NAMES)
+    names += [f"L{i + 1}" for i in range(len(names), n_landmarks)]
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    written: list[str] = []
+    errors = [list(e) for e in errors]
+    for pair in pairs:
+        image, label = Path(pair["image"]), Path(pair["label"])
+        try:
+            if not image.is_file():
+                raise CephDataError(image, "image not found")
+            yx = read_label_map_landmarks(label, n_landmarks, image_geometry(image))
+        except (CephDataError, OSError, ValueError) as e:
+            errors.append([label.name, str(e)])
+            continue
+        if image.resolve() != (out / image.name).resolve():
+            shutil.copy2(image, out / image.name)
+        with open(out / f"{image_stem(image.name)}.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["landmark", "name", "x", "y"])
+            w.writerows([i + 1, names[i], f"{x:.2f}", f"{y:.2f}"] for i, (y, x) in enumerate(yx.tolist()))
+        written.append(image.name)
+    with open(out / "errors.csv", "w", newline="") as f:
+        csv.writer(f).writerows([["label", "error"]] + errors)
+    return written, errors
+
+
+class FineTuner:
+    """Both networks of the inference bundle fine-tuned on a training folder (images with ``NAME.csv`` beside them:
+    :func:`labels_to_training_folder`), starting from the weights the inference uses: the global network with
+    ``configs/train.yaml`` + the shipped recipe + ``configs/folder_data.yaml``, then the refinement network with
+    ``configs/refine.yaml``, each a ``python -m monai.bundle run training`` of its own (its log streamed to this
+    process's output). Each run validates the starting weights first (``--val_at_start true``) and keeps the best
+    checkpoint by validation MRE, so a stage whose training does not beat its starting weights on the held-out images
+    keeps them. The results go into ``model_dir`` as ``model.pt`` and ``refine.pt`` (each replaced whole, never half
+    written), with ``train_stats.json`` (images, epochs, validation MRE before and after, minutes).
+
+    Args:
+        model_dir: where the fine-tuned weights go (and the runs, in ``model_dir/runs``).
+        bundle_root: the bundle (default: the one this package is in).
+        global_configs: the global network's training configs, relative to the bundle (default: the shipped
+            recipe's: train.yaml, isbi_gpu.yaml, maht_net.yaml, then folder_data.yaml).
+        refine_configs: the refinement network's (default: train.yaml, refine.yaml, folder_data.yaml).
+        start: ``{"global": path, "refine": path}`` of the weights to start from (default: ``model_dir``'s when
+            an earlier fine-tuning left them, else the shipped ``models/model.pt`` and ``models/refine.pt``).
+        overrides: config values for both runs (``{"num_landmarks": 19, "pixel_spacing_mm": 0.1}``); the landmark
+            names default to ISBI's for 19 landmarks.
+    """
+
+    GLOBAL_CONFIGS = ("configs/train.yaml", "configs/isbi_gpu.yaml", "configs/maht_net.yaml", "configs/folder_data.yaml")
+    REFINE_CONFIGS = ("configs/train.yaml", "configs/refine.yaml", "configs/folder_data.yaml")
+
+    def __init__(self, model_dir: str | Path, bundle_root: str | Path | None = None,
+                 global_configs: Sequence[str] | None = None, refine_configs: Sequence[str] | None = None,
+                 start: Mapping[str, str | Path] | None = None, overrides: Mapping[str, Any] | None = None):
+        self.root = Path(bundle_root) if bundle_root else BUNDLE_ROOT
+        self.model_dir = Path(model_dir)
+        self.global_configs = list(global_configs or self.GLOBAL_CONFIGS)
+        self.refine_configs = list(refine_configs or self.REFINE_CONFIGS)
+        self.start = dict(start or {})
+        self.overrides = dict(overrides or {})
+
+    def weights(self) -> dict[str, Path]:
+        """The weights the next fine-tuning starts from (and the inference should use): ``model_dir``'s when there,
+        else the shipped ones."""
+        found = {}
+        for stage, name in (("global", "model.pt"), ("refine", "refine.pt")):
+            mine = self.model_dir / name
+            found[stage] = Path(self.start.get(stage) or (mine if mine.is_file() else self.root / "models" / name))
+        return found
+
+    def __call__(self, data_dir: str | Path, max_epochs: int = 10, refine_max_epochs: int = 10,
+                 learning_rate: float = 5e-4, refine_learning_rate: float = 5e-4, val_fraction: float = 0.2,
+                 time_budget_minutes: float | None = None, extra: Sequence[str] = ()) -> dict:
+        """Fine-tune on ``data_dir`` (``refine_max_epochs`` 0: the global network only) and return the stats written
+        to ``model_dir/train_stats.json``. Raises ``RuntimeError`` (with the log's last lines) when a run fails;
+        what an earlier fine-tuning left in ``model_dir`` is then kept."""
+        import json
+        import os
+        import re
+        import subprocess
+        import sys
+        import time
+
+        from .io import folder_datalist
+
+        data_dir = Path(data_dir)
+        n_images = sum(Path(item["label_files"][0]).is_file() for item in folder_datalist(data_dir, landmark_suffix=".csv"))
+        if n_images < 2:
+            raise ValueError(f"{data_dir}: {n_images} image(s) with landmarks; fine-tuning needs at least 2 (one "
+                             f"validates)")
+        val_fraction = max(float(val_fraction), 1.0 / n_images)  # at least one image validates
+        start = self.weights()
+        runs = self.model_dir / "runs" / time.strftime("%Y%m%d_%H%M%S")
+        # validation after every epoch, the starting weights first; the epochs (or the given budget) decide, not a
+        # recipe's own time budget (the GPU recipe's 5 minutes) or early stopping; one warm-up epoch
+        overrides = {"dataset_dir": str(data_dir), "landmark_suffix": ".csv", "val_fraction": val_fraction,
+                     "val_at_start": True, "val_interval": 1, "early_stop_patience": 1000, "progress_bar": False,
+                     "time_budget_minutes": None, "warmup_epochs": "$min(1, @max_epochs - 1)", "num_workers": min(4, os.cpu_count() or 1),
+                     **self.overrides}
+        n = int(overrides.get("num_landmarks", 19))
+        if "landmark_names" not in overrides and n == 19:
+            overrides["landmark_names"] = "$bundle.ISBI_LANDMARK_NAMES"
+        stages = [("global", self.global_configs, max_epochs, learning_rate, "model.pt")]
+        if refine_max_epochs > 0:
+            stages.append(("refine", self.refine_configs, refine_max_epochs, refine_learning_rate, "refine.pt"))
+        stats: dict[str, Any] = {"data_dir": str(data_dir), "n_images": n_images, "val_fraction": val_fraction,
+                                 "runs": str(runs), "stages": {}}
+        t_all = time.time()
+        for stage, configs, epochs, lr, name in stages:
+            out = runs / stage
+            args = {**overrides, "output_dir": str(out), "warm_start": str(start[stage]), "max_epochs": int(epochs),
+                    "learning_rate": float(lr), "bundle_root": str(self.root)}
+            if time_budget_minutes:
+                args["time_budget_minutes"] = float(time_budget_minutes) / len(stages)
+                args["time_budget_lengthen"] = False
+            cmd = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file",
+                   "[" + ",".join(f"'{self.root / c}'" for c in configs) + "]"]
+            for k, v in args.items():
+                cmd += [f"--{k}", v if isinstance(v, str) else repr(v)]
+            cmd += list(extra)
+            out.mkdir(parents=True, exist_ok=True)
+            logger.info("fine-tuning the %s network: %s", stage, " ".join(cmd))
+            t0 = time.time()
+            env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(self.root), os.environ.get("PYTHONPATH", "")])}
+            with open(out / "log.txt", "w") as log:
+                proc = subprocess.Popen(cmd, cwd=self.root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                        text=True)
+                for line in proc.stdout:  # streamed: MONAI Label shows the training task's output
+                    log.write(line)
+                    sys.stdout.write(line)
+                    sys.stdout.flush()
+                rc = proc.wait()
+            if rc != 0 or not (out / "model.pt").is_file():
+                lines = (out / "log.txt").read_text().splitlines()
+                # a chained traceback prints its root cause first
+                cause = next((s for s in lines if re.match(r"^[\w.]+(Error|Exception): ", s)), lines[-1] if lines else "")
+                raise RuntimeError(f"fine-tuning the {stage} network failed (exit {rc}): {cause} (log: {out / 'log.txt'})")
+            curve = json.loads((out / "learning_curve.json").read_text()) if (out / "learning_curve.json").is_file() else []
+            mres = [p.get("val_mre") for p in curve if p.get("val_mre") is not None]
+            stats["stages"][stage] = {
+                "started_from": str(start[stage]), "epochs": int(epochs), "learning_rate": float(lr),
+                "val_mre_mm_start": mres[0] if mres else None, "val_mre_mm_best": min(mres) if mres else None,
+                "kept_start": bool(mres) and min(mres) >= mres[0], "minutes": round((time.time() - t0) / 60, 2),
+            }
+        self.model_dir.mkdir(parents=True, exist_ok=True)
+        for stage, _, _, _, name in stages:  # only when every stage succeeded; each file replaced whole
+            tmp = self.model_dir / f".{name}.tmp"
+            tmp.write_bytes((runs / stage / "model.pt").read_bytes())
+            os.replace(tmp, self.model_dir / name)
+        stats["minutes"] = round((time.time() - t_all) / 60, 2)
+        stats["weights"] = {k: str(v) for k, v in self.weights().items()}
+        (self.model_dir / "train_stats.json").write_text(json.dumps(stats, indent=1))
+        return stats

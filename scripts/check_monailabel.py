@@ -9,13 +9,18 @@ images to a studies folder with one corrupt file added, runs ``configs/inference
 - the JSON landmarks are those of the bundle's ``landmarks.csv`` (within 0.05 pixels: one process against another);
 - the label map lies in the image's geometry (the same origin, spacing and direction as the point list uses) and
   holds landmark ``i``'s value at landmark ``i``;
-- the corrupt file and an image id not in the studies folder get HTTP 422 with a message naming what is wrong.
+- the corrupt file and an image id not in the studies folder get HTTP 422 with a message naming what is wrong;
+- with ``--train``: each answered label map submitted back as the image's final label (``PUT /datastore/label``, as
+  Slicer's "Submit Label"), then ``POST /train/cephalometric_landmarks`` (one epoch per network by default) run to
+  its end: the fine-tuned weights are in the app's model folder, the next answer names them, and its landmarks are
+  those of ``configs/inference.yaml`` run with those weights.
 
 Prints JSON and exits non-zero when a check fails.
 
     python scripts/check_monailabel.py                      # 2 synthetic 2400 x 1935 cephalograms
     python scripts/check_monailabel.py --images ../shared/data/isbi2015/RawImage/Test1Data --n 3
     python scripts/check_monailabel.py --images ../shared/data/isbi2015/RawImage/Test1Data --n 3 --fast
+    python scripts/check_monailabel.py --images ../shared/data/isbi2015/RawImage/Test1Data --n 3 --train
 """
 
 from __future__ import annotations
@@ -61,6 +66,27 @@ def _post(url: str, timeout: float = 600.0) -> tuple[int, bytes, str]:
         return e.code, e.read(), e.headers.get("Content-Type", "")
 
 
+def _send(url: str, method: str, fields: dict[str, str] | None = None, files: dict[str, Path] | None = None,
+          json_body: dict | None = None, timeout: float = 600.0) -> tuple[int, bytes]:
+    """A multipart form (``fields``, ``files``) or a JSON body, by ``method``; (status, body)."""
+    if json_body is not None:
+        data, ctype = json.dumps(json_body).encode(), "application/json"
+    else:
+        boundary = "ceph-check-boundary"
+        chunks = [f"--{boundary}\r\nContent-Disposition: form-data; name=\"{k}\"\r\n\r\n{v}\r\n".encode()
+                  for k, v in (fields or {}).items()]
+        for k, path in (files or {}).items():
+            chunks.append(f"--{boundary}\r\nContent-Disposition: form-data; name=\"{k}\"; filename=\"{path.name}\"\r\n"
+                          f"Content-Type: application/octet-stream\r\n\r\n".encode() + path.read_bytes() + b"\r\n")
+        data, ctype = b"".join(chunks) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": ctype})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
 def _parts(body: bytes, content_type: str) -> dict[str, bytes]:
     """The parts of a multipart answer by their form name (``params``, ``image``)."""
     from requests_toolbelt.multipart.decoder import MultipartDecoder
@@ -81,6 +107,11 @@ def main() -> int:
                     help="the fast CPU profile: the server with --conf fast true, the folder run with "
                          "configs/inference_fast.yaml")
     ap.add_argument("--startup_s", type=float, default=300, help="how long to wait for the server")
+    ap.add_argument("--train", action="store_true",
+                    help="then submit the answers as final labels and fine-tune through POST /train (needs --n 2 "
+                         "or more: one image validates)")
+    ap.add_argument("--epochs", type=int, default=1, help="with --train: epochs per network")
+    ap.add_argument("--train_timeout_s", type=float, default=1800, help="with --train: how long to wait for it")
     args = ap.parse_args()
 
     import itk
@@ -128,7 +159,8 @@ def main() -> int:
         port = _free_port()
         base = f"http://127.0.0.1:{port}"
         log = open(Path(tmp) / "server.log", "w")
-        conf = ["--conf", "fast", "true"] if args.fast else []
+        model_dir = Path(tmp) / "model"  # the app's fine-tuned weights (not the app folder's model/)
+        conf = (["--conf", "fast", "true"] if args.fast else []) + ["--conf", "model_dir", str(model_dir)]
         server = subprocess.Popen([sys.executable, "-m", "monailabel.main", "start_server", "--app",
                                    str(ROOT / "scripts" / "monailabel_app"), "--studies", str(studies), "--host",
                                    "127.0.0.1", "--port", str(port)] + conf,
@@ -171,6 +203,7 @@ def main() -> int:
                 entry["max_difference_px"] = float(np.abs(xy - ref).max()) if xy.shape == ref.shape else None
                 if entry["max_difference_px"] is None or entry["max_difference_px"] > 0.05:
                     failures.append(f"{name}: landmarks differ from inference.yaml's: {entry['max_difference_px']}")
+                entry["weights"] = params.get("weights")
                 label_file = Path(tmp) / f"{Path(name).stem}_label.nrrd"
                 label_file.write_bytes(parts["image"])
                 label = itk.imread(str(label_file))
@@ -199,6 +232,8 @@ def main() -> int:
                 report[what.replace(" ", "_")] = {"status": status, "answer": detail[:300]}
                 if status != 422 or expect not in detail:
                     failures.append(f"{what}: expected HTTP 422 naming {expect!r}, got {status}: {detail[:300]}")
+            if args.train:
+                report["training"] = _check_training(args, base, tmp, studies, good, model_dir, failures)
         except SystemExit:
             pass
         finally:
@@ -211,6 +246,74 @@ def main() -> int:
     report["failures"] = failures
     print(json.dumps(report, indent=1))
     return 1 if failures else 0
+
+
+def _check_training(args, base: str, tmp: str, studies: Path, good: list[str], model_dir: Path,
+                    failures: list[str]) -> dict:
+    """Submit each answer as the image's final label, fine-tune through ``POST /train``, then check the next answer
+    against a folder run with the fine-tuned weights."""
+    out: dict = {"labels_submitted": []}
+    for name in good:
+        stem = Path(name).stem
+        status, body = _send(f"{base}/datastore/label?image={stem}&tag=final", "PUT", fields={"params": "{}"},
+                             files={"label": Path(tmp) / f"{stem}_label.nrrd"})
+        if status != 200:
+            failures.append(f"{name}: PUT /datastore/label: HTTP {status}: {body[:300]!r}")
+        else:
+            out["labels_submitted"].append(name)
+    t0 = time.perf_counter()
+    status, body = _send(f"{base}/train/{MODEL}", "POST",
+                         json_body={"max_epochs": args.epochs, "refine_max_epochs": args.epochs})
+    if status != 200:
+        failures.append(f"POST /train/{MODEL}: HTTP {status}: {body[:300]!r}")
+        return out
+    task: dict = {}
+    while time.perf_counter() - t0 < args.train_timeout_s:
+        time.sleep(5)
+        with urllib.request.urlopen(f"{base}/train/", timeout=30) as r:
+            task = json.loads(r.read())
+        if task.get("status") in ("DONE", "ERROR", "STOPPED"):
+            break
+    out["train_seconds"] = round(time.perf_counter() - t0, 1)
+    out["train_status"] = task.get("status")
+    if task.get("status") != "DONE":
+        failures.append(f"training ended {task.get('status')!r}: {list(task.get('details', []))[-5:]}")
+        return out
+    stats_file = model_dir / "train_stats.json"
+    if not ((model_dir / "model.pt").is_file() and (model_dir / "refine.pt").is_file() and stats_file.is_file()):
+        failures.append(f"training left no weights in {model_dir}")
+        return out
+    stats = json.loads(stats_file.read_text())
+    out["train_stats"] = {"n_images": stats["n_images"], "stages": stats["stages"]}
+    # the next answer comes from the new weights: the same landmarks as a folder run with them
+    name = good[0]
+    status, body, ctype = _post(f"{base}/infer/{MODEL}?image={Path(name).stem}&output=json")
+    if status != 200:
+        failures.append(f"{name} after training: HTTP {status}: {body[:300]!r}")
+        return out
+    params = json.loads(body)
+    out["weights_after"] = params.get("weights")
+    if params.get("weights") != {"global": str(model_dir / "model.pt"), "refine": str(model_dir / "refine.pt")}:
+        failures.append(f"after training the answer names other weights: {params.get('weights')}")
+    one = Path(tmp) / "one"
+    one.mkdir()
+    shutil.copy(studies / name, one / name)
+    configs = "['configs/inference.yaml','configs/inference_fast.yaml']" if args.fast else "configs/inference.yaml"
+    res = subprocess.run([sys.executable, "-m", "monai.bundle", "run", "--config_file", configs, "--input_dir", str(one),
+                          "--output_dir", str(one / "out"), "--progress_bar", "false", "--ckpt_path",
+                          str(model_dir / "model.pt"), "--refine_ckpt_path", str(model_dir / "refine.pt")],
+                         cwd=ROOT, capture_output=True, text=True)
+    if res.returncode != 0:
+        failures.append(f"inference.yaml with the fine-tuned weights failed: {res.stderr[-500:]}")
+        return out
+    with open(one / "out" / "landmarks.csv", newline="") as f:
+        ref = np.array([[float(r["x"]), float(r["y"])] for r in csv.DictReader(f)])
+    xy = np.array([[p["x"], p["y"]] for p in params["landmarks"]])
+    out["max_difference_px_after"] = float(np.abs(xy - ref).max()) if xy.shape == ref.shape else None
+    if out["max_difference_px_after"] is None or out["max_difference_px_after"] > 0.05:
+        failures.append(f"after training the answer differs from inference.yaml with the new weights: "
+                        f"{out['max_difference_px_after']}")
+    return out
 
 
 if __name__ == "__main__":

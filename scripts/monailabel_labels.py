@@ -17,9 +17,7 @@ Prints JSON (images written, errors) and exits non-zero when no image could be w
 from __future__ import annotations
 
 import argparse
-import csv
 import json
-import shutil
 import sys
 from pathlib import Path
 
@@ -36,43 +34,26 @@ def main() -> int:
     ap.add_argument("--landmark_names", default=None, help="comma-separated names for the CSVs (default: ISBI's)")
     args = ap.parse_args()
 
-    from bundle import ISBI_LANDMARK_NAMES
-    from bundle.io import (CephDataError, LABEL_MAP_SUFFIXES, folder_datalist, image_geometry, image_stem,
-                           read_label_map_landmarks)
+    from bundle.io import LABEL_MAP_SUFFIXES, folder_datalist, image_stem
+    from bundle.serving import labels_to_training_folder
 
-    names = args.landmark_names.split(",") if args.landmark_names else list(ISBI_LANDMARK_NAMES)
-    if len(names) < args.n_landmarks:
-        names += [f"L{i + 1}" for i in range(len(names), args.n_landmarks)]
     studies, out = Path(args.studies), Path(args.out)
     label_dir = studies / "labels" / args.tag
     if not label_dir.is_dir():
         print(json.dumps({"error": f"{label_dir}: no labels folder (nothing submitted from Slicer yet?)"}))
         return 1
     images = {image_stem(p.name): p for p in (Path(item["image"]) for item in folder_datalist(studies))}
-    out.mkdir(parents=True, exist_ok=True)
-    written, errors = [], []
+    pairs, missing = [], []
     for label in sorted(label_dir.iterdir()):
         if not label.name.lower().endswith(LABEL_MAP_SUFFIXES):
             continue
         stem = image_stem(label.name)
-        image = images.get(stem)
-        if image is None:
-            errors.append([label.name, f"no image {stem}.* in {studies}"])
-            continue
-        try:
-            yx = read_label_map_landmarks(label, args.n_landmarks, image_geometry(image))
-        except CephDataError as e:
-            errors.append([label.name, str(e)])
-            continue
-        if image.resolve() != (out / image.name).resolve():
-            shutil.copy2(image, out / image.name)
-        with open(out / f"{stem}.csv", "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["landmark", "name", "x", "y"])
-            w.writerows([i + 1, names[i], f"{x:.2f}", f"{y:.2f}"] for i, (y, x) in enumerate(yx.tolist()))
-        written.append(image.name)
-    with open(out / "errors.csv", "w", newline="") as f:
-        csv.writer(f).writerows([["label", "error"]] + errors)
+        if stem in images:
+            pairs.append({"image": str(images[stem]), "label": str(label)})
+        else:
+            missing.append([label.name, f"no image {stem}.* in {studies}"])
+    names = args.landmark_names.split(",") if args.landmark_names else None
+    written, errors = labels_to_training_folder(pairs, out, args.n_landmarks, names, errors=missing)
     print(json.dumps({"studies": str(studies), "out": str(out), "tag": args.tag, "written": written,
                       "errors": [{"label": a, "error": b} for a, b in errors]}, indent=1))
     return 0 if written else 1

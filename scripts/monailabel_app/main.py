@@ -10,11 +10,21 @@ geometry, each landmark a disc of its number (2 mm radius: the clinical toleranc
 segments over the radiograph, and a JSON result with the landmarks in pixels and mm, their expected errors, the
 cephalometric analysis, the checks and the 3D Slicer point list (``markups``).
 
+Training (``POST /train/cephalometric_landmarks``, Slicer's "Train" button): both networks are fine-tuned on the
+labels submitted so far (``labels/final``: each landmark's region read back as its centre), starting from the
+weights the model answers with, by the bundle's own training configs (:class:`bundle.serving.FineTuner`); each
+run validates its starting weights first on the held-out part and keeps the best, so training that does not help
+leaves the weights as they were. The new weights go to ``model/`` in this app's folder (``--conf model_dir``), and
+the next request is answered with them. Delete that folder to go back to the shipped weights.
+
 ``--conf`` keys (strings, as MONAI Label passes them): ``fast`` (``true``: the fast CPU profile,
 ``configs/inference_fast.yaml``), ``configs`` (comma-separated config files layered on ``configs/inference.yaml``,
 relative to the bundle), ``overrides`` (a JSON object of config values, e.g. ``{"refine": false}``; the overlay
 picture is off unless it says ``"overlay": true``, since the answer does not carry it), ``radius_mm`` (the discs'
-radius), ``bundle_root`` (default: the bundle this app is in).
+radius), ``bundle_root`` (default: the bundle this app is in), ``model_dir`` (where training writes its weights;
+default: ``model/`` in this app's folder, ``model_fast/`` for the fast profile), ``train_configs`` (the global
+network's training configs, comma-separated, relative to the bundle; default: the shipped network's recipe,
+train.yaml, isbi_gpu.yaml or for the fast profile isbi_cpu.yaml, maht_net.yaml, folder_data.yaml).
 """
 
 from __future__ import annotations
@@ -33,6 +43,7 @@ from monailabel.datastore.local import LocalDatastore
 from monailabel.interfaces.app import MONAILabelApp
 from monailabel.interfaces.exception import MONAILabelError, MONAILabelException
 from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
+from monailabel.interfaces.tasks.train import TrainTask
 
 logger = logging.getLogger(__name__)
 
@@ -56,12 +67,13 @@ def _true(value: Any) -> bool:
 class LandmarkInferTask(InferTask):
     """The bundle's inference on one image: a label map (landmark ``i`` a disc of value ``i``) and a JSON result."""
 
-    def __init__(self, bundle_root: Path, config_files: list[Path], overrides: Dict[str, Any], radius_mm: float):
-        from bundle.serving import LandmarkPredictor
-
-        self.bundle_root = bundle_root
-        self.predictor = LandmarkPredictor(config_files, overrides, bundle_root)
+    def __init__(self, bundle_root: Path, config_files: list[Path], overrides: Dict[str, Any], radius_mm: float,
+                 model_dir: Path):
+        self.bundle_root, self.config_files, self.overrides = bundle_root, config_files, overrides
+        self.model_dir = model_dir
         self.radius_mm = radius_mm
+        self._weights: Dict[str, Any] = {}
+        self.predictor = self._load()
         names = self.predictor.names
         super().__init__(
             type=InferType.SEGMENTATION,
@@ -83,6 +95,35 @@ class LandmarkInferTask(InferTask):
             write_label_map(Path(tmp) / "warm_up.nrrd", {"landmarks": [], "size": [8, 8], "spacing_mm": [1.0, 1.0],
                                                          "pixel_to_lps": [[1, 0, 0], [0, 1, 0], [0, 0, 0]]})
 
+    def _trained(self) -> Dict[str, Any]:
+        """The weights training left in the model folder, with their modification times (empty: none yet)."""
+        found = {}
+        for key, name in (("ckpt_path", "model.pt"), ("refine_ckpt_path", "refine.pt")):
+            path = self.model_dir / name
+            if path.is_file() and key not in self.overrides:  # weights named in --conf overrides win
+                found[key] = (str(path), path.stat().st_mtime_ns)
+        return found
+
+    def _load(self):
+        from bundle.serving import LandmarkPredictor
+
+        self._weights = self._trained()
+        overrides = {**self.overrides, **{k: path for k, (path, _) in self._weights.items()}}
+        if self._weights:
+            logger.info("answering with the fine-tuned weights in %s", self.model_dir)
+        return LandmarkPredictor(self.config_files, overrides, self.bundle_root)
+
+    def weights(self) -> Dict[str, str]:
+        """The weights the answers come from (the model folder's or the bundle's)."""
+        from monai.bundle import ConfigParser
+
+        parser = ConfigParser()
+        parser.read_config([str(f) for f in self.config_files])
+        parser.update({"bundle_root": str(self.bundle_root), **self.overrides,
+                       **{k: path for k, (path, _) in self._weights.items()}})
+        return {"global": str(parser.get_parsed_content("ckpt_path")),
+                "refine": str(parser.get_parsed_content("refine_ckpt_path"))}
+
     def is_valid(self) -> bool:
         return True  # the predictor loaded its weights when the app started
 
@@ -94,6 +135,8 @@ class LandmarkInferTask(InferTask):
         if not isinstance(image, str) or not image:
             raise _bad_input("no image to read: the image asked for is neither in the datastore nor a file")
         radius_mm = float(request.get("radius_mm", self.radius_mm))
+        if self._trained() != self._weights:  # training (another process) replaced the weights: answer with them
+            self.predictor = self._load()
         work = Path(tempfile.mkdtemp(prefix="ceph_landmarks_"))
         try:
             try:
@@ -114,12 +157,60 @@ class LandmarkInferTask(InferTask):
                 "spacing_mm": result["spacing_mm"],
                 "radius_mm": radius_mm,
                 "markups": json.loads(markups.read_text()) if markups else None,
+                "weights": self.weights(),
             }
         finally:
             shutil.rmtree(work, ignore_errors=True)
         logger.info("%s: %d landmarks%s", image, len(result["landmarks"]),
                     f"; to check: {', '.join(result['checks'])}" if result["checks"] else "")
         return label, answer
+
+
+class LandmarkTrainTask(TrainTask):
+    """Fine-tunes both networks on the submitted labels (:class:`bundle.serving.FineTuner`), from the weights the
+    model answers with. The request's keys (Slicer's training options): ``max_epochs`` and ``refine_max_epochs``
+    (0: the global network only), ``learning_rate``, ``refine_learning_rate``, ``val_fraction`` (the share of the
+    labelled images held out to decide whether the new weights are better), ``time_budget_minutes`` (both runs
+    together; none: the epochs decide)."""
+
+    def __init__(self, infer: LandmarkInferTask, global_configs: list[str]):
+        super().__init__(f"Fine-tune both networks on the submitted landmarks (labels/final), from the weights in "
+                         f"use; new weights go to {infer.model_dir}")
+        self.infer, self.global_configs = infer, global_configs
+        self.model_dir, self.bundle_root = infer.model_dir, infer.bundle_root
+        self.names = list(infer.predictor.names)
+        # the data settings of the inference (landmarks, spacing of pictures without one) for the training runs
+        keys = ("num_landmarks", "pixel_spacing_mm", "dicom_spacing_mm")
+        self.overrides = {k: v for k, v in infer.overrides.items() if k in keys}
+
+    def config(self):
+        return {"max_epochs": 10, "refine_max_epochs": 10, "learning_rate": 0.0005, "refine_learning_rate": 0.0005,
+                "val_fraction": 0.2, "time_budget_minutes": 0}
+
+    def stats(self):
+        path = self.model_dir / "train_stats.json"
+        return json.loads(path.read_text()) if path.is_file() else {}
+
+    def __call__(self, request, datastore):
+        from bundle.serving import FineTuner, labels_to_training_folder
+
+        options = {**self.config(), **{k: v for k, v in request.items() if k in self.config()}}
+        data = self.model_dir / "train_data"
+        shutil.rmtree(data, ignore_errors=True)  # the labels as they are now
+        written, errors = labels_to_training_folder(datastore.datalist(), data, len(self.names), self.names)
+        for label, error in errors:
+            logger.warning("not trained on: %s", error)
+        logger.info("fine-tuning on %d labelled image(s)", len(written))
+        tuner = FineTuner(self.model_dir, self.bundle_root, global_configs=self.global_configs,
+                          start=self.infer.weights(), overrides=self.overrides)
+        stats = tuner(data, max_epochs=int(options["max_epochs"]), refine_max_epochs=int(options["refine_max_epochs"]),
+                      learning_rate=float(options["learning_rate"]),
+                      refine_learning_rate=float(options["refine_learning_rate"]),
+                      val_fraction=float(options["val_fraction"]),
+                      time_budget_minutes=float(options["time_budget_minutes"]) or None)
+        stats["label_errors"] = [{"label": a, "error": b} for a, b in errors]
+        logger.info("fine-tuned: %s", json.dumps(stats["stages"]))
+        return stats
 
 
 class CephalometricLandmarksApp(MONAILabelApp):
@@ -145,10 +236,16 @@ class CephalometricLandmarksApp(MONAILabelApp):
         except ValueError as e:  # json.JSONDecodeError is a ValueError
             raise MONAILabelException(MONAILabelError.APP_INIT_ERROR,
                                       f"--conf overrides should be a JSON object such as '{{\"refine\": false}}' ({e})")
+        fast = _true(conf.get("fast", "false"))
+        # each profile its own folder: the fast profile's global network is another (configs/isbi_cpu.yaml's)
+        self.model_dir = Path(conf.get("model_dir") or Path(app_dir) / ("model_fast" if fast else "model")).resolve()
+        self.train_configs = [c.strip() for c in str(conf.get("train_configs", "")).split(",") if c.strip()] or [
+            "configs/train.yaml", "configs/isbi_cpu.yaml" if fast else "configs/isbi_gpu.yaml", "configs/maht_net.yaml",
+            "configs/folder_data.yaml"]
         self.task_args = dict(bundle_root=self.bundle_root, config_files=configs,
                               # no overlay picture: the answer does not carry it (0.3 s a request)
                               overrides={"overlay": False, **overrides},
-                              radius_mm=float(conf.get("radius_mm", 2.0)))
+                              radius_mm=float(conf.get("radius_mm", 2.0)), model_dir=self.model_dir)
         super().__init__(app_dir=app_dir, studies=studies, conf=conf, name="Cephalometric landmarks",
                          description=meta.get("description", ""), version=meta.get("version", ""))
 
@@ -168,4 +265,8 @@ class CephalometricLandmarksApp(MONAILabelApp):
                               read_only=settings.MONAI_LABEL_DATASTORE_READ_ONLY)
 
     def init_infers(self) -> Dict[str, InferTask]:
-        return {MODEL_NAME: LandmarkInferTask(**self.task_args)}
+        self._infer = LandmarkInferTask(**self.task_args)
+        return {MODEL_NAME: self._infer}
+
+    def init_trainers(self) -> Dict[str, TrainTask]:
+        return {MODEL_NAME: LandmarkTrainTask(self._infer, self.train_configs)}
