@@ -359,7 +359,8 @@ class FineTuner:
             cmd = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file",
                    "[" + ",".join(f"'{self.root / c}'" for c in configs) + "]"]
             for k, v in args.items():
-                cmd += [f"--{k}", v if isinstance(v, str) else repr(v)]
+                # None as an expression: MONAI's run drops an override whose value is None
+                cmd += [f"--{k}", "$None" if v is None else v if isinstance(v, str) else repr(v)]
             cmd += list(extra)
             out.mkdir(parents=True, exist_ok=True)
             logger.info("fine-tuning the %s network: %s", stage, " ".join(cmd))

@@ -317,20 +317,23 @@ class TestFineTuning(unittest.TestCase):
             self.assertIn("gone.png: image not found", errors[0][1])
             # a small U-Net for the global stage (the shipped recipe's MAHT-Net at 800 x 640 is too slow for the
             # suite); the shipped refinement network, fine-tuned
-            tuner = FineTuner(tmp / "models", global_configs=["configs/train.yaml", "configs/folder_data.yaml"],
+            # a recipe with its own time budget (as the GPU recipe's 5 minutes): the epochs asked for decide
+            (tmp / "budget.yaml").write_text("time_budget_minutes: 0.001\n")
+            tuner = FineTuner(tmp / "models", global_configs=["configs/train.yaml", str(tmp / "budget.yaml"),
+                                                              "configs/folder_data.yaml"],
                               start={"global": str(tmp / "start.pt")},
                               overrides={"pixel_spacing_mm": 0.4, "num_workers": 0, "batch_size": 2, "seed": 0})
             from monai.networks.nets import UNet
             torch.save({"model": UNet(2, 1, 19, (16, 32, 64, 128, 256), (2, 2, 2, 2), num_res_units=2).state_dict()},
                        tmp / "start.pt")
-            stats = tuner(tmp / "train", max_epochs=1, refine_max_epochs=1)
+            stats = tuner(tmp / "train", max_epochs=2, refine_max_epochs=1)
             self.assertEqual((stats["n_images"], sorted(stats["stages"])), (3, ["global", "refine"]))
             for stage, name in (("global", "model.pt"), ("refine", "refine.pt")):
                 s = stats["stages"][stage]
                 self.assertIsNotNone(s["val_mre_mm_start"], stage)  # the starting weights were validated
                 self.assertLessEqual(s["val_mre_mm_best"], s["val_mre_mm_start"], stage)
                 curve = json.loads((Path(stats["runs"]) / stage / "learning_curve.json").read_text())
-                self.assertEqual([p["epoch"] for p in curve], [0, 1], stage)
+                self.assertEqual([p["epoch"] for p in curve], [0, 1, 2] if stage == "global" else [0, 1], stage)
                 self.assertTrue((tmp / "models" / name).is_file())
             self.assertEqual(stats["stages"]["refine"]["started_from"], str(ROOT / "models" / "refine.pt"))
             self.assertEqual(json.loads((tmp / "models" / "train_stats.json").read_text()), stats)
