@@ -371,6 +371,7 @@ class FineTuner:
                                         text=True)
                 for line in proc.stdout:  # streamed: MONAI Label shows the training task's output
                     log.write(line)
+                    log.flush()
                     sys.stdout.write(line)
                     sys.stdout.flush()
                 rc = proc.wait()

@@ -285,6 +285,10 @@ def _check_training(args, base: str, tmp: str, studies: Path, good: list[str], m
         return out
     stats = json.loads(stats_file.read_text())
     out["train_stats"] = {"n_images": stats["n_images"], "stages": stats["stages"]}
+    with urllib.request.urlopen(f"{base}/info/", timeout=30) as r:  # Slicer's module shows these
+        shown = json.loads(r.read()).get("train_stats", {}).get(MODEL, {})
+    if shown.get("stages") != stats["stages"]:
+        failures.append(f"/info/ does not show the training's stats: {str(shown)[:300]}")
     # the next answer comes from the new weights: the same landmarks as a folder run with them
     name = good[0]
     status, body, ctype = _post(f"{base}/infer/{MODEL}?image={Path(name).stem}&output=json")

@@ -107,22 +107,22 @@ class LandmarkInferTask(InferTask):
     def _load(self):
         from bundle.serving import LandmarkPredictor
 
+        from monai.bundle import ConfigParser
+
         self._weights = self._trained()
         overrides = {**self.overrides, **{k: path for k, (path, _) in self._weights.items()}}
         if self._weights:
             logger.info("answering with the fine-tuned weights in %s", self.model_dir)
+        parser = ConfigParser()  # which files the predictor reads its weights from
+        parser.read_config([str(f) for f in self.config_files])
+        parser.update({"bundle_root": str(self.bundle_root), **overrides})
+        self._weight_files = {"global": str(parser.get_parsed_content("ckpt_path")),
+                              "refine": str(parser.get_parsed_content("refine_ckpt_path"))}
         return LandmarkPredictor(self.config_files, overrides, self.bundle_root)
 
     def weights(self) -> Dict[str, str]:
         """The weights the answers come from (the model folder's or the bundle's)."""
-        from monai.bundle import ConfigParser
-
-        parser = ConfigParser()
-        parser.read_config([str(f) for f in self.config_files])
-        parser.update({"bundle_root": str(self.bundle_root), **self.overrides,
-                       **{k: path for k, (path, _) in self._weights.items()}})
-        return {"global": str(parser.get_parsed_content("ckpt_path")),
-                "refine": str(parser.get_parsed_content("refine_ckpt_path"))}
+        return dict(self._weight_files)
 
     def is_valid(self) -> bool:
         return True  # the predictor loaded its weights when the app started
