@@ -225,7 +225,8 @@ def labels_to_training_folder(pairs: Sequence[Mapping[str, str]], out: str | Pat
                               names: Sequence[str] | None = None,
                               errors: Sequence[Sequence[str]] = ()) -> tuple[list[str], list[list[str]]]:
     """Label maps back as landmarks: for each ``{"image", "label"}`` pair (MONAI Label's ``datastore.datalist()``,
-    the submitted ``labels/final`` maps), a copy of the image and its landmarks as ``NAME.csv`` (``landmark,name,x,y``
+    the submitted ``labels/final`` maps; an image may be a folder holding one, a DICOM series), a copy of the image
+    named as its label (``LABEL_STEM.ext``) and its landmarks as ``LABEL_STEM.csv`` (``landmark,name,x,y``
     in pixels of the image, each region's centre: :func:`bundle.io.read_label_map_landmarks`) in ``out``, the training
     folder of ``configs/folder_data.yaml``. A label that cannot be read (a landmark with no region, a value too many,
     no image) is listed, not written, and the rest go on.
@@ -247,21 +248,26 @@ def labels_to_training_folder(pairs: Sequence[Mapping[str, str]], out: str | Pat
     written: list[str] = []
     errors = [list(e) for e in errors]
     for pair in pairs:
-        image, label = Path(pair["image"]), Path(pair["label"])
+        label = Path(pair["label"])
         try:
+            image = single_image(pair["image"])  # a DICOM series' folder: its one image
             if not image.is_file():
                 raise CephDataError(image, "image not found")
             yx = read_label_map_landmarks(label, n_landmarks, image_geometry(image))
         except (CephDataError, OSError, ValueError) as e:
             errors.append([label.name, str(e)])
             continue
-        if image.resolve() != (out / image.name).resolve():
-            shutil.copy2(image, out / image.name)
-        with open(out / f"{image_stem(image.name)}.csv", "w", newline="") as f:
+        # named by the label (MONAI Label names it by the image's id): the files of two series both called
+        # IM0001 stay apart
+        stem = image_stem(label.name)
+        target = out / f"{stem}{image.name[len(image_stem(image.name)):]}"
+        if image.resolve() != target.resolve():
+            shutil.copy2(image, target)
+        with open(out / f"{stem}.csv", "w", newline="") as f:
             w = csv.writer(f)
             w.writerow(["landmark", "name", "x", "y"])
             w.writerows([i + 1, names[i], f"{x:.2f}", f"{y:.2f}"] for i, (y, x) in enumerate(yx.tolist()))
-        written.append(image.name)
+        written.append(target.name)
     with open(out / "errors.csv", "w", newline="") as f:
         csv.writer(f).writerows([["label", "error"]] + errors)
     return written, errors

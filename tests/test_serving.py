@@ -315,6 +315,17 @@ class TestFineTuning(unittest.TestCase):
             written, errors = labels_to_training_folder(pairs, tmp / "train")
             self.assertEqual(written, ["c0.png", "c1.png", "c2.png"])
             self.assertIn("gone.png: image not found", errors[0][1])
+            # a series folder holding its one image (DICOMweb), named by its label: two series' IM0001 stay apart
+            for k in (0, 1):
+                (tmp / "series" / f"s{k}").mkdir(parents=True)
+                shutil.copy(tmp / "studies" / f"c{k}.png", tmp / "series" / f"s{k}" / "IM0001.png")
+                shutil.copy(tmp / "studies" / f"c{k}.nrrd", tmp / "series" / f"1.2.{k}.nrrd")
+            written, _ = labels_to_training_folder(
+                [{"image": str(tmp / "series" / f"s{k}"), "label": str(tmp / "series" / f"1.2.{k}.nrrd")} for k in (0, 1)],
+                tmp / "series_train")
+            self.assertEqual(written, ["1.2.0.png", "1.2.1.png"])
+            for k in (0, 1):
+                self.assertEqual((tmp / "series_train" / f"1.2.{k}.csv").read_text(), (tmp / "train" / f"c{k}.csv").read_text())
             # a small U-Net for the global stage (the shipped recipe's MAHT-Net at 800 x 640 is too slow for the
             # suite); the shipped refinement network, fine-tuned
             # a recipe with its own time budget (as the GPU recipe's 5 minutes): the epochs asked for decide
