@@ -10,6 +10,10 @@ images to a studies folder with one corrupt file added, runs ``configs/inference
 - the label map lies in the image's geometry (the same origin, spacing and direction as the point list uses) and
   holds landmark ``i``'s value at landmark ``i``;
 - the corrupt file and an image id not in the studies folder get HTTP 422 with a message naming what is wrong;
+- active learning: the scoring method ``expected_error`` (run synchronously; the server's own scoring after start
+  is off here) scores every unlabelled image and marks the corrupt one not read; the strategy ``expected_error``
+  offers the corrupt file first, and once it is removed, the image whose mean expected error in the folder run's
+  ``landmarks.csv`` is the largest; scoring again with the same weights reads nothing;
 - with ``--train``: each answered label map submitted back as the image's final label (``PUT /datastore/label``, as
   Slicer's "Submit Label"), then ``POST /train/cephalometric_landmarks`` (one epoch per network by default) run to
   its end: the fine-tuned weights are in the app's model folder, the next answer names them, and its landmarks are
@@ -28,6 +32,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -161,10 +166,13 @@ def main() -> int:
         log = open(Path(tmp) / "server.log", "w")
         model_dir = Path(tmp) / "model"  # the app's fine-tuned weights (not the app folder's model/)
         conf = (["--conf", "fast", "true"] if args.fast else []) + ["--conf", "model_dir", str(model_dir)]
+        # no scoring in the background (MONAI Label starts it after start-up): the check asks for it, and the
+        # request times stay those of requests alone
+        env = {**os.environ, "MONAI_LABEL_AUTO_UPDATE_SCORING": "false"}
         server = subprocess.Popen([sys.executable, "-m", "monailabel.main", "start_server", "--app",
                                    str(ROOT / "scripts" / "monailabel_app"), "--studies", str(studies), "--host",
                                    "127.0.0.1", "--port", str(port)] + conf,
-                                  cwd=tmp, stdout=log, stderr=subprocess.STDOUT)
+                                  cwd=tmp, stdout=log, stderr=subprocess.STDOUT, env=env)
         try:
             t0 = time.perf_counter()
             info = None
@@ -232,6 +240,7 @@ def main() -> int:
                 report[what.replace(" ", "_")] = {"status": status, "answer": detail[:300]}
                 if status != 422 or expect not in detail:
                     failures.append(f"{what}: expected HTTP 422 naming {expect!r}, got {status}: {detail[:300]}")
+            report["active_learning"] = _check_active_learning(base, cli, failures)
             if args.train:
                 report["training"] = _check_training(args, base, tmp, studies, good, model_dir, failures)
         except SystemExit:
@@ -246,6 +255,45 @@ def main() -> int:
     report["failures"] = failures
     print(json.dumps(report, indent=1))
     return 1 if failures else 0
+
+
+def _check_active_learning(base: str, cli: dict[str, list[dict]], failures: list[str]) -> dict:
+    """Score the unlabelled images, ask for the next sample (the corrupt file first), remove the corrupt file, ask
+    again (the image of the largest mean expected error), and score again (nothing read)."""
+    out: dict = {}
+    t0 = time.perf_counter()
+    status, body = _send(f"{base}/scoring/expected_error?run_sync=true", "POST", json_body={})
+    out["scoring_seconds"] = round(time.perf_counter() - t0, 1)
+    scoring = json.loads(body) if status == 200 else {}
+    out["scoring"] = scoring
+    if status != 200 or scoring.get("scored") != len(cli) + 1 or scoring.get("not_read") != ["broken"]:
+        failures.append(f"scoring: expected {len(cli) + 1} images scored, broken not read: HTTP {status} {body[:300]!r}")
+    expected = {Path(name).stem: sum(float(r["uncertainty_mm"]) for r in rows) / len(rows) for name, rows in cli.items()}
+    picks = []
+    for step in ("with the corrupt file", "without it"):
+        status, body = _send(f"{base}/activelearning/expected_error", "POST", json_body={})
+        picks.append(json.loads(body).get("id") if status == 200 else f"HTTP {status}")
+        if step == "with the corrupt file":
+            status, body = _send(f"{base}/datastore/image?id=broken", "DELETE")
+            out["removed"] = status
+            if status != 200:
+                failures.append(f"DELETE /datastore/image?id=broken: HTTP {status}: {body[:300]!r}")
+            for _ in range(20):  # the datastore takes the removal in when it next reloads
+                with urllib.request.urlopen(f"{base}/datastore/?output=all", timeout=30) as r:
+                    if "broken" not in json.loads(r.read()).get("objects", {}):
+                        break
+                time.sleep(1)
+    out["next_sample"] = picks
+    out["mean_expected_error_mm"] = {k: round(v, 4) for k, v in expected.items()}
+    want = ["broken", max(expected, key=expected.get)]
+    if picks != want:
+        failures.append(f"next sample: expected {want}, got {picks}")
+    status, body = _send(f"{base}/scoring/expected_error?run_sync=true", "POST", json_body={})
+    again = json.loads(body) if status == 200 else {}
+    out["scoring_again"] = again
+    if again.get("scored") != 0 or again.get("kept") != len(cli):
+        failures.append(f"scoring again with the same weights read images again: {again}")
+    return out
 
 
 def _check_training(args, base: str, tmp: str, studies: Path, good: list[str], model_dir: Path,

@@ -10,6 +10,10 @@ geometry, each landmark a disc of its number (2 mm radius: the clinical toleranc
 segments over the radiograph, and a JSON result with the landmarks in pixels and mm, their expected errors, the
 cephalometric analysis, the checks and the 3D Slicer point list (``markups``).
 
+Active learning (Slicer's "Next Sample" with the strategy ``expected_error``): the unlabelled image whose landmarks
+the model is least sure of, by the mean expected error that the scoring method ``expected_error`` keeps for each
+unlabelled image (found with the weights in use; run again for an image when the weights change).
+
 Training (``POST /train/cephalometric_landmarks``, Slicer's "Train" button): both networks are fine-tuned on the
 labels submitted so far (``labels/final``: each landmark's region read back as its centre), starting from the
 weights the model answers with, by the bundle's own training configs (:class:`bundle.serving.FineTuner`); each
@@ -43,6 +47,8 @@ from monailabel.datastore.local import LocalDatastore
 from monailabel.interfaces.app import MONAILabelApp
 from monailabel.interfaces.exception import MONAILabelError, MONAILabelException
 from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
+from monailabel.interfaces.tasks.scoring import ScoringMethod
+from monailabel.interfaces.tasks.strategy import Strategy
 from monailabel.interfaces.tasks.train import TrainTask
 
 logger = logging.getLogger(__name__)
@@ -213,6 +219,71 @@ class LandmarkTrainTask(TrainTask):
         return stats
 
 
+SCORE_KEY = "expected_error_mm"  # an image's mean expected landmark error, in its datastore info
+
+
+class ExpectedErrorScoring(ScoringMethod):
+    """Each unlabelled image's landmarks found with the weights in use, and their mean expected error (the calibrated
+    ``uncertainty_mm`` of ``landmarks.csv``) kept in its datastore info as ``expected_error_mm``, with the weights it
+    was found with: an image already scored with the same weights is not read again. An image that cannot be read gets
+    ``expected_error_not_read`` (why) instead, and the strategy offers it first. MONAI Label runs it after start, after training and
+    after each "Next Sample" (``MONAI_LABEL_AUTO_UPDATE_SCORING``), or ``POST /scoring/expected_error``."""
+
+    def __init__(self, infer: LandmarkInferTask):
+        super().__init__("The mean expected landmark error of each unlabelled image, with the weights in use")
+        self.infer = infer
+
+    def __call__(self, request, datastore):
+        import time
+
+        from bundle.io import CephDataError
+
+        if self.infer._trained() != self.infer._weights:  # training replaced the weights since the app started
+            self.infer.predictor = self.infer._load()
+        stamp = {k: [v, os.stat(v).st_mtime_ns if os.path.exists(v) else 0] for k, v in self.infer.weights().items()}
+        scored, kept, failed = 0, 0, []
+        for image_id in datastore.get_unlabeled_images():
+            info = datastore.get_image_info(image_id)
+            if info.get("expected_error_weights") == stamp:
+                kept += 1
+                continue
+            work = Path(tempfile.mkdtemp(prefix="ceph_score_"))
+            try:
+                result = self.infer.predictor(datastore.get_image_uri(image_id), work)
+                errors = [p["uncertainty_mm"] for p in result["landmarks"]]
+                score = {SCORE_KEY: round(sum(errors) / len(errors), 4),
+                         "expected_error_max_mm": round(max(errors), 4), "expected_error_checks": result["checks"]}
+            except (CephDataError, OSError, ValueError) as e:
+                failed.append(image_id)
+                score = {SCORE_KEY: None, "expected_error_not_read": str(e)}
+            finally:
+                shutil.rmtree(work, ignore_errors=True)
+            datastore.update_image_info(image_id, {**score, "expected_error_weights": stamp,
+                                                   "expected_error_ts": int(time.time())})
+            scored += 1
+        logger.info("expected errors: %d image(s) scored, %d kept, %d not read", scored, kept, len(failed))
+        return {"scored": scored, "kept": kept, "not_read": failed}
+
+
+class LargestExpectedError(Strategy):
+    """Next sample: the unlabelled image whose landmarks the model is least sure of (the largest mean expected error,
+    :class:`ExpectedErrorScoring`); a file it could not read comes before, the images not scored yet after, by id."""
+
+    def __init__(self):
+        super().__init__("The unlabelled image with the largest mean expected landmark error (scored first)")
+
+    def __call__(self, request, datastore):
+        images = datastore.get_unlabeled_images(request.get("label_tag"), request.get("labels"))
+        if not images:
+            return None
+        infos = {i: datastore.get_image_info(i) for i in images}
+        scores = {i: infos[i].get(SCORE_KEY) for i in images}
+        # a file the model could not read first (someone should look at it), then the least sure, then the unscored
+        ranked = sorted(images, key=lambda i: ("expected_error_not_read" not in infos[i], scores[i] is None,
+                                               -(scores[i] or 0.0), i))
+        return {"id": ranked[0], SCORE_KEY: scores[ranked[0]]}
+
+
 class CephalometricLandmarksApp(MONAILabelApp):
     """The bundle's landmarks for MONAI Label: one inference model, ``cephalometric_landmarks``."""
 
@@ -270,3 +341,11 @@ class CephalometricLandmarksApp(MONAILabelApp):
 
     def init_trainers(self) -> Dict[str, TrainTask]:
         return {MODEL_NAME: LandmarkTrainTask(self._infer, self.train_configs)}
+
+    def init_scoring_methods(self) -> Dict[str, ScoringMethod]:
+        return {"expected_error": ExpectedErrorScoring(self._infer)}
+
+    def init_strategies(self) -> Dict[str, Strategy]:
+        from monailabel.tasks.activelearning.random import Random
+
+        return {"expected_error": LargestExpectedError(), "random": Random()}
