@@ -302,7 +302,7 @@ class FineTuner:
                  global_configs: Sequence[str] | None = None, refine_configs: Sequence[str] | None = None,
                  start: Mapping[str, str | Path] | None = None, overrides: Mapping[str, Any] | None = None):
         self.root = Path(bundle_root) if bundle_root else BUNDLE_ROOT
-        self.model_dir = Path(model_dir)
+        self.model_dir = Path(model_dir).resolve()
         self.global_configs = list(global_configs or self.GLOBAL_CONFIGS)
         self.refine_configs = list(refine_configs or self.REFINE_CONFIGS)
         self.start = dict(start or {})
@@ -332,7 +332,7 @@ class FineTuner:
 
         from .io import folder_datalist
 
-        data_dir = Path(data_dir)
+        data_dir = Path(data_dir).resolve()  # the runs start in the bundle's folder
         n_images = sum(Path(item["label_files"][0]).is_file() for item in folder_datalist(data_dir, landmark_suffix=".csv"))
         if n_images < 2:
             raise ValueError(f"{data_dir}: {n_images} image(s) with landmarks; fine-tuning needs at least 2 (one "
@@ -373,6 +373,7 @@ class FineTuner:
             t0 = time.time()
             env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(self.root), os.environ.get("PYTHONPATH", "")])}
             with open(out / "log.txt", "w") as log:
+                log.write(" ".join(cmd) + "\n")  # the command, to run again by hand
                 proc = subprocess.Popen(cmd, cwd=self.root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                         text=True)
                 for line in proc.stdout:  # streamed: MONAI Label shows the training task's output
