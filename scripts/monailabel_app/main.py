@@ -130,6 +130,12 @@ class LandmarkInferTask(InferTask):
         """The weights the answers come from (the model folder's or the bundle's)."""
         return dict(self._weight_files)
 
+    def current_predictor(self):
+        """The predictor, loaded again first when training (another process) has replaced the weights since."""
+        if self._trained() != self._weights:
+            self.predictor = self._load()
+        return self.predictor
+
     def is_valid(self) -> bool:
         return True  # the predictor loaded its weights when the app started
 
@@ -141,12 +147,11 @@ class LandmarkInferTask(InferTask):
         if not isinstance(image, str) or not image:
             raise _bad_input("no image to read: the image asked for is neither in the datastore nor a file")
         radius_mm = float(request.get("radius_mm", self.radius_mm))
-        if self._trained() != self._weights:  # training (another process) replaced the weights: answer with them
-            self.predictor = self._load()
+        predictor = self.current_predictor()  # the weights a training left, if it has since
         work = Path(tempfile.mkdtemp(prefix="ceph_landmarks_"))
         try:
             try:
-                result = self.predictor(image, work)
+                result = predictor(image, work)
             except CephDataError as e:  # a file that cannot be read: the client gets the file and the problem
                 raise _bad_input(str(e)) from e
             stem = Path(image).name.split(".")[0] or "image"
@@ -238,8 +243,7 @@ class ExpectedErrorScoring(ScoringMethod):
 
         from bundle.io import CephDataError
 
-        if self.infer._trained() != self.infer._weights:  # training replaced the weights since the app started
-            self.infer.predictor = self.infer._load()
+        predictor = self.infer.current_predictor()
         stamp = {k: [v, os.stat(v).st_mtime_ns if os.path.exists(v) else 0] for k, v in self.infer.weights().items()}
         scored, kept, failed = 0, 0, []
         for image_id in datastore.get_unlabeled_images():
@@ -249,7 +253,7 @@ class ExpectedErrorScoring(ScoringMethod):
                 continue
             work = Path(tempfile.mkdtemp(prefix="ceph_score_"))
             try:
-                result = self.infer.predictor(datastore.get_image_uri(image_id), work)
+                result = predictor(datastore.get_image_uri(image_id), work)
                 errors = [p["uncertainty_mm"] for p in result["landmarks"]]
                 score = {SCORE_KEY: round(sum(errors) / len(errors), 4),
                          "expected_error_max_mm": round(max(errors), 4), "expected_error_checks": result["checks"]}
