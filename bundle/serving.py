@@ -113,8 +113,8 @@ class LandmarkPredictor:
             self.evaluator.state.epoch_length = len(loader)
             self.evaluator.run()
             kept, self._kept = self._kept, []
-            for loader in self._loaders:  # the weights are in: no more reading them
-                self.evaluator.remove_event_handler(loader, Events.STARTED)
+            for handler in self._loaders:  # the weights are in: no more reading them
+                self.evaluator.remove_event_handler(handler, Events.STARTED)
             self._loaders = []
         if len(kept) != 1:
             raise RuntimeError(f"{path}: the evaluator ran {len(kept)} items, expected 1")
@@ -235,11 +235,10 @@ def labels_to_training_folder(pairs: Sequence[Mapping[str, str]], out: str | Pat
         ``(written, errors)``: the image names written, and ``[label, error]`` rows (also ``out/errors.csv``), after
         the ``errors`` given (labels the caller found no image for).
     """
-    import csv
     import shutil
 
     from . import ISBI_LANDMARK_NAMES
-    from .io import image_geometry, image_stem, read_label_map_landmarks
+    from .io import atomic_write_csv, image_geometry, image_stem, read_label_map_landmarks
 
     names = list(names or ISBI_LANDMARK_NAMES)
     names += [f"L{i + 1}" for i in range(len(names), n_landmarks)]
@@ -263,13 +262,10 @@ def labels_to_training_folder(pairs: Sequence[Mapping[str, str]], out: str | Pat
         target = out / f"{stem}{image.name[len(image_stem(image.name)):]}"
         if image.resolve() != target.resolve():
             shutil.copy2(image, target)
-        with open(out / f"{stem}.csv", "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["landmark", "name", "x", "y"])
-            w.writerows([i + 1, names[i], f"{x:.2f}", f"{y:.2f}"] for i, (y, x) in enumerate(yx.tolist()))
+        atomic_write_csv(out / f"{stem}.csv", [["landmark", "name", "x", "y"]]
+                         + [[i + 1, names[i], f"{x:.2f}", f"{y:.2f}"] for i, (y, x) in enumerate(yx.tolist())])
         written.append(target.name)
-    with open(out / "errors.csv", "w", newline="") as f:
-        csv.writer(f).writerows([["label", "error"]] + errors)
+    atomic_write_csv(out / "errors.csv", [["label", "error"]] + errors)
     return written, errors
 
 
@@ -297,6 +293,10 @@ class FineTuner:
 
     GLOBAL_CONFIGS = ("configs/train.yaml", "configs/isbi_gpu.yaml", "configs/maht_net.yaml", "configs/folder_data.yaml")
     REFINE_CONFIGS = ("configs/train.yaml", "configs/refine.yaml", "configs/folder_data.yaml")
+    WEIGHT_FILES = {"global": "model.pt", "refine": "refine.pt"}  # in model_dir, as in the bundle's models/
+    # the options of a fine-tuning (the MONAI Label task offers these; time_budget_minutes 0 or None: the epochs decide)
+    DEFAULTS = {"max_epochs": 10, "refine_max_epochs": 10, "learning_rate": 5e-4, "refine_learning_rate": 5e-4,
+                "val_fraction": 0.2, "time_budget_minutes": None}
 
     def __init__(self, model_dir: str | Path, bundle_root: str | Path | None = None,
                  global_configs: Sequence[str] | None = None, refine_configs: Sequence[str] | None = None,
@@ -312,25 +312,29 @@ class FineTuner:
         """The weights the next fine-tuning starts from (and the inference should use): ``model_dir``'s when there,
         else the shipped ones."""
         found = {}
-        for stage, name in (("global", "model.pt"), ("refine", "refine.pt")):
+        for stage, name in self.WEIGHT_FILES.items():
             mine = self.model_dir / name
             found[stage] = Path(self.start.get(stage) or (mine if mine.is_file() else self.root / "models" / name))
         return found
 
-    def __call__(self, data_dir: str | Path, max_epochs: int = 10, refine_max_epochs: int = 10,
-                 learning_rate: float = 5e-4, refine_learning_rate: float = 5e-4, val_fraction: float = 0.2,
-                 time_budget_minutes: float | None = None, extra: Sequence[str] = ()) -> dict:
+    def __call__(self, data_dir: str | Path, max_epochs: int = DEFAULTS["max_epochs"],
+                 refine_max_epochs: int = DEFAULTS["refine_max_epochs"],
+                 learning_rate: float = DEFAULTS["learning_rate"],
+                 refine_learning_rate: float = DEFAULTS["refine_learning_rate"],
+                 val_fraction: float = DEFAULTS["val_fraction"],
+                 time_budget_minutes: float | None = DEFAULTS["time_budget_minutes"]) -> dict:
         """Fine-tune on ``data_dir`` (``refine_max_epochs`` 0: the global network only) and return the stats written
-        to ``model_dir/train_stats.json``. Raises ``RuntimeError`` (with the log's last lines) when a run fails;
-        what an earlier fine-tuning left in ``model_dir`` is then kept."""
+        to ``model_dir/train_stats.json``. Raises ``RuntimeError`` (with the first exception in the run's log) when a
+        run fails; what an earlier fine-tuning left in ``model_dir`` is then kept."""
         import json
         import os
         import re
+        import shutil
         import subprocess
         import sys
         import time
 
-        from .io import folder_datalist
+        from .io import atomic_write_text, folder_datalist
 
         data_dir = Path(data_dir).resolve()  # the runs start in the bundle's folder
         n_images = sum(Path(item["label_files"][0]).is_file() for item in folder_datalist(data_dir, landmark_suffix=".csv"))
@@ -349,13 +353,13 @@ class FineTuner:
         n = int(overrides.get("num_landmarks", 19))
         if "landmark_names" not in overrides and n == 19:
             overrides["landmark_names"] = "$bundle.ISBI_LANDMARK_NAMES"
-        stages = [("global", self.global_configs, max_epochs, learning_rate, "model.pt")]
+        stages = [("global", self.global_configs, max_epochs, learning_rate)]
         if refine_max_epochs > 0:
-            stages.append(("refine", self.refine_configs, refine_max_epochs, refine_learning_rate, "refine.pt"))
+            stages.append(("refine", self.refine_configs, refine_max_epochs, refine_learning_rate))
         stats: dict[str, Any] = {"data_dir": str(data_dir), "n_images": n_images, "val_fraction": val_fraction,
                                  "runs": str(runs), "stages": {}}
         t_all = time.time()
-        for stage, configs, epochs, lr, name in stages:
+        for stage, configs, epochs, lr in stages:
             out = runs / stage
             args = {**overrides, "output_dir": str(out), "warm_start": str(start[stage]), "max_epochs": int(epochs),
                     "learning_rate": float(lr), "bundle_root": str(self.root)}
@@ -367,7 +371,6 @@ class FineTuner:
             for k, v in args.items():
                 # None as an expression: MONAI's run drops an override whose value is None
                 cmd += [f"--{k}", "$None" if v is None else v if isinstance(v, str) else repr(v)]
-            cmd += list(extra)
             out.mkdir(parents=True, exist_ok=True)
             logger.info("fine-tuning the %s network: %s", stage, " ".join(cmd))
             t0 = time.time()
@@ -395,11 +398,12 @@ class FineTuner:
                 "kept_start": bool(mres) and min(mres) >= mres[0], "minutes": round((time.time() - t0) / 60, 2),
             }
         self.model_dir.mkdir(parents=True, exist_ok=True)
-        for stage, _, _, _, name in stages:  # only when every stage succeeded; each file replaced whole
+        for stage, *_ in stages:  # only when every stage succeeded; each file replaced whole
+            name = self.WEIGHT_FILES[stage]
             tmp = self.model_dir / f".{name}.tmp"
-            tmp.write_bytes((runs / stage / "model.pt").read_bytes())
+            shutil.copyfile(runs / stage / "model.pt", tmp)
             os.replace(tmp, self.model_dir / name)
         stats["minutes"] = round((time.time() - t_all) / 60, 2)
         stats["weights"] = {k: str(v) for k, v in self.weights().items()}
-        (self.model_dir / "train_stats.json").write_text(json.dumps(stats, indent=1))
+        atomic_write_text(self.model_dir / "train_stats.json", json.dumps(stats, indent=1))  # the server reads it
         return stats

@@ -14,7 +14,6 @@ against both doctors. Test1 is only reported: nothing is chosen on it. Prints JS
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 import time
@@ -69,7 +68,7 @@ def main() -> int:
     ap.add_argument("--json", default=None, help="also write the result here")
     args = ap.parse_args()
 
-    from bundle.io import image_geometry, read_landmarks
+    from bundle.io import image_geometry, print_json_report, read_landmarks
     from bundle.serving import FineTuner, labels_to_training_folder, write_label_map
 
     data, out = Path(args.dataset_dir), Path(args.out)
@@ -98,10 +97,7 @@ def main() -> int:
                                         ROOT / "models" / "refine.pt")
     result["test1_fine_tuned"] = _evaluate(out / "eval_tuned", data, out / "models" / "model.pt",
                                            out / "models" / "refine.pt")
-    text = json.dumps(result, indent=1)
-    print(text)
-    if args.json:
-        Path(args.json).write_text(text + "\n")
+    print_json_report(result, args.json, indent=1)
     return 0
 
 

@@ -104,8 +104,10 @@ class LandmarkInferTask(InferTask):
     def _trained(self) -> Dict[str, Any]:
         """The weights training left in the model folder, with their modification times (empty: none yet)."""
         found = {}
-        for key, name in (("ckpt_path", "model.pt"), ("refine_ckpt_path", "refine.pt")):
-            path = self.model_dir / name
+        from bundle.serving import FineTuner
+
+        for key, stage in (("ckpt_path", "global"), ("refine_ckpt_path", "refine")):
+            path = self.model_dir / FineTuner.WEIGHT_FILES[stage]
             if path.is_file() and key not in self.overrides:  # weights named in --conf overrides win
                 found[key] = (str(path), path.stat().st_mtime_ns)
         return found
@@ -195,8 +197,9 @@ class LandmarkTrainTask(TrainTask):
         self.overrides = {k: v for k, v in infer.overrides.items() if k in keys}
 
     def config(self):
-        return {"max_epochs": 10, "refine_max_epochs": 10, "learning_rate": 0.0005, "refine_learning_rate": 0.0005,
-                "val_fraction": 0.2, "time_budget_minutes": 0}
+        from bundle.serving import FineTuner
+
+        return {**FineTuner.DEFAULTS, "time_budget_minutes": FineTuner.DEFAULTS["time_budget_minutes"] or 0}
 
     def stats(self):
         path = self.model_dir / "train_stats.json"
