@@ -1,4 +1,5 @@
-"""Compare MAHT-Net with the MONAI UNet baseline: parameters, forward GFLOPs, train-step and inference time.
+"""Compare MAHT-Net with the MONAI UNet baseline and the U-Net on an EfficientNet-Lite0 encoder (MONAI's FlexibleUNet,
+configs/efficientnet_lite.yaml): parameters, forward GFLOPs, train-step and inference time.
 
 Prints one JSON object. Examples::
 
@@ -33,9 +34,9 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import monai  # noqa: E402
-from monai.networks.nets import UNet  # noqa: E402
+from monai.networks.nets import FlexibleUNet, UNet  # noqa: E402
 
-from bundle.networks import MAHTNet  # noqa: E402
+from bundle.networks import MAHTNet  # noqa: E402  (also registers the efficientnet-lite0 backbone)
 
 
 def build_models(out_channels: int, maht_kwargs: dict) -> dict[str, nn.Module]:
@@ -48,6 +49,10 @@ def build_models(out_channels: int, maht_kwargs: dict) -> dict[str, nn.Module]:
             channels=(32, 64, 128, 256, 512),
             strides=(2, 2, 2, 2),
             num_res_units=2,
+        ),
+        # the timing does not depend on the weights: random ones, so the package of ImageNet weights is not needed
+        "lite_unet": FlexibleUNet(
+            in_channels=1, out_channels=out_channels, backbone="efficientnet-lite0", pretrained=False
         ),
     }
 
@@ -187,6 +192,10 @@ def main() -> None:
         "threads": torch.get_num_threads(),
         "models": results,
         "ratio_maht_over_unet": ratio,
+        "ratio_lite_over_maht": {
+            key: None if m.get(key) is None or not results["lite_unet"].get(key) else results["lite_unet"][key] / m[key]
+            for key in ratio
+        },
     }
     print(json.dumps(out, indent=2))
 

@@ -1,3 +1,4 @@
+from .efficientnet_lite import EfficientNetLiteEncoder
 from .maht_net import MAHTNet
 
-__all__ = ["MAHTNet"]
+__all__ = ["EfficientNetLiteEncoder", "MAHTNet"]
