@@ -11,6 +11,8 @@
 # evaluation whose metrics.json exists is kept (delete OUT/eval_* to redo them).
 #   bash scripts/cpu_recipe.sh OUT GLOBAL_MINUTES REFINE_MINUTES [DATASET_DIR]
 #   e.g. bash scripts/cpu_recipe.sh runs/cpu_recipe 35 12 ../shared/data/isbi2015
+# NETWORK=configs/efficientnet_lite.yaml trains and evaluates that global network instead of MAHT-Net (a U-Net on an
+# ImageNet-pretrained EfficientNet-Lite0 encoder; session w).
 # SEED=K (default 0) starts every stage's augmentation and initialisation seeds at K instead of 0 (another draw of
 # the same recipe; the train / validation split stays split seed 0).
 # REFINE_MINUTES 0 trains each refinement network for configs/refine.yaml's fixed 16 epochs instead of a budget,
@@ -56,7 +58,8 @@ if [ "$default_members" = 1 ]; then
     "$members refinement. Measured on 2 AVX2 cores: REFIT=1 bash scripts/cpu_recipe.sh OUT 45 75, 114.6 minutes" \
     "of training, Test1 1.497 mm; with SEED=1, 116.1 minutes, 1.486 mm (docs/README.md, 'Speed')"
 fi
-global=(--config_file "['configs/train.yaml','configs/isbi_cpu.yaml','configs/maht_net.yaml']")
+network="${NETWORK:-configs/maht_net.yaml}"             # the global network's config (NETWORK=configs/efficientnet_lite.yaml)
+global=(--config_file "['configs/train.yaml','configs/isbi_cpu.yaml','$network']")
 refine_configs="'configs/train.yaml','configs/refine.yaml'"
 [ "${REFIT:-0}" != "0" ] && refine_configs="$refine_configs,'configs/refit.yaml'"
 refine=(--config_file "[$refine_configs]")
@@ -118,7 +121,7 @@ evaluate() {  # eval dir name, extra overrides...: Test1, senior ground truth, u
   local name="$1"; shift
   if [ -f "$out/$name/metrics.json" ]; then echo "$name: already evaluated ($out/$name/metrics.json)"; return; fi
   echo "$name: evaluating Test1"
-  python -m monai.bundle run --config_file "['configs/train.yaml','configs/isbi_cpu.yaml','configs/maht_net.yaml','configs/evaluate.yaml']" \
+  python -m monai.bundle run --config_file "['configs/train.yaml','configs/isbi_cpu.yaml','$network','configs/evaluate.yaml']" \
     --dataset_dir "$data" --output_dir "$out" --ckpt_path "$out/global/model.pt" "${global_ensemble[@]}" --eval_dir "$out/$name" "$@" \
     > "$out/$name.log" 2>&1 || failed "$out/$name.log"
 }
