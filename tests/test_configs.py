@@ -235,6 +235,16 @@ class TestMeasuredNumbersFollowMetadata(unittest.TestCase):
                     self.assertIn(f"{mre:.3f} mm", text)
                 self.assertIn(f"{total:.1f} min of training", recipe)
                 self.assertIn(f"({mre:.4f})", recipe)
+        # the recipe with the pretrained-encoder global network (session w, NETWORK=configs/efficientnet_lite.yaml):
+        # the script's header, README, "Not yet done" and the docs' recipe table
+        lite = json.loads((root / "docs" / "results" / "cpu_recipe_lite_amx_result.json").read_text())
+        total, mre = lite["minutes"]["training_total"], lite["test1_both_passes"]["mre_mm"]
+        with self.subTest(result="cpu_recipe_lite_amx_result.json"):
+            for text in (script, readme, not_yet_done):
+                self.assertIn(f"{total:.1f} minutes", text)
+                self.assertIn(f"{mre:.3f} mm", text)
+            self.assertIn(f"{total:.1f} min of training", flat(docs))
+            self.assertIn(f"({mre:.4f})", flat(docs))
         stages = results["cpu_recipe_avx512bf16_reestimate_result.json"]["minutes"]
         self.assertIn(f"took {stages['global']:.1f} and {stages['global_s1']:.1f} minutes", script)
 
