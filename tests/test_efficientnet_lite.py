@@ -124,6 +124,20 @@ class TestEfficientNetLite(unittest.TestCase):
 
 
 class TestEfficientNetLiteConfig(unittest.TestCase):
+    def test_inference_config_builds_it(self):
+        """inference.yaml imports bundle.networks, so a global network of this kind runs with
+        --config_file "['configs/inference.yaml','configs/efficientnet_lite.yaml']" (FlexibleUNet looks the backbone up
+        in MONAI's registry, which only the import fills)."""
+        from monai.bundle import ConfigParser
+
+        parser = ConfigParser()
+        parser.read_config([str(CONFIGS / "inference.yaml"), str(CONFIGS / "efficientnet_lite.yaml")])
+        parser["bundle_root"] = str(ROOT)
+        self.assertIn("$import bundle.networks", parser["imports"])
+        net = parser.get_parsed_content("network_def", instantiate=True)
+        self.assertIsInstance(net, FlexibleUNet)
+        self.assertEqual(net.backbone, "efficientnet-lite0-swish")
+
     def test_trains_and_evaluates_from_the_config(self):
         """configs/efficientnet_lite.yaml layered on train.yaml trains from the ImageNet weights, and evaluate.yaml
         reads the weights back into the same network."""
