@@ -174,10 +174,10 @@ def main() -> None:
         if device.type == "cuda":
             torch.cuda.empty_cache()
 
-    m, u = results["maht_net"], results["unet"]
-    ratio = {}
-    for key in ("params_M", "forward_gflops_per_image", "train_step_s", "infer_s_per_image"):
-        ratio[key] = None if m.get(key) is None or not u.get(key) else m[key] / u[key]
+    def ratios(a: dict, b: dict) -> dict:  # a / b for each compared quantity (None where one is missing or zero)
+        keys = ("params_M", "forward_gflops_per_image", "train_step_s", "infer_s_per_image")
+        return {k: None if a.get(k) is None or not b.get(k) else a[k] / b[k] for k in keys}
+
     out = {
         "size": list(args.size),
         "batch": args.batch,
@@ -191,11 +191,8 @@ def main() -> None:
         "device_type": device.type,
         "threads": torch.get_num_threads(),
         "models": results,
-        "ratio_maht_over_unet": ratio,
-        "ratio_lite_over_maht": {
-            key: None if m.get(key) is None or not results["lite_unet"].get(key) else results["lite_unet"][key] / m[key]
-            for key in ratio
-        },
+        "ratio_maht_over_unet": ratios(results["maht_net"], results["unet"]),
+        "ratio_lite_over_maht": ratios(results["lite_unet"], results["maht_net"]),
     }
     print(json.dumps(out, indent=2))
 

@@ -21,7 +21,7 @@ import re
 import torch
 from monai.networks.blocks import BaseEncoder
 from monai.networks.nets import FLEXUNET_BACKBONE
-from monai.networks.nets.efficientnet import EfficientNet
+from monai.networks.nets.efficientnet import EfficientNet, EfficientNetBNFeatures
 from monai.utils import str2bool
 from torch import nn
 
@@ -157,15 +157,8 @@ class EfficientNetLiteEncoder(EfficientNet, BaseEncoder):
     def set_swish(self, memory_efficient: bool = True) -> None:
         """No-op: the activations are fixed by ``model_name``; MONAI's swish switch must not replace the ReLU6s."""
 
-    def forward(self, inputs: torch.Tensor) -> list[torch.Tensor]:
-        """``(B, in_channels, H, W)`` -> five feature maps at strides 2, 4, 8, 16, 32."""
-        x = self._swish(self._bn0(self._conv_stem(self._conv_stem_padding(inputs))))
-        features = [x] if 0 in self.extract_stacks else []
-        for i, block in enumerate(self._blocks):
-            x = block(x)
-            if i + 1 in self.extract_stacks:
-                features.append(x)
-        return features
+    # the stem's output and each stride's last stage output, as MONAI's B0-B7 feature extractor gives them
+    forward = EfficientNetBNFeatures.forward
 
     @classmethod
     def get_encoder_parameters(cls) -> list[dict]:
