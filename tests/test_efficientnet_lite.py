@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import sys
@@ -138,38 +139,83 @@ class TestEfficientNetLiteConfig(unittest.TestCase):
         self.assertIsInstance(net, FlexibleUNet)
         self.assertEqual(net.backbone, "efficientnet-lite0-swish")
 
-    def test_trains_and_evaluates_from_the_config(self):
-        """configs/efficientnet_lite.yaml layered on train.yaml trains from the ImageNet weights, and evaluate.yaml
-        reads the weights back into the same network."""
-        tmp = Path(tempfile.mkdtemp())
-        self.addCleanup(shutil.rmtree, tmp, ignore_errors=True)
-        common = {
-            "bundle_root": str(ROOT), "synthetic_dir": str(tmp / "data"), "dataset_dir": str(tmp / "data"),
-            "synthetic_n_train": 6, "synthetic_n_test": 2, "output_dir": str(tmp / "run"), "image_size": [64, 48],
+    @classmethod
+    def setUpClass(cls):
+        """configs/efficientnet_lite.yaml layered on train.yaml trains a global network from the ImageNet weights."""
+        cls.tmp = Path(tempfile.mkdtemp())
+        cls.common = {
+            "bundle_root": str(ROOT), "synthetic_dir": str(cls.tmp / "data"), "dataset_dir": str(cls.tmp / "data"),
+            "synthetic_n_train": 6, "synthetic_n_test": 2, "output_dir": str(cls.tmp / "run"), "image_size": [64, 48],
             "heatmap_sigma": 1.5, "batch_size": 2, "num_workers": 0, "face": "right", "bone": "bright",
         }
-        configs = [str(CONFIGS / "train.yaml"), str(CONFIGS / "efficientnet_lite.yaml")]
-        train = ConfigWorkflow(workflow_type="train", config_file=configs, logging_file=False,
-                               meta_file=str(CONFIGS / "metadata.json"), max_epochs=1, val_interval=1, **common)
+        cls.configs = [str(CONFIGS / "train.yaml"), str(CONFIGS / "efficientnet_lite.yaml")]
+        train = ConfigWorkflow(workflow_type="train", config_file=cls.configs, logging_file=False,
+                               meta_file=str(CONFIGS / "metadata.json"), max_epochs=1, val_interval=1, **cls.common)
         train.initialize()
-        self.assertIsInstance(train.parser.get_parsed_content("network"), FlexibleUNet)
-        stem = train.parser.get_parsed_content("network").encoder._conv_stem.weight.detach().clone()
+        cls.network = train.parser.get_parsed_content("network")
+        cls.stem = cls.network.encoder._conv_stem.weight.detach().clone()
         train.run()
         train.finalize()
-        saved = torch.load(tmp / "run" / "model.pt", map_location="cpu", weights_only=True)
+
+    @classmethod
+    def tearDownClass(cls):
+        shutil.rmtree(cls.tmp, ignore_errors=True)
+
+    def test_trains_and_evaluates_from_the_config(self):
+        """The global network started from ImageNet, and evaluate.yaml reads its weights back into the same network."""
+        self.assertIsInstance(self.network, FlexibleUNet)
+        saved = torch.load(self.tmp / "run" / "model.pt", map_location="cpu", weights_only=True)
         packaged = torch.load(lite0_weights_path(), map_location="cpu", weights_only=True)["_conv_stem.weight"]
         std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-        torch.testing.assert_close(stem, (packaged / std).sum(1, keepdim=True))  # it started from ImageNet
-        ev = ConfigWorkflow(workflow_type="eval", config_file=[*configs, str(CONFIGS / "evaluate.yaml")],
-                            logging_file=False, **common)
+        torch.testing.assert_close(self.stem, (packaged / std).sum(1, keepdim=True))  # it started from ImageNet
+        ev = ConfigWorkflow(workflow_type="eval", config_file=[*self.configs, str(CONFIGS / "evaluate.yaml")],
+                            logging_file=False, **self.common)
         ev.initialize()
         ev.run()
         ev.finalize()
         net = ev.parser.get_parsed_content("network")
         torch.testing.assert_close(net.state_dict()["encoder._conv_stem.weight"].cpu(),
                                    saved["encoder._conv_stem.weight"])
-        self.assertTrue((tmp / "run" / "eval_test" / "metrics.json").is_file())
+        self.assertTrue((self.tmp / "run" / "eval_test" / "metrics.json").is_file())
 
+    def test_refinement_network_from_the_config(self):
+        """configs/refine_lite.yaml swaps the refinement network for a Lite0 U-Net with two input channels (the crop
+        and its context), started from ImageNet; the same file layered on evaluate.yaml (or inference.yaml) builds
+        that network to read the weights back, and the coarse-to-fine evaluation runs with it."""
+        refine_runs = self.tmp / "refine_run"
+        crops = {"refine_spacing_mm": 0.5, "crop_size": [32, 32]}
+        refine_configs = [str(CONFIGS / "train.yaml"), str(CONFIGS / "refine.yaml"), str(CONFIGS / "refine_lite.yaml")]
+        wf = ConfigWorkflow(workflow_type="train", config_file=refine_configs, logging_file=False,
+                            meta_file=str(CONFIGS / "metadata.json"), max_epochs=1, val_interval=1,
+                            crop_offset_sd=3.0, crop_max_offset=10.0,
+                            **{**self.common, "output_dir": str(refine_runs)}, **crops)
+        wf.initialize()
+        backbone = wf.parser.get_parsed_content("network").backbone
+        self.assertIsInstance(backbone, FlexibleUNet)
+        stem = backbone.encoder._conv_stem.weight.detach().clone()
+        self.assertEqual(tuple(stem.shape[:2]), (32, 2))  # crop + context channel
+        packaged = torch.load(lite0_weights_path(), map_location="cpu", weights_only=True)["_conv_stem.weight"]
+        std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+        grey = (packaged / std).sum(1, keepdim=True) / 2  # a grey crop repeated in both channels: ImageNet's response
+        torch.testing.assert_close(stem, grey.repeat(1, 2, 1, 1))
+        wf.run()
+        wf.finalize()
+        saved = torch.load(refine_runs / "model.pt", map_location="cpu", weights_only=True)
+        ev = ConfigWorkflow(
+            workflow_type="eval", config_file=[*self.configs, str(CONFIGS / "evaluate.yaml"), str(CONFIGS / "refine_lite.yaml")],
+            logging_file=False, refine=True, refine_ckpt_path=str(refine_runs / "model.pt"),
+            eval_dir=str(self.tmp / "eval_refined"), **self.common, **crops,
+        )
+        ev.initialize()
+        ev.run()
+        ev.finalize()
+        refine_net = ev.parser.get_parsed_content("refine_network")
+        self.assertIsInstance(refine_net.backbone, FlexibleUNet)
+        loaded = refine_net.state_dict()["backbone.encoder._conv_stem.weight"].cpu()
+        torch.testing.assert_close(loaded, saved["backbone.encoder._conv_stem.weight"])  # the trained weights, read back
+        self.assertFalse(torch.equal(loaded, stem))
+        metrics = json.loads((self.tmp / "eval_refined" / "metrics.json").read_text())
+        self.assertEqual(metrics["n_images"], 2)
 
 if __name__ == "__main__":
     unittest.main()
