@@ -38,7 +38,8 @@
 # training images: scripts/fit_bias_correction.py --annotations; bundle/bias.py).
 # Writes OUT/global/, OUT/global_s1/, OUT/refine/, OUT/refine_s1/ ... (weights, logs, learning curves), OUT/centre_correction.json,
 # OUT/eval_coarse/ (global pass alone), OUT/eval_refined/ (with the refinement ensemble), OUT/eval_refined_1/ (the first refinement member alone, when
-# there are several) and OUT/result.json (minutes per stage and the Test1 numbers, senior ground truth).
+# there are several), OUT/result.json (minutes per stage and the Test1 numbers, senior ground truth) and OUT/infer.sh
+# (inference with these weights as evaluated: bash OUT/infer.sh INPUT_DIR OUTPUT_DIR).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/setup_env.sh
@@ -133,6 +134,29 @@ centre=(--refine_centre_correction "$out/centre_correction.json")
 evaluate eval_coarse --refine False
 evaluate eval_refined --refine True --refine_ensemble "$ensemble" "${centre[@]}"
 if [ "$members" -gt 1 ]; then evaluate eval_refined_1 --refine True --refine_ckpt_path "$out/refine/model.pt" "${centre[@]}"; fi
+# the weights as the evaluation ran them, for the user's own images: OUT/infer.sh INPUT_DIR OUTPUT_DIR [overrides]
+# (inference.yaml's defaults are the shipped model's: its image size, and crop centres moved by the shipped offsets,
+# 0.1 mm on average from these weights' evaluation on Test1 151-152, session x; with these settings, the same)
+refine_weights=(--refine_ckpt_path "$out/refine/model.pt")
+[ "$members" -gt 1 ] && refine_weights=(--refine_ensemble "$ensemble")
+image_size=$(python -c "from monai.bundle import ConfigParser; p = ConfigParser(); p.read_config(['configs/train.yaml','configs/isbi_cpu.yaml']); print(list(p.get_parsed_content('full_image_size')))")
+spacing=$(python -c "import sys; from bundle.io import dataset_spacing; print(dataset_spacing(sys.argv[1]))" "$data")
+{
+  echo '#!/usr/bin/env bash'
+  echo "# Inference with the weights of scripts/cpu_recipe.sh in $out, as its Test1 evaluation ran them (written by it):"
+  echo '#   bash infer.sh INPUT_DIR OUTPUT_DIR [more overrides, e.g. --refine_shifts "[]"]'
+  echo 'set -euo pipefail'
+  echo 'in="$(realpath -m "$1")"; res="$(realpath -m "$2")"; shift 2'
+  echo "cd $(printf '%q' "$PWD")  # the bundle root"
+  echo '. scripts/setup_env.sh'
+  echo "# an image whose file gives no pixel size is read at the training images' ($spacing mm; --pixel_spacing_mm to change)"
+  echo "python -m monai.bundle run --config_file \"['configs/inference.yaml','$network']\" \\"
+  printf '  --ckpt_path "%s"' "$out/global/model.pt"
+  [ "$global_members" -gt 1 ] && printf ' --ensemble "%s"' "${global_ensemble[1]}"
+  printf ' --image_size "%s" %s "%s" %s "%s" \\\n' "$image_size" "${refine_weights[@]}" "${centre[@]}"
+  echo "  --pixel_spacing_mm $spacing"' --input_dir "$in" --output_dir "$res" "$@"'
+} > "$out/infer.sh"
+echo "inference with these weights: bash $out/infer.sh INPUT_DIR OUTPUT_DIR"
 python - "$out" <<'PY'
 import json, sys
 from pathlib import Path

@@ -1,7 +1,8 @@
 """scripts/cpu_recipe.sh end to end on a small synthetic set: both global networks and the refinement network train,
-the refinement within what TOTAL_MINUTES leaves, the evaluations average the two global networks, a second run keeps
-what the first finished."""
+the refinement within what TOTAL_MINUTES leaves, the evaluations average the two global networks, the inference script
+it writes finds the evaluation's landmarks, a second run keeps what the first finished."""
 
+import csv
 import json
 import os
 import shutil
@@ -51,6 +52,19 @@ class TestCpuRecipe(unittest.TestCase):
             result = json.loads((out / "result.json").read_text())
             self.assertEqual(set(result["minutes"]), {"global", "global_s1", "refine", "training_total"})
             self.assertIn("eval_refined", result)
+            # OUT/infer.sh runs the inference bundle with these weights as the evaluation ran them: the same landmarks
+            infer_out = tmp / "infer"
+            res = subprocess.run(["bash", str(out / "infer.sh"), str(data / "RawImage" / "Test1Data"), str(infer_out)],
+                                 cwd=tmp, env=env, capture_output=True, text=True, timeout=900)
+            self.assertEqual(res.returncode, 0, res.stdout[-3000:] + res.stderr[-3000:])
+            with open(out / "eval_refined" / "predictions.csv") as f:
+                evaluated = {(r["image"], r["landmark"]): (float(r["x_pred"]), float(r["y_pred"])) for r in csv.DictReader(f)}
+            with open(infer_out / "landmarks.csv") as f:
+                inferred = {(r["image"], r["landmark"]): (float(r["x"]), float(r["y"])) for r in csv.DictReader(f)}
+            self.assertEqual(set(inferred), set(evaluated))
+            for key, xy in inferred.items():
+                self.assertAlmostEqual(xy[0], evaluated[key][0], delta=0.02, msg=key)
+                self.assertAlmostEqual(xy[1], evaluated[key][1], delta=0.02, msg=key)
             # run again: every stage and evaluation is kept, nothing trains
             again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
             self.assertEqual(again.returncode, 0, again.stdout[-3000:] + again.stderr[-3000:])
