@@ -346,6 +346,9 @@ class TestFineTuning(unittest.TestCase):
                 curve = json.loads((Path(stats["runs"]) / stage / "learning_curve.json").read_text())
                 self.assertEqual([p["epoch"] for p in curve], [0, 1, 2] if stage == "global" else [0, 1], stage)
                 self.assertTrue((tmp / "models" / name).is_file())
+                # the settings the weights need go with them (bundle/settings.py)
+                settings = json.loads((tmp / "models" / name.replace(".pt", ".settings.json")).read_text())
+                self.assertEqual(settings["kind"], "global" if stage == "global" else "refinement", stage)
             self.assertEqual(stats["stages"]["refine"]["started_from"], str(ROOT / "models" / "refine.pt"))
             self.assertEqual(json.loads((tmp / "models" / "train_stats.json").read_text()), stats)
             self.assertEqual(FineTuner(tmp / "models").weights(),
