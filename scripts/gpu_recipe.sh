@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One GPU run of the ISBI recipe: installs carried wheels if MONAI is missing, trains the global model on the
 # reduced cache (scripts/prepare_cache.py) and, at the same time on the same GPU, the coarse-to-fine refinement
-# network (configs/refine.yaml); leaves the fp16 weights, the logs and the learning curves in $OUT.
+# network (configs/refine.yaml); leaves the fp16 weights (model_fp16.pt, refine_fp16.pt, each with its
+# NAME.settings.json: what inference checks them against), the logs and the learning curves in $OUT.
 #   python scripts/prepare_cache.py --dataset_dir ../shared/data/isbi2015 --out cache/isbi_f2 --factor 2   # 34 MB
 #   OUT=/tmp/gpu bash scripts/gpu_recipe.sh [global overrides, e.g. --ground_truth senior --seed 1]
 #   NETWORK=configs/maht_net.yaml ...   # MAHT-Net instead of the U-Net for the global model
@@ -73,7 +74,7 @@ done
 [ "$global_rc" = 0 ] || { echo "global training exited with $global_rc"; tail -30 "$OUT/train.log"; }
 [ "$refine_rc" = 0 ] || { echo "refinement training exited with $refine_rc"; tail -30 "$OUT/refine.log"; }
 python3 - "$OUT" "$seconds" "$refine_seconds" "$global_rc" "$refine_rc" "$KEEP" <<'PY'
-import json, os, sys, torch
+import json, os, shutil, sys, torch
 out, seconds, refine_seconds, global_rc, refine_rc, keep = sys.argv[1], *map(int, sys.argv[2:6]), sys.argv[6]
 
 def half(src, dst):
@@ -86,6 +87,8 @@ def stage(train_dir, dst, wall, rc, src="model.pt"):
     if not os.path.isfile(f"{train_dir}/{src}"):
         return {"exit_code": rc, "wall_seconds": wall, "model": None}
     half(f"{train_dir}/{src}", f"{out}/{dst}")
+    if os.path.isfile(f"{train_dir}/settings.json"):  # what the weights need (bundle/settings.py), beside them
+        shutil.copyfile(f"{train_dir}/settings.json", f"{out}/{dst[:-3]}.settings.json")
     curve = json.load(open(f"{train_dir}/learning_curve.json"))
     return {"exit_code": rc, "wall_seconds": wall, "model": dst, "kept": src, "best": min(curve, key=lambda p: p["val_mre"]),
             "curve": curve}
