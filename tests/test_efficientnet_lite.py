@@ -16,12 +16,10 @@ from parameterized import parameterized
 
 import bundle.networks  # noqa: F401  (registers the backbone)
 from bundle.networks.efficientnet_lite import IMAGENET_STD, EfficientNetLiteEncoder, lite0_weights_path
-from monai.bundle import ConfigWorkflow
 from monai.networks.nets import FLEXUNET_BACKBONE, FlexibleUNet
 from monai.networks.utils import convert_to_torchscript
 
-ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = ROOT / "configs"
+from tests.helpers import CONFIGS, ROOT, run_workflow, tiny_synthetic_run
 
 TEST_CASE_SHAPE = [  # FlexibleUNet kwargs, input shape, heatmap shape
     [{"in_channels": 1, "out_channels": 19}, (1, 1, 64, 48), (1, 19, 64, 48)],
@@ -143,19 +141,10 @@ class TestEfficientNetLiteConfig(unittest.TestCase):
     def setUpClass(cls):
         """configs/efficientnet_lite.yaml layered on train.yaml trains a global network from the ImageNet weights."""
         cls.tmp = Path(tempfile.mkdtemp())
-        cls.common = {
-            "bundle_root": str(ROOT), "synthetic_dir": str(cls.tmp / "data"), "dataset_dir": str(cls.tmp / "data"),
-            "synthetic_n_train": 6, "synthetic_n_test": 2, "output_dir": str(cls.tmp / "run"), "image_size": [64, 48],
-            "heatmap_sigma": 1.5, "batch_size": 2, "num_workers": 0, "face": "right", "bone": "bright",
-        }
-        cls.configs = [str(CONFIGS / "train.yaml"), str(CONFIGS / "efficientnet_lite.yaml")]
-        train = ConfigWorkflow(workflow_type="train", config_file=cls.configs, logging_file=False,
-                               meta_file=str(CONFIGS / "metadata.json"), max_epochs=1, val_interval=1, **cls.common)
-        train.initialize()
-        cls.network = train.parser.get_parsed_content("network")
-        cls.stem = cls.network.encoder._conv_stem.weight.detach().clone()
-        train.run()
-        train.finalize()
+        cls.common = tiny_synthetic_run(cls.tmp, 6)
+        cls.configs = [CONFIGS / "train.yaml", CONFIGS / "efficientnet_lite.yaml"]
+        cls.network = built(cls.configs, "network", cls.common)  # as the training starts
+        run_workflow("train", cls.configs, max_epochs=1, val_interval=1, **cls.common)
 
     @classmethod
     def tearDownClass(cls):
@@ -165,14 +154,8 @@ class TestEfficientNetLiteConfig(unittest.TestCase):
         """The global network started from ImageNet, and evaluate.yaml reads its weights back into the same network."""
         self.assertIsInstance(self.network, FlexibleUNet)
         saved = torch.load(self.tmp / "run" / "model.pt", map_location="cpu", weights_only=True)
-        packaged = torch.load(lite0_weights_path(), map_location="cpu", weights_only=True)["_conv_stem.weight"]
-        std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-        torch.testing.assert_close(self.stem, (packaged / std).sum(1, keepdim=True))  # it started from ImageNet
-        ev = ConfigWorkflow(workflow_type="eval", config_file=[*self.configs, str(CONFIGS / "evaluate.yaml")],
-                            logging_file=False, **self.common)
-        ev.initialize()
-        ev.run()
-        ev.finalize()
+        torch.testing.assert_close(self.network.encoder._conv_stem.weight, imagenet_grey_stem(1))
+        ev = run_workflow("eval", [*self.configs, CONFIGS / "evaluate.yaml"], **self.common)
         net = ev.parser.get_parsed_content("network")
         torch.testing.assert_close(net.state_dict()["encoder._conv_stem.weight"].cpu(),
                                    saved["encoder._conv_stem.weight"])
@@ -184,31 +167,19 @@ class TestEfficientNetLiteConfig(unittest.TestCase):
         that network to read the weights back, and the coarse-to-fine evaluation runs with it."""
         refine_runs = self.tmp / "refine_run"
         crops = {"refine_spacing_mm": 0.5, "crop_size": [32, 32]}
-        refine_configs = [str(CONFIGS / "train.yaml"), str(CONFIGS / "refine.yaml"), str(CONFIGS / "refine_lite.yaml")]
-        wf = ConfigWorkflow(workflow_type="train", config_file=refine_configs, logging_file=False,
-                            meta_file=str(CONFIGS / "metadata.json"), max_epochs=1, val_interval=1,
-                            crop_offset_sd=3.0, crop_max_offset=10.0,
-                            **{**self.common, "output_dir": str(refine_runs)}, **crops)
-        wf.initialize()
-        backbone = wf.parser.get_parsed_content("network").backbone
+        refine_configs = [CONFIGS / "train.yaml", CONFIGS / "refine.yaml", CONFIGS / "refine_lite.yaml"]
+        train = {**self.common, "output_dir": str(refine_runs), **crops}
+        backbone = built(refine_configs, "network", train).backbone
         self.assertIsInstance(backbone, FlexibleUNet)
-        stem = backbone.encoder._conv_stem.weight.detach().clone()
+        stem = backbone.encoder._conv_stem.weight.detach()
         self.assertEqual(tuple(stem.shape[:2]), (32, 2))  # crop + context channel
-        packaged = torch.load(lite0_weights_path(), map_location="cpu", weights_only=True)["_conv_stem.weight"]
-        std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-        grey = (packaged / std).sum(1, keepdim=True) / 2  # a grey crop repeated in both channels: ImageNet's response
-        torch.testing.assert_close(stem, grey.repeat(1, 2, 1, 1))
-        wf.run()
-        wf.finalize()
+        torch.testing.assert_close(stem, imagenet_grey_stem(2))
+        run_workflow("train", refine_configs, max_epochs=1, val_interval=1, crop_offset_sd=3.0, crop_max_offset=10.0,
+                     **train)
         saved = torch.load(refine_runs / "model.pt", map_location="cpu", weights_only=True)
-        ev = ConfigWorkflow(
-            workflow_type="eval", config_file=[*self.configs, str(CONFIGS / "evaluate.yaml"), str(CONFIGS / "refine_lite.yaml")],
-            logging_file=False, refine=True, refine_ckpt_path=str(refine_runs / "model.pt"),
-            eval_dir=str(self.tmp / "eval_refined"), **self.common, **crops,
-        )
-        ev.initialize()
-        ev.run()
-        ev.finalize()
+        ev = run_workflow("eval", [*self.configs, CONFIGS / "evaluate.yaml", CONFIGS / "refine_lite.yaml"], refine=True,
+                          refine_ckpt_path=str(refine_runs / "model.pt"), eval_dir=str(self.tmp / "eval_refined"),
+                          **self.common, **crops)
         refine_net = ev.parser.get_parsed_content("refine_network")
         self.assertIsInstance(refine_net.backbone, FlexibleUNet)
         loaded = refine_net.state_dict()["backbone.encoder._conv_stem.weight"].cpu()
@@ -216,6 +187,25 @@ class TestEfficientNetLiteConfig(unittest.TestCase):
         self.assertFalse(torch.equal(loaded, stem))
         metrics = json.loads((self.tmp / "eval_refined" / "metrics.json").read_text())
         self.assertEqual(metrics["n_images"], 2)
+
+
+def built(configs, key: str, overrides: dict):
+    """``key`` of ``configs`` with ``overrides``, instantiated (the ImageNet weights load as it is built)."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config([str(c) for c in configs])
+    parser.update(overrides)
+    return parser.get_parsed_content(key)
+
+
+def imagenet_grey_stem(in_channels: int) -> torch.Tensor:
+    """The packaged stem folded into ``in_channels`` grey channels: each colour's kernel over its ImageNet SD,
+    summed, shared between the channels (a grey picture in every channel gets ImageNet's response)."""
+    packaged = torch.load(lite0_weights_path(), map_location="cpu", weights_only=True)["_conv_stem.weight"]
+    grey = (packaged / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)).sum(1, keepdim=True) / in_channels
+    return grey.repeat(1, in_channels, 1, 1)
+
 
 if __name__ == "__main__":
     unittest.main()

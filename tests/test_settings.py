@@ -12,9 +12,7 @@ from pathlib import Path
 from monai.bundle import ConfigWorkflow
 
 from bundle.settings import check_model_settings, network_name, settings_path, write_model_settings
-
-ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = ROOT / "configs"
+from tests.helpers import CONFIGS, ROOT, run_workflow, tiny_synthetic_run
 
 
 class TestModelSettings(unittest.TestCase):
@@ -101,17 +99,8 @@ class TestSettingsInTheWorkflows(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         cls.tmp = Path(tempfile.mkdtemp())
-        cls.common = {
-            "bundle_root": str(ROOT), "synthetic_dir": str(cls.tmp / "data"), "dataset_dir": str(cls.tmp / "data"),
-            "synthetic_n_train": 4, "synthetic_n_test": 2, "output_dir": str(cls.tmp / "run"), "image_size": [64, 48],
-            "heatmap_sigma": 1.5, "batch_size": 2, "num_workers": 0, "face": "right", "bone": "bright",
-            "network_def#channels": [8, 16, 32], "network_def#strides": [2, 2],
-        }
-        train = ConfigWorkflow(workflow_type="train", config_file=str(CONFIGS / "train.yaml"), logging_file=False,
-                               meta_file=str(CONFIGS / "metadata.json"), max_epochs=1, val_interval=1, **cls.common)
-        train.initialize()
-        train.run()
-        train.finalize()
+        cls.common = tiny_synthetic_run(cls.tmp, 4, **{"network_def#channels": [8, 16, 32], "network_def#strides": [2, 2]})
+        run_workflow("train", [CONFIGS / "train.yaml"], max_epochs=1, val_interval=1, **cls.common)
 
     @classmethod
     def tearDownClass(cls):
@@ -122,11 +111,7 @@ class TestSettingsInTheWorkflows(unittest.TestCase):
         self.assertEqual(settings, {"kind": "global", "image_size": [64, 48], "network": "UNet"})
 
     def test_evaluation_checks_and_runs(self):
-        ev = ConfigWorkflow(workflow_type="eval", config_file=[str(CONFIGS / "train.yaml"), str(CONFIGS / "evaluate.yaml")],
-                            logging_file=False, refine=False, **self.common)
-        ev.initialize()
-        ev.run()
-        ev.finalize()
+        run_workflow("eval", [CONFIGS / "train.yaml", CONFIGS / "evaluate.yaml"], refine=False, **self.common)
         self.assertTrue((self.tmp / "run" / "eval_test" / "metrics.json").is_file())
 
     def test_inference_at_another_size_stops(self):
