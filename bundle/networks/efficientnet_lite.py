@@ -95,7 +95,8 @@ class EfficientNetLiteEncoder(EfficientNet, BaseEncoder):
       (``configs/efficientnet_lite.yaml``): a first version of this class meant to put ReLU6 in the blocks but
       assigned it to the stages' ``nn.Sequential`` instead, which runs it after each stage's last block, and the
       blocks kept MONAI's swish. Fine-tuning absorbed the difference (ImageNet start against random start: see
-      docs/README.md); the true Lite0 network has not been trained on ISBI yet.
+      docs/README.md). Trained on ISBI the same way (session x), the true Lite0 network does as well (within the
+      noise, docs/README.md).
 
     Args:
         model_name: ``"efficientnet-lite0"`` or ``"efficientnet-lite0-swish"`` (Lite0 is the only size whose
