@@ -40,6 +40,7 @@ class TestMultiProcessTraining(unittest.TestCase):
             self.assertEqual(res.returncode, 0, res.stdout[-3000:] + res.stderr[-3000:])
             self.assertTrue((out / "model.pt").is_file())
             self.assertTrue((out / "checkpoint_last.pt").is_file())
+            self.assertEqual(json.loads((out / "settings.json").read_text())["kind"], "global")  # rank 0 wrote it
             curve = json.loads((out / "learning_curve.json").read_text())
             self.assertEqual([p["epoch"] for p in curve], [1, 2])
             # the 8 training images are split over the 2 ranks: 2 iterations of batch 2 each per epoch
