@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from .io import CephDataError
+from .settings import copy_model_settings
 
 logger = logging.getLogger(__name__)
 
@@ -403,12 +404,7 @@ class FineTuner:
             tmp = self.model_dir / f".{name}.tmp"
             shutil.copyfile(runs / stage / "model.pt", tmp)
             os.replace(tmp, self.model_dir / name)
-            settings = runs / stage / "settings.json"  # what the weights need (bundle/settings.py), beside them
-            if settings.is_file():
-                target = self.model_dir / f"{Path(name).stem}.settings.json"
-                tmp = target.with_name(f".{target.name}.tmp")
-                shutil.copyfile(settings, tmp)
-                os.replace(tmp, target)
+            copy_model_settings(runs / stage, self.model_dir / name)  # what the weights need, beside them
         stats["minutes"] = round((time.time() - t_all) / 60, 2)
         stats["weights"] = {k: str(v) for k, v in self.weights().items()}
         atomic_write_text(self.model_dir / "train_stats.json", json.dumps(stats, indent=1))  # the server reads it

@@ -22,7 +22,8 @@ from pathlib import Path
 
 from .io import atomic_write_text
 
-__all__ = ["network_name", "settings_path", "write_model_settings", "check_model_settings"]
+__all__ = ["network_name", "own_settings_path", "settings_path", "write_model_settings", "copy_model_settings",
+           "check_model_settings"]
 
 FILE_NAME = "settings.json"
 
@@ -67,11 +68,16 @@ def network_name(network) -> str:
     return f"{name}({backbone})" if isinstance(backbone, str) else name
 
 
+def own_settings_path(ckpt_path: str | Path) -> Path:
+    """A checkpoint's own settings file: ``NAME.settings.json`` beside ``NAME.pt``."""
+    return Path(ckpt_path).with_suffix(".settings.json")
+
+
 def settings_path(ckpt_path: str | Path) -> Path | None:
-    """The settings file of a checkpoint: ``NAME.settings.json`` beside ``NAME.pt``, else the folder's
-    ``settings.json``; None when there is neither."""
+    """The settings file of a checkpoint: its own (:func:`own_settings_path`), else the folder's ``settings.json``;
+    None when there is neither."""
     ckpt = Path(ckpt_path)
-    for candidate in (ckpt.with_suffix(".settings.json"), ckpt.parent / FILE_NAME):
+    for candidate in (own_settings_path(ckpt), ckpt.parent / FILE_NAME):
         if candidate.is_file():
             return candidate
     return None
@@ -85,13 +91,23 @@ def write_model_settings(output_dir: str | Path, settings: Mapping) -> Path:
     return path
 
 
+def copy_model_settings(run_dir: str | Path, ckpt_path: str | Path) -> Path | None:
+    """Give the weights ``ckpt_path``, copied out of the training folder ``run_dir``, that run's settings as their own
+    file (atomically); None when the run wrote none."""
+    src = Path(run_dir) / FILE_NAME
+    if not src.is_file():
+        return None
+    dst = own_settings_path(ckpt_path)
+    atomic_write_text(dst, src.read_text())
+    return dst
+
+
 def check_model_settings(ckpt_paths: str | Path | Sequence[str | Path] | None, settings: Mapping) -> int:
     """Compare each checkpoint's settings file (:func:`settings_path`) with ``settings``, the run's own.
 
-    Only the keys both have are compared (numbers as floats), after ``kind``: a global network's weights given
-    where a refinement network's are expected, or the other way round, is an error too (numbers compare as
-    numbers: 400 is 400.0). Returns how many
-    checkpoints had a settings file.
+    Only the keys both have are compared (numbers as numbers: 400 is 400.0), after ``kind``: a global network's
+    weights given where a refinement network's are expected, or the other way round, is an error too. Returns how
+    many checkpoints had a settings file.
 
     Raises:
         ValueError: naming the checkpoint, its settings file, every setting that differs with both values, and
@@ -121,7 +137,7 @@ def check_model_settings(ckpt_paths: str | Path | Sequence[str | Path] | None, s
                              "network's are expected (ckpt_path / ensemble: the global network; refine_ckpt_path / "
                              "refine_ensemble: the refinement network).")
         wrong = [k for k in sorted(set(mine) & set(theirs))
-                 if k != "kind" and _comparable(_plain(theirs[k])) != _comparable(mine[k])]
+                 if k != "kind" and _comparable(theirs[k]) != _comparable(mine[k])]
         if wrong:
             lines = [f"  {k}: trained with {json.dumps(theirs[k])}, this run uses {json.dumps(mine[k])}" for k in wrong]
             fixes = " ".join(f"{OVERRIDES[k]} \"{json.dumps(theirs[k])}\"" for k in wrong if k in OVERRIDES)

@@ -137,8 +137,6 @@ if [ "$members" -gt 1 ]; then evaluate eval_refined_1 --refine True --refine_ckp
 # the weights as the evaluation ran them, for the user's own images: OUT/infer.sh INPUT_DIR OUTPUT_DIR [overrides]
 # (inference.yaml's defaults are the shipped model's: its image size, and crop centres moved by the shipped offsets,
 # 0.1 mm on average from these weights' evaluation on Test1 151-152, session x; with these settings, the same)
-refine_weights=(--refine_ckpt_path "$out/refine/model.pt")
-[ "$members" -gt 1 ] && refine_weights=(--refine_ensemble "$ensemble")
 image_size=$(python -c "from monai.bundle import ConfigParser; p = ConfigParser(); p.read_config(['configs/train.yaml','configs/isbi_cpu.yaml']); print(list(p.get_parsed_content('full_image_size')))")
 spacing=$(python -c "import sys; from bundle.io import dataset_spacing; print(dataset_spacing(sys.argv[1]))" "$data")
 {
@@ -153,7 +151,7 @@ spacing=$(python -c "import sys; from bundle.io import dataset_spacing; print(da
   echo "python -m monai.bundle run --config_file \"['configs/inference.yaml','$network']\" \\"
   printf '  --ckpt_path "%s"' "$out/global/model.pt"
   [ "$global_members" -gt 1 ] && printf ' --ensemble "%s"' "${global_ensemble[1]}"
-  printf ' --image_size "%s" %s "%s" %s "%s" \\\n' "$image_size" "${refine_weights[@]}" "${centre[@]}"
+  printf ' --image_size "%s" --refine_ensemble "%s" %s "%s" \\\n' "$image_size" "$ensemble" "${centre[@]}"
   echo "  --pixel_spacing_mm $spacing"' --input_dir "$in" --output_dir "$res" "$@"'
 } > "$out/infer.sh"
 echo "inference with these weights: bash $out/infer.sh INPUT_DIR OUTPUT_DIR"

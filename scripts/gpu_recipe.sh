@@ -74,7 +74,8 @@ done
 [ "$global_rc" = 0 ] || { echo "global training exited with $global_rc"; tail -30 "$OUT/train.log"; }
 [ "$refine_rc" = 0 ] || { echo "refinement training exited with $refine_rc"; tail -30 "$OUT/refine.log"; }
 python3 - "$OUT" "$seconds" "$refine_seconds" "$global_rc" "$refine_rc" "$KEEP" <<'PY'
-import json, os, shutil, sys, torch
+import json, os, sys, torch
+from bundle.settings import copy_model_settings
 out, seconds, refine_seconds, global_rc, refine_rc, keep = sys.argv[1], *map(int, sys.argv[2:6]), sys.argv[6]
 
 def half(src, dst):
@@ -87,8 +88,7 @@ def stage(train_dir, dst, wall, rc, src="model.pt"):
     if not os.path.isfile(f"{train_dir}/{src}"):
         return {"exit_code": rc, "wall_seconds": wall, "model": None}
     half(f"{train_dir}/{src}", f"{out}/{dst}")
-    if os.path.isfile(f"{train_dir}/settings.json"):  # what the weights need (bundle/settings.py), beside them
-        shutil.copyfile(f"{train_dir}/settings.json", f"{out}/{dst[:-3]}.settings.json")
+    copy_model_settings(train_dir, f"{out}/{dst}")  # what the weights need (bundle/settings.py), beside them
     curve = json.load(open(f"{train_dir}/learning_curve.json"))
     return {"exit_code": rc, "wall_seconds": wall, "model": dst, "kept": src, "best": min(curve, key=lambda p: p["val_mre"]),
             "curve": curve}

@@ -1,7 +1,9 @@
-"""What several test modules share: the settings of a tiny run on synthetic cephalograms, and running a workflow."""
+"""What several test modules share: the settings of a tiny run on synthetic cephalograms, running a workflow, and
+reading the landmarks an evaluation or an inference run wrote."""
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 from monai.bundle import ConfigWorkflow
@@ -30,3 +32,15 @@ def run_workflow(workflow_type: str, configs, **overrides) -> ConfigWorkflow:
     wf.run()
     wf.finalize()
     return wf
+
+
+def evaluated_positions(eval_dir: Path) -> dict:
+    """``{(image, landmark): (x, y)}`` predicted in an evaluation's ``predictions.csv`` (original pixels)."""
+    with open(Path(eval_dir) / "predictions.csv") as f:
+        return {(r["image"], r["landmark"]): (float(r["x_pred"]), float(r["y_pred"])) for r in csv.DictReader(f)}
+
+
+def inferred_positions(out_dir: Path) -> dict:
+    """The same from an inference run's ``landmarks.csv``."""
+    with open(Path(out_dir) / "landmarks.csv") as f:
+        return {(r["image"], r["landmark"]): (float(r["x"]), float(r["y"])) for r in csv.DictReader(f)}

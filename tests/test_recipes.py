@@ -2,7 +2,6 @@
 the refinement within what TOTAL_MINUTES leaves, the evaluations average the two global networks, the inference script
 it writes finds the evaluation's landmarks, a second run keeps what the first finished."""
 
-import csv
 import json
 import os
 import shutil
@@ -13,6 +12,8 @@ import unittest
 from pathlib import Path
 
 import torch
+
+from tests.helpers import evaluated_positions, inferred_positions
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -57,10 +58,7 @@ class TestCpuRecipe(unittest.TestCase):
             res = subprocess.run(["bash", str(out / "infer.sh"), str(data / "RawImage" / "Test1Data"), str(infer_out)],
                                  cwd=tmp, env=env, capture_output=True, text=True, timeout=900)
             self.assertEqual(res.returncode, 0, res.stdout[-3000:] + res.stderr[-3000:])
-            with open(out / "eval_refined" / "predictions.csv") as f:
-                evaluated = {(r["image"], r["landmark"]): (float(r["x_pred"]), float(r["y_pred"])) for r in csv.DictReader(f)}
-            with open(infer_out / "landmarks.csv") as f:
-                inferred = {(r["image"], r["landmark"]): (float(r["x"]), float(r["y"])) for r in csv.DictReader(f)}
+            evaluated, inferred = evaluated_positions(out / "eval_refined"), inferred_positions(infer_out)
             self.assertEqual(set(inferred), set(evaluated))
             for key, xy in inferred.items():
                 self.assertAlmostEqual(xy[0], evaluated[key][0], delta=0.02, msg=key)

@@ -11,6 +11,8 @@ import numpy as np
 import torch
 from monai.bundle import ConfigWorkflow, ckpt_export, verify_metadata
 
+from tests.helpers import evaluated_positions
+
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
 # inference.yaml defaults to the shipped MAHT-Net; the tiny run here trains train.yaml's U-Net baseline
@@ -314,10 +316,8 @@ class TestBundleWorkflow(unittest.TestCase):
         ev.initialize()
         ev.run()
         ev.finalize()
-        with open(self.tmp / "eval_refined_ens" / "predictions.csv") as f:
-            ensembled = {(r["image"], r["landmark"]): (float(r["x_pred"]), float(r["y_pred"])) for r in csv.DictReader(f)}
-        with open(self.tmp / "eval_refined" / "predictions.csv") as f:
-            single = {(r["image"], r["landmark"]): (float(r["x_pred"]), float(r["y_pred"])) for r in csv.DictReader(f)}
+        ensembled = evaluated_positions(self.tmp / "eval_refined_ens")
+        single = evaluated_positions(self.tmp / "eval_refined")
         self.assertEqual(ensembled.keys(), single.keys())
         for k, (x, y) in single.items():
             self.assertAlmostEqual(ensembled[k][0], x, delta=0.01)
@@ -337,8 +337,7 @@ class TestBundleWorkflow(unittest.TestCase):
         self.assertIsInstance(ev.parser.get_parsed_content("network").forward, OpenVINOForward)
         self.assertIsInstance(ev.parser.get_parsed_content("refine_network").backbone.forward, OpenVINOForward)
         ev.finalize()
-        with open(self.tmp / "eval_refined_openvino" / "predictions.csv") as f:
-            openvino = {(r["image"], r["landmark"]): (float(r["x_pred"]), float(r["y_pred"])) for r in csv.DictReader(f)}
+        openvino = evaluated_positions(self.tmp / "eval_refined_openvino")
         self.assertEqual(openvino.keys(), single.keys())
         for k, (x, y) in single.items():
             self.assertAlmostEqual(openvino[k][0], x, delta=0.011)
@@ -358,8 +357,7 @@ class TestBundleWorkflow(unittest.TestCase):
         with open(out / "landmarks.csv") as f:
             rows = list(csv.DictReader(f))
         self.assertEqual(len(rows), 3 * 19)
-        with open(self.tmp / "eval_refined" / "predictions.csv") as f:
-            evaluated = {(r["image"], r["landmark"]): (float(r["x_pred"]), float(r["y_pred"])) for r in csv.DictReader(f)}
+        evaluated = evaluated_positions(self.tmp / "eval_refined")
         for r in rows:  # inference and evaluation run the same two passes (the U-Net's crops at its own estimates)
             x, y = evaluated[(r["image"], r["landmark"])]
             self.assertAlmostEqual(float(r["x"]), x, delta=0.05)
